@@ -1,0 +1,1 @@
+"""Image data: the embedded demo set, ImageFolder import, the manifest and the transforms."""

@@ -1,0 +1,86 @@
+"""The manifest: one row per image with its facts (hash, size, mode, decode status) and its split."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from vgg2resnet.config import SplitParams
+
+MANIFEST_COLUMNS = [
+    "path", "category", "split", "sha256", "dhash", "width", "height", "mode", "bytes",
+    "decodes", "decode_error",
+]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    sha256: str
+    dhash: str
+    width: int
+    height: int
+    mode: str
+    bytes: int
+    decodes: bool
+    decode_error: str
+
+
+def difference_hash(image: Image.Image, size: int = 8) -> str:
+    """64-bit difference hash (Krawetz): robust to re-encoding and resizing, for near-duplicates."""
+    grey = np.asarray(image.convert("L").resize((size + 1, size), Image.BILINEAR), dtype=np.int16)
+    bits = (grey[:, 1:] > grey[:, :-1]).flatten()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def read_image_facts(path: Path, max_pixels: int) -> ImageFacts:
+    """Hash and fully decode one file in a single read, so no later stage decodes it again."""
+    payload = path.read_bytes()
+    digest = hashlib.sha256(payload).hexdigest()
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            if image.width * image.height > max_pixels:
+                raise ValueError(f"{image.width}x{image.height} exceeds {max_pixels} pixels")
+            image.load()  # a full decode: catches truncated files that open() alone accepts
+            return ImageFacts(digest, difference_hash(image), image.width, image.height,
+                              image.mode, len(payload), True, "")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return ImageFacts(digest, "", 0, 0, "", len(payload), False, f"{type(exc).__name__}: {exc}")
+
+
+def assign_splits(frame: pd.DataFrame, split: SplitParams, seed: int) -> pd.Series:
+    """Stratified, seeded split: every category gets at least one val and one test image.
+
+    Rows are ordered by content hash first, so renaming files or re-listing a folder in a
+    different order gives the same split.
+    """
+    result = pd.Series("train", index=frame.index, dtype=object)
+    for number, (category, group) in enumerate(sorted(frame.groupby("category"), key=lambda g: g[0])):
+        order = group.sort_values(["sha256", "path"]).index.to_numpy()
+        rng = np.random.default_rng([seed, number])
+        order = order[rng.permutation(len(order))]
+        n = len(order)
+        n_test = max(1, round(n * split.test)) if n >= 3 else 0
+        n_val = max(1, round(n * split.val)) if n >= 3 else 0
+        result[order[:n_test]] = "test"
+        result[order[n_test:n_test + n_val]] = "val"
+    return result
+
+
+def build_manifest(files: dict[str, list[Path]], root: Path, split: SplitParams, seed: int,
+                   max_pixels: int) -> pd.DataFrame:
+    rows = []
+    for category, paths in files.items():
+        for path in paths:
+            facts = read_image_facts(path, max_pixels)
+            rows.append({"path": path.relative_to(root).as_posix(), "category": category,
+                         **facts.__dict__})
+    frame = pd.DataFrame(rows).sort_values("path", kind="stable").reset_index(drop=True)
+    frame["split"] = assign_splits(frame, split, seed)
+    return frame[MANIFEST_COLUMNS]

@@ -1,0 +1,1 @@
+"""One module per dvc.yaml stage, each with a single public `run(params)`."""

@@ -1,0 +1,92 @@
+"""Shared fixtures: a temporary git+DVC copy of the project and small image trees."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+for _name, _value in {
+    "BENTOML_DO_NOT_TRACK": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def write_params(project: Path, overrides: dict) -> Path:
+    """Merge overrides (nested dicts) into the project's params.yaml."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+
+    def merge(base: dict, extra: dict) -> None:
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+
+    merge(params, overrides)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def make_project(dest: Path, remote: Path) -> Path:
+    """A git+DVC repository holding this project's pipeline files, with a local remote."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / ".gitignore").write_text("__pycache__/\n")
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "test@example.com"], dest)
+    run(["git", "config", "user.name", "test"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["dvc", "remote", "add", "-d", "local", str(remote)], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "pipeline"], dest)
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project", tmp_path / "remote")
+
+
+def make_image_folder(root: Path, per_category: int, categories: list[str] | None = None,
+                      size: int = 32) -> Path:
+    """An ImageFolder tree cut from the demo digits: per_category images of each category."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from vgg2resnet.data.demo import DEMO_CATEGORIES
+
+    digits = load_digits()
+    names = categories or DEMO_CATEGORIES
+    counts = {name: 0 for name in names}
+    for index, (image, target) in enumerate(zip(digits.images, digits.target)):
+        name = names[target] if target < len(names) else None
+        if name is None or counts[name] >= per_category:
+            continue
+        pixels = (255 - image * 255 / 16).clip(0, 255).astype("uint8")
+        picture = Image.fromarray(pixels, mode="L").resize((size, size)).convert("RGB")
+        (root / name).mkdir(parents=True, exist_ok=True)
+        picture.save(root / name / f"{index:04d}.png")
+        counts[name] += 1
+    return root

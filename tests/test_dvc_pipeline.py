@@ -1,0 +1,27 @@
+"""DVC end to end: repro, status, push to a local remote, pull into a fresh clone."""
+
+from pathlib import Path
+
+from .conftest import run, write_params
+
+
+def test_repro_status_push_pull_roundtrip(project: Path, tmp_path: Path):
+    write_params(project, {"data": {"demo_image_size": 16}})
+    run(["dvc", "repro", "prepare"], project)
+    assert (project / "data" / "prepared" / "manifest.parquet").is_file()
+    status = run(["dvc", "status", "prepare"], project)
+    assert "up to date" in status.stdout.lower() or status.stdout.strip() == ""
+    version = run(["vgg2resnet", "data-version"], project).stdout.strip()
+    assert version.endswith(".dir")
+    assert version in (project / "dvc.lock").read_text()
+
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "data"], project)
+    run(["dvc", "push"], project)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    assert (clone / "data" / "raw" / "zero").is_dir()
+    assert run(["vgg2resnet", "data-version"], clone).stdout.strip() == version
+    assert "up to date" in run(["dvc", "status"], clone).stdout.lower()
