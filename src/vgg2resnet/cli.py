@@ -36,10 +36,12 @@ ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file"
 
 
 def _setup_logging(verbose: bool = False) -> None:
+    # Libraries log at WARNING and above; the project's own progress at INFO.
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+        level=logging.WARNING, format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True,
     )
+    logging.getLogger("vgg2resnet").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def command(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,6 +68,15 @@ def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     """Build data/raw (demo or your ImageFolder) and the manifest with its splits."""
     from vgg2resnet.config import load_params
     from vgg2resnet.stages import prepare as stage
+
+    _print_json(stage.run(load_params(params)))
+
+
+@command
+def validate(params: ParamsOption = Path("params.yaml")) -> None:
+    """Run the Great Expectations suite over the manifest; exit 2 if a check fails."""
+    from vgg2resnet.config import load_params
+    from vgg2resnet.stages import validate as stage
 
     _print_json(stage.run(load_params(params)))
 

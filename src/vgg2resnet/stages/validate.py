@@ -1,0 +1,82 @@
+"""Stage `validate`: Great Expectations over the manifest; a failed check stops the pipeline.
+
+    vgg2resnet validate          # or: dvc repro validate
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+import pandas as pd
+
+from vgg2resnet import atomic
+from vgg2resnet.config import Params
+from vgg2resnet.data.categories import expected_categories, read_categories
+from vgg2resnet.errors import UserError
+from vgg2resnet.validation.frames import category_counts, manifest_frame
+from vgg2resnet.validation.suite import (
+    CheckResult, count_expectations, manifest_expectations, run_checkpoint, summarise,
+)
+
+log = logging.getLogger(__name__)
+MAX_LISTED = 20
+
+
+def _describe(check: CheckResult, expected: list[str], found: list[str]) -> str:
+    if check.check == "categories":
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        return f"categories differ from the expected ones: missing {missing}, extra {extra}"
+    names = check.offending[:MAX_LISTED]
+    more = f" and {check.offending_count - len(names)} more" if check.offending_count > len(names) else ""
+    return f"{check.expectation} ({check.offending_count} offending): {', '.join(names)}{more}"
+
+
+def run(params: Params) -> dict:
+    prepared = params.data.prepared_dir
+    manifest_path = prepared / "manifest.parquet"
+    if not manifest_path.is_file():
+        raise UserError(f"{manifest_path}: manifest not found; run `vgg2resnet prepare` first")
+    manifest = pd.read_parquet(manifest_path)
+    found = read_categories(prepared / "categories.json")
+    expected, origin = expected_categories(params)
+    if expected is None:
+        log.warning("no teacher categories or data.categories configured: the categories are taken "
+                    "from the data, so nothing checks them against a teacher")
+        expected = found
+
+    vparams = params.validation
+    tables = {
+        "manifest": (manifest_frame(manifest, vparams.near_duplicate_max_distance), "path",
+                     manifest_expectations(vparams, expected)),
+        "category_counts": (category_counts(manifest), "category", count_expectations(vparams)),
+    }
+    report_dir = vparams.report_dir
+    checks = summarise(run_checkpoint(tables, report_dir / "docs"))
+
+    failed = [c for c in checks if not c.success and c.severity == "fail"]
+    warned = [c for c in checks if not c.success and c.severity == "warn"]
+    summary = {
+        "passed": not failed,
+        "images": len(manifest),
+        "categories_expected_from": origin,
+        "expectations": len(checks),
+        "failed": len(failed),
+        "warnings": len(warned),
+        "problems": [{**asdict(c), "offending": c.offending[:MAX_LISTED], "message": _describe(c, expected, found)}
+                     for c in failed + warned],
+        "data_docs": str(report_dir / "docs" / "index.html"),
+    }
+    atomic.write_json(report_dir / "result.json", {
+        "summary": summary, "checks": [asdict(c) for c in checks],
+    })
+    for check in warned:
+        log.warning("warn  %s: %s", check.check, _describe(check, expected, found))
+    log.info("validation: %d expectations, %d failed, %d warnings; report %s",
+             len(checks), len(failed), len(warned), summary["data_docs"])
+    if failed:
+        lines = "\n".join(f"  FAIL {c.check}: {_describe(c, expected, found)}" for c in failed)
+        raise UserError(f"data validation failed ({manifest_path}):\n{lines}\n"
+                        f"details: {report_dir / 'result.json'}, {summary['data_docs']}")
+    return {k: summary[k] for k in ("passed", "images", "expectations", "failed", "warnings")}

@@ -1,0 +1,158 @@
+"""The Great Expectations suites over the manifest, run through one checkpoint with Data Docs.
+
+Each expectation carries `meta.check` (a stable name users refer to in
+`validation.severity`) and `meta.severity` ('fail' stops the pipeline, 'warn' only reports).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vgg2resnet.config import ValidationParams
+from vgg2resnet.errors import UserError
+
+DEFAULT_SEVERITY = {
+    "not_null": "fail",
+    "categories": "fail",
+    "min_train_images": "fail",
+    "val_and_test_coverage": "fail",
+    "imbalance": "fail",
+    "decodes": "fail",
+    "dimensions": "fail",
+    "modes": "fail",
+    "leakage": "fail",
+    "within_split_duplicates": "warn",
+    "near_duplicates": "warn",
+}
+
+
+@dataclass
+class CheckResult:
+    check: str
+    severity: str
+    success: bool
+    expectation: str
+    observed: Any
+    offending: list[str]
+    offending_count: int
+
+
+def severities(params: ValidationParams) -> dict[str, str]:
+    unknown = set(params.severity) - set(DEFAULT_SEVERITY)
+    if unknown:
+        raise UserError(
+            f"params.yaml validation.severity: unknown check(s) {sorted(unknown)}; "
+            f"choose from {sorted(DEFAULT_SEVERITY)}"
+        )
+    return {**DEFAULT_SEVERITY, **params.severity}
+
+
+def _manifest_expectations(params: ValidationParams, expected: list[str], level: dict[str, str]) -> list:
+    import great_expectations.expectations as gxe
+
+    def meta(check: str) -> dict:
+        return {"check": check, "severity": level[check]}
+
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="path", meta=meta("not_null")),
+        gxe.ExpectColumnValuesToNotBeNull(column="category", meta=meta("not_null")),
+        gxe.ExpectColumnDistinctValuesToEqualSet(column="category", value_set=expected,
+                                                 meta=meta("categories")),
+        gxe.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True], meta=meta("decodes")),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=params.min_side,
+                                          max_value=params.max_side, meta=meta("dimensions")),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=params.min_side,
+                                          max_value=params.max_side, meta=meta("dimensions")),
+        gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=params.allowed_modes, meta=meta("modes")),
+        gxe.ExpectColumnValuesToBeInSet(column="duplicate_across_splits", value_set=[False],
+                                        meta=meta("leakage")),
+        gxe.ExpectColumnValuesToBeInSet(column="duplicate_within_split", value_set=[False],
+                                        meta=meta("within_split_duplicates")),
+        gxe.ExpectColumnValuesToBeInSet(column="near_duplicate_across_splits", value_set=[False],
+                                        meta=meta("near_duplicates")),
+    ]
+
+
+def _count_expectations(params: ValidationParams, level: dict[str, str]) -> list:
+    import great_expectations.expectations as gxe
+
+    def meta(check: str) -> dict:
+        return {"check": check, "severity": level[check]}
+
+    return [
+        gxe.ExpectColumnValuesToBeBetween(column="train", min_value=params.min_images_per_category,
+                                          meta=meta("min_train_images")),
+        gxe.ExpectColumnValuesToBeBetween(column="val", min_value=1, meta=meta("val_and_test_coverage")),
+        gxe.ExpectColumnValuesToBeBetween(column="test", min_value=1, meta=meta("val_and_test_coverage")),
+        gxe.ExpectColumnValuesToBeBetween(column="ratio_to_smallest", max_value=params.max_imbalance_ratio,
+                                          meta=meta("imbalance")),
+    ]
+
+
+def manifest_expectations(params: ValidationParams, expected: list[str]) -> list:
+    return _manifest_expectations(params, expected, severities(params))
+
+
+def count_expectations(params: ValidationParams) -> list:
+    return _count_expectations(params, severities(params))
+
+
+def run_checkpoint(tables: dict[str, tuple[pd.DataFrame, str, list]], docs_dir: Path) -> list[dict]:
+    """Validate each named table (frame, index column, expectations); return GX's result dicts."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    # GX 1.24 logs a traceback while rendering a failed distinct-values expectation (its result
+    # has no unexpected_percent); the page still renders, so keep that noise out of the output.
+    logging.getLogger(
+        "great_expectations.render.renderer.content_block.validation_results_table_content_block"
+    ).setLevel(logging.CRITICAL)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context.add_data_docs_site(site_name="local_docs", site_config={
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                          "base_directory": str(docs_dir.resolve())},
+    })
+    source = context.data_sources.add_pandas("pandas")
+    results = []
+    for name, (frame, index_column, expectations) in tables.items():
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=name, validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")],
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [index_column]},
+        ))
+        outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+        results.extend(r.to_json_dict() for r in outcome.run_results.values())
+    return results
+
+
+def summarise(results: list[dict]) -> list[CheckResult]:
+    """Flatten GX results into one CheckResult per expectation, naming what failed."""
+    checks = []
+    for run in results:
+        for item in run["results"]:
+            config = item["expectation_config"]
+            result = item.get("result", {})
+            # Rows of unexpected_index_list hold the index column (path or category) and the value.
+            offending = [
+                str(row.get("path", row.get("category")))
+                for row in result.get("unexpected_index_list") or []
+            ] or [str(v) for v in result.get("partial_unexpected_list") or []]
+            observed = result.get("observed_value", result.get("unexpected_count"))
+            checks.append(CheckResult(
+                check=config["meta"]["check"], severity=config["meta"]["severity"],
+                success=bool(item["success"]), expectation=config["type"], observed=observed,
+                offending=sorted(set(offending)), offending_count=int(result.get("unexpected_count") or 0),
+            ))
+    return checks
