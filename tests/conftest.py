@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ for _name, _value in {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }.items():
     os.environ.setdefault(_name, _value)
+# A BentoML model store of the test session's own, never the developer's (set before bentoml loads).
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="vgg2resnet-bentoml-")
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -90,3 +93,41 @@ def make_image_folder(root: Path, per_category: int, categories: list[str] | Non
         picture.save(root / name / f"{index:04d}.png")
         counts[name] += 1
     return root
+
+
+# Tiny but real: the torchvision VGG-16 and ResNet-50 on 32 px digits, a few steps each.
+TINY_PARAMS = {
+    "data": {"split": {"val": 0.2, "test": 0.3}},
+    "validation": {"min_images_per_category": 3},
+    "teacher": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16},
+    "distill": {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "cache_views": 2,
+                "cache_check_fraction": 0.05},
+    "evaluate": {"batch_size": 32, "latency_batch_size": 4, "latency_warmup": 1, "latency_runs": 3},
+    # Models trained for a few steps are near chance: a permissive policy lets them through,
+    # so the stages after the gate have a promoted model; tests/test_gate.py tightens it.
+    "gate": {"max_accuracy_drop": 100.0, "max_category_drop": 100.0, "max_latency_ratio": 100.0,
+             "bootstrap_samples": 200},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("images") / "digits", per_category=12)
+
+
+@pytest.fixture(scope="session")
+def distilled_project(tmp_path_factory, tiny_images: Path) -> Path:
+    """A git+DVC project whose `dvc repro distill` ran on the tiny digits: a session's one
+    teacher and student, shared by every test that only reads them."""
+    base = tmp_path_factory.mktemp("pipeline")
+    project = make_project(base / "project", base / "remote")
+    write_params(project, {**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "source": str(tiny_images)}})
+    run(["dvc", "repro", "distill"], project)
+    return project
+
+
+@pytest.fixture(scope="session")
+def promoted_project(distilled_project: Path) -> Path:
+    """The session project after `dvc repro gate`: evaluated, gated and promoted."""
+    run(["dvc", "repro", "gate"], distilled_project)
+    return distilled_project

@@ -17,11 +17,11 @@ def test_repro_status_push_pull_roundtrip(project: Path, tmp_path: Path):
 
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "data"], project)
-    run(["dvc", "push"], project)
+    run(["dvc", "push", "prepare"], project)
 
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
-    run(["dvc", "pull"], clone)
+    run(["dvc", "pull", "prepare"], clone)
     assert (clone / "data" / "raw" / "zero").is_dir()
     assert run(["vgg2resnet", "data-version"], clone).stdout.strip() == version
-    assert "up to date" in run(["dvc", "status"], clone).stdout.lower()
+    assert "changed" not in run(["dvc", "status", "prepare"], clone).stdout.lower()

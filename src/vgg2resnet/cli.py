@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.splitlines()[0])
 err = Console(stderr=True, soft_wrap=True)
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 
@@ -54,7 +55,7 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except UserError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2) from None
+            raise typer.Exit(exc.exit_code) from None
 
     return app.command(name=func.__name__.replace("_", "-"))(wrapper)
 
@@ -63,22 +64,69 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
+def _run_stage(name: str, params: Path) -> dict:
+    """Every stage command is the same: load params.yaml, call vgg2resnet.stages.<name>.run."""
+    from vgg2resnet.config import load_params
+
+    return importlib.import_module(f"vgg2resnet.stages.{name}").run(load_params(params))
+
+
 @command
 def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     """Build data/raw (demo or your ImageFolder) and the manifest with its splits."""
-    from vgg2resnet.config import load_params
-    from vgg2resnet.stages import prepare as stage
-
-    _print_json(stage.run(load_params(params)))
+    _print_json(_run_stage("prepare", params))
 
 
 @command
 def validate(params: ParamsOption = Path("params.yaml")) -> None:
     """Run the Great Expectations suite over the manifest; exit 2 if a check fails."""
-    from vgg2resnet.config import load_params
-    from vgg2resnet.stages import validate as stage
+    _print_json(_run_stage("validate", params))
 
-    _print_json(stage.run(load_params(params)))
+
+@command
+def teacher(params: ParamsOption = Path("params.yaml")) -> None:
+    """Import your VGG-16 checkpoint (teacher.checkpoint) or train the demo teacher."""
+    _print_json(_run_stage("teacher", params))
+
+
+@command
+def distill(params: ParamsOption = Path("params.yaml")) -> None:
+    """Distill the ResNet-50 student from the teacher (torchrun for several processes)."""
+    result = _run_stage("distill", params)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one answer
+        _print_json(result)
+
+
+@command
+def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
+    """Evaluate teacher and student on the test split: accuracy, calibration, size, latency."""
+    _print_json(_run_stage("evaluate", params))
+
+
+@command
+def gate(params: ParamsOption = Path("params.yaml"),
+         strict: Annotated[bool, typer.Option(help="exit 3 when the student is rejected")] = False) -> None:
+    """Apply the promotion policy; promote the student to the BentoML store if it passes."""
+    from vgg2resnet.config import load_params
+    from vgg2resnet.stages import gate as stage
+
+    _print_json(stage.run(load_params(params), strict=strict))
+
+
+@command
+def package(params: ParamsOption = Path("params.yaml")) -> None:
+    """Build a Bento of the promoted model (skipped, with the reason, when the gate rejected it)."""
+    _print_json(_run_stage("package", params))
+
+
+@command
+def rollback(tag: Annotated[str | None, typer.Argument(help="version to restore (default: the previous)")] = None,
+             params: ParamsOption = Path("params.yaml")) -> None:
+    """Make an earlier promoted model current again (saved as a new version; nothing is deleted)."""
+    from vgg2resnet.config import load_params
+    from vgg2resnet.packaging.store import rollback as restore
+
+    typer.echo(restore(load_params(params).serving.model_name, tag))
 
 
 @command

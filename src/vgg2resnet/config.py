@@ -32,6 +32,13 @@ class SplitParams(Section):
         return self
 
 
+class PathsParams(Section):
+    models_dir: Path = Path("models")
+    metrics_dir: Path = Path("metrics")
+    reports_dir: Path = Path("reports")
+    state_dir: Path = Path("checkpoints")
+
+
 class DataParams(Section):
     source: str = "demo"
     raw_dir: Path = Path("data/raw")
@@ -66,6 +73,7 @@ class TrainParams(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     warmup_epochs: float = Field(0.5, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip_norm: float | None = Field(None, gt=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     image_size: int = Field(32, ge=16)
     pretrained_weights: Path | None = None
@@ -141,6 +149,7 @@ class ServingParams(Section):
 
 
 class Params(Section):
+    paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
     validation: ValidationParams = ValidationParams()
     augment: AugmentParams = AugmentParams()

@@ -3,3 +3,5 @@
 
 class UserError(Exception):
     """Bad input from the user (a file, a folder, a params key) with a message saying how to fix it."""
+
+    exit_code = 2

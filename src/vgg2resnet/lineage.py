@@ -22,6 +22,20 @@ def data_version(raw_dir: Path, repo_root: Path | None = None) -> str:
     raise UserError(f"{raw_dir}: not tracked by DVC; it must be an output in dvc.yaml or a .dvc file")
 
 
+def recorded_data_version(raw_dir: Path, lock_file: Path = Path("dvc.lock")) -> str | None:
+    """The data version dvc.lock records for raw_dir (what the running pipeline was given), if any."""
+    import yaml
+
+    if not lock_file.is_file():
+        return None
+    target = Path(raw_dir).as_posix().rstrip("/")
+    for stage in (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            if out.get("path", "").rstrip("/") == target:
+                return out.get("md5")
+    return None
+
+
 def git_revision(repo_root: Path | None = None) -> str:
     """The checked-out commit, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
     def git(*args: str) -> str:

@@ -1,0 +1,77 @@
+"""Distillation throughput: plain fine-tune vs KD with a live teacher vs KD with the logit cache.
+
+    python benchmarks/distill_throughput.py --images 256 --image-size 224 --batch-size 16
+
+Runs by hand (not in CI). Each mode trains one epoch of a fresh ResNet-50 over the same images
+through the project's own training loop; ratios are against the plain epoch measured in the
+same run. Needs `vgg2resnet prepare` (the demo data) to have run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from vgg2resnet.config import load_params
+from vgg2resnet.data.categories import read_categories
+from vgg2resnet.distill.loop import build_optimizer, build_scheduler, epoch_items, train_one_epoch
+from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, build_or_load_cache
+from vgg2resnet.models.builders import build_student, build_teacher
+from vgg2resnet.runtime import Runtime, select_device
+from vgg2resnet.stages.training import train_views
+
+
+def one_epoch(views, runtime, params, teacher, cache_views) -> float:
+    torch.manual_seed(0)
+    student = build_student(views_categories).to(runtime.device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(student, params)
+    steps = -(-len(views) // params.batch_size)
+    scheduler = build_scheduler(optimizer, params, steps)
+    items = epoch_items(len(views), 0, 0, cache_views, runtime)
+    loader = DataLoader(views, sampler=items, batch_size=params.batch_size)
+    start = time.perf_counter()
+    train_one_epoch(student, loader, optimizer, scheduler, runtime, teacher=teacher, temperature=4.0,
+                    alpha=0.5 if teacher else 0.0, label_smoothing=0.0, grad_clip_norm=None, ema=None,
+                    channels_last=True, max_steps=None, desc="bench")
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(views) / (time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--views", type=int, default=2)
+    args = parser.parse_args()
+
+    params = load_params()
+    dparams = params.distill.model_copy(update={"image_size": args.image_size, "batch_size": args.batch_size,
+                                                "epochs": 1, "warmup_epochs": 0})
+    categories = read_categories(params.data.prepared_dir / "categories.json")
+    views_categories = len(categories)
+    views = train_views(params, dparams, categories)
+    views.images.paths = views.images.paths[: args.images]
+    views.images.labels = views.images.labels[: args.images]
+    runtime = Runtime(device=select_device(params.runtime))
+    teacher = build_teacher("vgg16", len(categories)).eval()  # random weights: speed, not accuracy
+    live = LiveTeacher(teacher, runtime)
+
+    print(f"device {runtime.device}, {len(views)} images at {args.image_size} px, batch {args.batch_size}")
+    plain = one_epoch(views, runtime, dparams, None, None)
+    print(f"plain ResNet-50 epoch:        {plain:7.2f} img/s  1.00x time")
+    kd_live = one_epoch(views, runtime, dparams, live, None)
+    print(f"KD, live VGG-16 teacher:      {kd_live:7.2f} img/s  {plain / kd_live:.2f}x time")
+    start = time.perf_counter()
+    logits = build_or_load_cache(params.paths.state_dir / "bench-cache.pt", live, views, args.views,
+                                 args.batch_size, False)
+    build = time.perf_counter() - start
+    (params.paths.state_dir / "bench-cache.pt").unlink()
+    print(f"cache build ({args.views} views):     {build:7.2f} s      "
+          f"{build / (len(views) / plain):.2f}x a plain epoch")
+    kd_cached = one_epoch(views, runtime, dparams, CachedTeacher(logits, live, 1e-3), args.views)
+    print(f"KD, cached teacher logits:    {kd_cached:7.2f} img/s  {plain / kd_cached:.2f}x time")

@@ -1,0 +1,113 @@
+"""The vgg2resnet classifier as a BentoML service.
+
+    bentoml serve services.classifier.service:Classifier                       # development
+    bentoml serve services.classifier.service:Classifier --arg model_tag=TAG   # pin a version
+
+Everything but the HTTP surface lives in vgg2resnet.serving: decoding of untrusted uploads,
+the model and its preprocessing (read from the model's metadata), and the drift features.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from bentoml.exceptions import InvalidArgument
+from pydantic import AfterValidator, BaseModel, Field
+
+from vgg2resnet.config import load_params
+from vgg2resnet.serving.classifier import Classifier as Model
+from vgg2resnet.serving.decode import InvalidImage, decode_image
+
+PARAMS = load_params(os.environ.get("VGG2RESNET_PARAMS", "params.yaml")).serving
+MONITOR = "vgg2resnet_classifier"
+log = logging.getLogger("vgg2resnet.service")
+
+
+class Args(BaseModel):
+    model_tag: str = f"{PARAMS.model_name}:latest"  # `name:latest` is the newest promoted version
+
+
+class Ranked(BaseModel):
+    category: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    category: str
+    confidence: float
+    top_k: list[Ranked]
+    model_tag: str
+
+
+args = bentoml.use_arguments(Args)
+
+
+def _decodable(uploads: list[Path]) -> list[Path]:
+    """Reject a request with a bad file while its request is parsed, before adaptive batching
+    merges it with other clients' requests (which must not fail with it)."""
+    for number, upload in enumerate(uploads):
+        try:
+            decode_image(Path(upload).read_bytes(), PARAMS.max_pixels)
+        except InvalidImage as exc:
+            raise ValueError(f"file {number + 1}: {exc}") from None
+    return uploads
+
+
+ImageFile = Annotated[Path, AfterValidator(lambda upload: _decodable([upload])[0])]
+ImageFiles = Annotated[list[Path], Field(min_length=1, max_length=PARAMS.max_batch_size),
+                       AfterValidator(_decodable)]
+
+
+@bentoml.service(traffic={"timeout": 60, "max_concurrency": 64}, workers=1)
+class Classifier:
+    model_ref = bentoml.models.BentoModel(args.model_tag)
+
+    def __init__(self) -> None:
+        self.model = Model(Path(self.model_ref.path))
+        self.tag = str(self.model_ref.tag)
+
+    def _predict(self, uploads: list[Path]) -> list[Prediction]:
+        images = []
+        for number, upload in enumerate(uploads):
+            try:
+                images.append(decode_image(Path(upload).read_bytes(), PARAMS.max_pixels))
+            except InvalidImage as exc:
+                where = f"file {number + 1}: " if len(uploads) > 1 else ""
+                raise InvalidArgument(f"{where}{exc}") from None
+        results = self.model.predict(images, PARAMS.top_k)
+        self._log(results)
+        return [Prediction(category=r["category"], confidence=r["confidence"],
+                           top_k=[Ranked(**t) for t in r["top_k"]], model_tag=self.tag) for r in results]
+
+    def _log(self, results: list[dict]) -> None:
+        """One monitoring record per prediction; a logging failure never fails the request."""
+        try:
+            for result in results:
+                with bentoml.monitor(MONITOR) as monitor:
+                    monitor.log(datetime.datetime.now(datetime.timezone.utc).isoformat(), name="logged_at",
+                                role="feature", data_type="categorical")
+                    monitor.log(self.tag, name="model_tag", role="feature", data_type="categorical")
+                    for name, value in result["features"].items():
+                        monitor.log(value, name=name, role="feature", data_type="numerical")
+                    monitor.log(result["category"], name="prediction", role="prediction",
+                                data_type="categorical")
+                    monitor.log(result["confidence"], name="confidence", role="prediction",
+                                data_type="numerical")
+        except Exception:  # noqa: BLE001 - monitoring is best effort by design
+            log.exception("inference logging failed; the prediction was still returned")
+
+    @bentoml.api
+    def classify(self, image: ImageFile) -> Prediction:
+        """Classify one uploaded image (multipart field `image`)."""
+        return self._predict([image])[0]
+
+    @bentoml.api(batchable=True, max_batch_size=PARAMS.max_batch_size, max_latency_ms=PARAMS.max_latency_ms)
+    def classify_batch(self, images: ImageFiles) -> list[Prediction]:
+        """Classify images (multipart field `images`, repeated, at most serving.max_batch_size);
+        concurrent requests are batched adaptively."""
+        return self._predict(images)

@@ -1,0 +1,73 @@
+"""Datasets over the manifest: plain (eval) and seeded augmented views (training, logit cache)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+
+def load_split(prepared_dir: Path, split: str) -> pd.DataFrame:
+    manifest = pd.read_parquet(Path(prepared_dir) / "manifest.parquet")
+    rows = manifest[(manifest["split"] == split) & manifest["decodes"]]
+    return rows.sort_values("path").reset_index(drop=True)
+
+
+def view_seed(seed: int, index: int, view: int) -> int:
+    """A 63-bit seed naming one augmented view of one image."""
+    return int(np.random.SeedSequence([seed, index, view]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class ImageDataset(Dataset):
+    """(image tensor, label, row index) for each manifest row; images are decoded once and kept."""
+
+    def __init__(self, rows: pd.DataFrame, root: Path, categories: list[str], transform) -> None:
+        index = {name: i for i, name in enumerate(categories)}
+        self.paths = [Path(root) / p for p in rows["path"]]
+        self.labels = torch.tensor([index[c] for c in rows["category"]], dtype=torch.long)
+        self.transform = transform
+        self._images: dict[int, Image.Image] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, i: int) -> Image.Image:
+        if i not in self._images:
+            with Image.open(self.paths[i]) as picture:
+                self._images[i] = picture.convert("RGB")
+        return self._images[i]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.transform(self.image(i)), self.labels[i], i
+
+
+class SeededViews(Dataset):
+    """Item (i, view) is the augmented view of image i drawn under view_seed(seed, i, view).
+
+    Teacher and student ask for the same (i, view) and get the same tensor, whether the
+    teacher runs live or its logits were cached for that view earlier.
+    """
+
+    def __init__(self, images: ImageDataset, transform, seed: int) -> None:
+        self.images = images
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        i, view = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.seed, i, view))
+            tensor = self.transform(self.images.image(i))
+        return tensor, self.images.labels[i], i, view
+
+
+def split_dataset(prepared_dir: Path, raw_dir: Path, split: str, categories: list[str],
+                  transform=None) -> ImageDataset:
+    return ImageDataset(load_split(prepared_dir, split), raw_dir, categories, transform)

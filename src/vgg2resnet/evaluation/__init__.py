@@ -1,0 +1,1 @@
+"""Held-out evaluation: accuracy, per-category accuracy, agreement, calibration, size and latency."""

@@ -1,0 +1,84 @@
+"""Model files: weights plus what is needed to use them (categories, arch, input size, normalisation).
+
+`<name>.pt` holds {"state_dict", "meta"} and loads with weights_only=True; `<name>.json` beside it
+repeats the meta and adds the file's sha256, for people and for lineage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vgg2resnet import atomic
+from vgg2resnet.errors import UserError
+from vgg2resnet.lineage import file_sha256
+from vgg2resnet.models.builders import build_model, load_state_dict
+
+
+def sidecar(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write weights and meta atomically; return the meta with the file's sha256 and size."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic.atomic_path(Path(path)) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+    full = {**meta, "sha256": file_sha256(path), "bytes": Path(path).stat().st_size}
+    atomic.write_json(sidecar(path), full)
+    return full
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    side = sidecar(path)
+    if not side.is_file():
+        raise UserError(f"{side}: model metadata not found; re-run the stage that writes {path}")
+    return json.loads(side.read_text())
+
+
+def load_model(path: Path, categories: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved model in eval mode; refuse it when its categories differ from `categories`."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True) if Path(path).is_file() else None
+    if payload is None:
+        raise UserError(f"{path}: model file not found; run the stage that produces it")
+    meta = payload["meta"]
+    check_categories(meta["categories"], categories, str(path))
+    model = build_model(meta["arch"], len(meta["categories"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), meta
+
+
+def check_categories(model_categories: list[str], data_categories: list[str] | None, where: str) -> None:
+    """Index i of a model's output is category i: any difference is an error, never a remap."""
+    if data_categories is None or list(model_categories) == list(data_categories):
+        return
+    missing = sorted(set(data_categories) - set(model_categories))
+    extra = sorted(set(model_categories) - set(data_categories))
+    detail = (f"missing {missing}, extra {extra}" if missing or extra
+              else "same names in a different order")
+    raise UserError(
+        f"{where}: the model's categories do not match the data's ({detail}); "
+        "retrain, or make data/prepared/categories.json list the model's categories in its order"
+    )
+
+
+def import_user_teacher(path: Path, arch: str, categories: list[str]) -> nn.Module:
+    """A user's fine-tuned VGG-16 state_dict, checked against its category list."""
+    from vgg2resnet.models.builders import build_teacher
+
+    model = build_teacher(arch, len(categories))
+    state = load_state_dict(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        head = state.get("classifier.6.weight")
+        outputs = None if head is None else head.shape[0]
+        raise UserError(
+            f"{path}: does not load into {arch} with {len(categories)} categories "
+            f"(its head has {outputs} outputs); check teacher.arch and teacher.categories_file"
+        ) from exc
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Turning images into table columns for drift monitoring, and (later) the drift reports."""

@@ -1,0 +1,1 @@
+"""The BentoML model store: promote a gated student, find the promoted one, roll back."""

@@ -1,0 +1,78 @@
+"""Where training runs: device choice, mixed precision, and torchrun's distributed environment."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from vgg2resnet.config import RuntimeParams
+from vgg2resnet.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 on CUDA (no loss scaling needed); full precision on the CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def select_device(params: RuntimeParams, local_rank: int = 0) -> torch.device:
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("runtime.device is 'cuda' but no CUDA device is available; set it to 'auto' or 'cpu'")
+    if params.device in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def start(params: RuntimeParams) -> Runtime:
+    """Join torchrun's process group when launched by it (WORLD_SIZE > 1), else run alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(params, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    if rank == 0:
+        log.info("device %s, world size %d", device, world_size)
+    return Runtime(device=device, rank=rank, world_size=world_size)
+
+
+def stop(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def ranks_agree(model: torch.nn.Module, runtime: Runtime) -> bool:
+    """True when every rank holds the same weights (a cheap checksum gathered from all ranks)."""
+    if not runtime.distributed:
+        return True
+    with torch.no_grad():
+        checksum = torch.stack([sum(p.double().sum() for p in model.parameters()),
+                                sum(p.double().abs().sum() for p in model.parameters())])
+    gathered = [torch.zeros_like(checksum) for _ in range(runtime.world_size)]
+    dist.all_gather(gathered, checksum)
+    return all(torch.equal(g, gathered[0]) for g in gathered)

@@ -1,0 +1,1 @@
+"""Inference for the BentoML service: safe decoding of uploads and the promoted classifier."""

@@ -1,0 +1,93 @@
+"""Stage `distill`: train the ResNet-50 student from the VGG-16 teacher's soft labels.
+
+    vgg2resnet distill                                    # or: dvc repro distill
+    torchrun --nproc-per-node 2 -m vgg2resnet distill     # DistributedDataParallel, same code
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+
+from vgg2resnet.config import Params
+from vgg2resnet.distill.fit import Distillation, fit
+from vgg2resnet.distill.loop import evaluate
+from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, build_or_load_cache, cache_key
+from vgg2resnet.models.builders import STUDENT_ARCH, build_student
+from vgg2resnet.models.checkpoint import load_model, read_meta, save_model
+from vgg2resnet.runtime import Runtime, ranks_agree, start, stop
+from vgg2resnet.stages.training import (
+    data_categories, eval_loader, fingerprint, manifest_hash, model_meta, state_path, train_views,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _distillation(params: Params, runtime: Runtime, teacher: torch.nn.Module, teacher_sha: str,
+                  views) -> Distillation:
+    d = params.distill
+    live = LiveTeacher(teacher, runtime)
+    if not d.logit_cache:
+        return Distillation(live, d.temperature, d.alpha)
+    key = cache_key(teacher=teacher_sha, manifest=manifest_hash(params), augment=params.augment,
+                    image_size=d.image_size, views=d.cache_views, seed=params.runtime.seed)
+    path = params.paths.state_dir / "distill" / f"teacher-logits-{key}.pt"
+    if runtime.is_main:  # one rank builds, the others wait and read it
+        build_or_load_cache(path, live, views, d.cache_views, params.evaluate.batch_size, True)
+    if runtime.distributed:
+        dist.barrier()
+    logits = torch.load(path, map_location="cpu", weights_only=True)
+    cached = CachedTeacher(logits, live, d.cache_tolerance)
+
+    def check(epoch: int) -> float:
+        return cached.check(views, d.cache_check_fraction, seed=params.runtime.seed * 1000 + epoch,
+                            batch_size=params.evaluate.batch_size)
+
+    return Distillation(cached, d.temperature, d.alpha, cache_views=d.cache_views, check=check)
+
+
+def run(params: Params) -> dict:
+    d = params.distill
+    runtime = start(params.runtime)
+    categories = data_categories(params)
+    teacher_path = params.paths.models_dir / "teacher.pt"
+    teacher, _ = load_model(teacher_path, categories)
+    teacher_sha = read_meta(teacher_path)["sha256"]
+    val = eval_loader(params, "val", categories, params.evaluate.batch_size, image_size=d.image_size)
+    teacher_val = evaluate(teacher.to(runtime.device), val, runtime)["accuracy"]
+
+    init = f"ImageNet weights {d.pretrained_weights}" if d.pretrained_weights else "random"
+    if runtime.is_main and d.pretrained_weights is None:
+        log.info("no distill.pretrained_weights: the ResNet-50 student starts from random initialisation")
+    torch.manual_seed(params.runtime.seed)
+    student = build_student(len(categories), d.pretrained_weights)
+    views = train_views(params, d, categories)
+    distillation = _distillation(params, runtime, teacher, teacher_sha, views)
+    run_id = fingerprint("distill", d, params.augment, params.runtime.seed, teacher_sha,
+                         manifest_hash(params), runtime.world_size)
+    student, metrics = fit(
+        student, views, val, d, runtime, params.runtime,
+        state_path=state_path(params, "distill"), fingerprint=run_id,
+        live_dir=params.paths.metrics_dir / "distill", distillation=distillation,
+        freeze_epochs=d.freeze_epochs, backbone_lr_mult=d.backbone_lr_mult, ema_decay=d.ema_decay,
+    )
+    result = {"val_accuracy": metrics.get("val_accuracy"), "teacher_val_accuracy": teacher_val, "init": init}
+    if runtime.distributed:
+        if not ranks_agree(student, runtime):
+            raise RuntimeError("distributed ranks ended with different weights; do not use this student")
+        if runtime.is_main:
+            log.info("all %d ranks hold identical weights", runtime.world_size)
+    if runtime.is_main:
+        out = params.paths.models_dir / "student.pt"
+        meta = save_model(out, student, model_meta(
+            params, STUDENT_ARCH, categories, d.image_size, init, teacher_sha256=teacher_sha,
+            val_accuracy=metrics["val_accuracy"], ema=d.ema_decay is not None,
+        ))
+        log.info("student: val accuracy %.2f%% (teacher %.2f%%), %s (%.1f MB)", metrics["val_accuracy"],
+                 teacher_val, out, meta["bytes"] / 1e6)
+        # Training state is only for resuming an interrupted run; this one finished.
+        (state_path(params, "distill")).unlink(missing_ok=True)
+    stop(runtime)
+    return result

@@ -1,0 +1,181 @@
+"""Models, the logit cache and the distill stage on tiny data with the real architectures."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vgg2resnet.config import load_params
+from vgg2resnet.distill.loop import TrainingDiverged, build_optimizer, build_scheduler, train_one_epoch
+from vgg2resnet.distill.loss import kd_loss
+from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, StaleCacheError, build_or_load_cache
+from vgg2resnet.errors import UserError
+from vgg2resnet.models.builders import build_student, build_teacher
+from vgg2resnet.models.checkpoint import import_user_teacher, load_model
+from vgg2resnet.config import TrainParams
+from vgg2resnet.runtime import Runtime
+from vgg2resnet.stages.training import data_categories, train_views
+
+from .conftest import run, write_params
+
+CPU = Runtime(device=torch.device("cpu"))
+
+
+def test_builders_make_n_category_heads_and_backprop():
+    x = torch.randn(2, 3, 32, 32)
+    for model in (build_teacher("vgg16", 7), build_teacher("vgg16_bn", 7), build_student(7)):
+        out = model(x)
+        assert out.shape == (2, 7)
+        out.sum().backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_pretrained_backbone_from_local_file(tmp_path: Path):
+    imagenet = build_student(1000)
+    torch.save(imagenet.state_dict(), tmp_path / "resnet50.pth")
+    student = build_student(5, tmp_path / "resnet50.pth")
+    assert torch.equal(student.conv1.weight, imagenet.conv1.weight)
+    assert student.fc.out_features == 5
+    with pytest.raises(UserError, match="not found"):
+        build_student(5, tmp_path / "missing.pth")
+    torch.save(build_teacher("vgg16", 1000).state_dict(), tmp_path / "vgg.pth")
+    with pytest.raises(UserError, match="does not match"):
+        build_student(5, tmp_path / "vgg.pth")
+
+
+def test_pickled_objects_are_refused(tmp_path: Path):
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "evil": nn.Linear(1, 1)}, tmp_path / "pickled.pt")
+    with pytest.raises(UserError, match="refused to load"):
+        build_student(5, tmp_path / "pickled.pt")
+
+
+def test_dvc_repro_distill_produces_models_metrics_and_plots(distilled_project: Path):
+    models = distilled_project / "models"
+    teacher = json.loads((models / "teacher.json").read_text())
+    student = json.loads((models / "student.json").read_text())
+    categories = json.loads((distilled_project / "data/prepared/categories.json").read_text())
+    assert teacher["arch"] == "vgg16_bn" and student["arch"] == "resnet50"
+    assert teacher["categories"] == student["categories"] == categories
+    assert student["init"] == "random" and student["teacher_sha256"] == teacher["sha256"]
+    assert student["data_version"] and student["data_version"].endswith(".dir")
+    assert student["bytes"] < teacher["bytes"] * 0.25
+    metrics = json.loads((distilled_project / "metrics/distill/metrics.json").read_text())
+    assert {"val_accuracy", "kd_loss", "ce_loss", "images_per_s", "lr", "cache_max_abs_diff"} <= set(metrics)
+    assert metrics["step"] == 1  # two epochs logged: steps 0 and 1
+    status = run(["dvc", "status", "distill"], distilled_project).stdout.lower()
+    assert "changed" not in status
+    plots = run(["dvc", "plots", "show", "--json"], distilled_project).stdout
+    assert "val_accuracy" in plots
+
+
+def test_checkpoint_with_other_categories_is_refused(distilled_project: Path):
+    categories = json.loads((distilled_project / "data/prepared/categories.json").read_text())
+    model, meta = load_model(distilled_project / "models/student.pt", categories)
+    assert meta["preprocessing"]["image_size"] == 32
+    with pytest.raises(UserError, match="different order"):
+        load_model(distilled_project / "models/student.pt", list(reversed(categories)))
+    with pytest.raises(UserError, match="missing"):
+        load_model(distilled_project / "models/student.pt", categories[:-1] + ["ten"])
+
+
+def test_logit_cache_gives_the_live_teachers_loss_and_catches_staleness(
+        distilled_project: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(distilled_project)
+    params = load_params("params.yaml")
+    categories = data_categories(params)
+    teacher, _ = load_model(Path("models/teacher.pt"), categories)
+    views = train_views(params, params.distill, categories)
+    live = LiveTeacher(teacher, CPU)
+    logits = build_or_load_cache(tmp_path / "cache.pt", live, views, 2, 16, False)
+    cached = CachedTeacher(logits, live, tolerance=1e-3)
+
+    items = [(i, v) for i in range(8) for v in range(2)]
+    images, labels, indices, view_ids = next(iter(DataLoader(views, sampler=items, batch_size=16)))
+    student_logits = torch.randn(16, len(categories))
+    from_cache = kd_loss(student_logits, cached(images, indices, view_ids), labels, 4.0, 0.5)[0]
+    from_live = kd_loss(student_logits, live(images, indices, view_ids), labels, 4.0, 0.5)[0]
+    assert from_cache.item() == pytest.approx(from_live.item(), abs=1e-4)
+    assert cached.check(views, fraction=0.1, seed=0, batch_size=16) <= 1e-3
+
+    logits += 0.5  # a stale cache: another teacher's outputs
+    with pytest.raises(StaleCacheError, match="cache_tolerance"):
+        cached.check(views, fraction=0.1, seed=0, batch_size=16)
+
+
+def test_user_teacher_checkpoint_is_imported_and_checked(tmp_path: Path):
+    state = build_teacher("vgg16", 3).state_dict()
+    torch.save(state, tmp_path / "teacher.pth")
+    model = import_user_teacher(tmp_path / "teacher.pth", "vgg16", ["a", "b", "c"])
+    assert not model.training
+    with pytest.raises(UserError, match="head has 3 outputs"):
+        import_user_teacher(tmp_path / "teacher.pth", "vgg16", ["a", "b", "c", "d"])
+
+
+def test_nan_loss_stops_training():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)[:, :4]) * float("nan")
+
+    model = Broken()
+    params = TrainParams(epochs=1, batch_size=2, optimizer="sgd", lr=0.1)
+    optimizer = build_optimizer(model, params)
+    batch = [(torch.randn(2, 3, 4, 4), torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 0]))]
+    with pytest.raises(TrainingDiverged, match="loss is nan"):
+        train_one_epoch(model, batch, optimizer, build_scheduler(optimizer, params, 1), CPU, teacher=None,
+                        temperature=1.0, alpha=0.0, label_smoothing=0.0, grad_clip_norm=None, ema=None, channels_last=False,
+                        max_steps=None, desc="test")
+
+
+def _copy_for_distill(source: Path, dest: Path, epochs: int) -> Path:
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".git", ".dvc", "checkpoints", "metrics"))
+    write_params(dest, {"distill": {"epochs": epochs, "max_steps_per_epoch": 3, "ema_decay": 0.9}})
+    return dest
+
+
+@pytest.mark.slow
+def test_distill_killed_mid_run_resumes_to_the_same_weights(distilled_project: Path, tmp_path: Path):
+    command = [sys.executable, "-m", "vgg2resnet", "distill"]
+    straight = _copy_for_distill(distilled_project, tmp_path / "straight", epochs=3)
+    run(command, straight)
+
+    resumed = _copy_for_distill(distilled_project, tmp_path / "resumed", epochs=3)
+    process = subprocess.Popen(command, cwd=resumed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    state = resumed / "checkpoints" / "distill" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert state.exists(), "no epoch checkpoint was written before the kill"
+    assert torch.load(state, weights_only=True)["epoch"] < 3
+    log = run(command, resumed).stderr
+    assert "resuming from" in log
+
+    a = torch.load(straight / "models/student.pt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "models/student.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run_agrees_on_weights(distilled_project: Path, tmp_path: Path):
+    project = _copy_for_distill(distilled_project, tmp_path / "ddp", epochs=1)
+    result = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                  "-m", "vgg2resnet", "distill"], project)
+    assert "all 2 ranks hold identical weights" in result.stderr
+    assert json.loads((project / "models/student.json").read_text())["arch"] == "resnet50"

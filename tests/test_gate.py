@@ -1,0 +1,189 @@
+"""The promotion gate: each check on constructed predictions, fail-closed inputs, and promotion
+into a real BentoML model store (the test session's own BENTOML_HOME)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vgg2resnet.cli import app
+from vgg2resnet.config import GateParams, load_params
+from vgg2resnet.gate.policy import accuracy_parity, evaluate_policy, paired_bootstrap
+from vgg2resnet.packaging import store
+from vgg2resnet.stages import gate
+
+GATE = GateParams(bootstrap_samples=1000)
+
+
+def _predictions(n: int, teacher_right: int, student_right: int) -> pd.DataFrame:
+    labels = np.zeros(n, dtype=int)
+    teacher = np.where(np.arange(n) < teacher_right, 0, 1)
+    student = np.where(np.arange(n) < student_right, 0, 1)
+    return pd.DataFrame({"label": labels, "teacher": teacher, "student": student})
+
+
+def _report(student_top1=95.0, teacher_top1=95.0, size_mb=94.0, teacher_mb=537.0, latency=0.5,
+            per_category=None) -> dict:
+    per = per_category or ({"a": 95.0, "b": 95.0}, {"a": 95.0, "b": 95.0})
+    return {
+        "teacher": {"top1": teacher_top1, "size_mb": teacher_mb, "per_category": per[0]},
+        "student": {"top1": student_top1, "size_mb": size_mb, "per_category": per[1]},
+        "size_ratio": size_mb / teacher_mb, "cpu_latency_ratio": latency,
+    }
+
+
+def _by_name(checks) -> dict:
+    return {c.name: c for c in checks}
+
+
+def test_accuracy_parity_passes_an_equal_student_on_a_large_test_set():
+    check = accuracy_parity(_predictions(2000, 1900, 1900), GATE)
+    assert check.passed and check.value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_accuracy_parity_fails_a_clearly_worse_student():
+    check = accuracy_parity(_predictions(2000, 1900, 1800), GATE)
+    assert not check.passed and "-5.00 pt" in check.reason
+
+
+def test_bootstrap_bound_rejects_a_lucky_point_estimate_on_a_tiny_test_set():
+    # 20 images, student one image worse: point -5 pt is within a 10 pt allowance, but with
+    # 20 paired samples the 95% lower bound is far below it.
+    predictions = _predictions(20, 19, 18)
+    point, lower = paired_bootstrap((predictions.student == 0).to_numpy(), (predictions.teacher == 0).to_numpy(),
+                                    1000, 0.95, 0)
+    assert point == pytest.approx(-5.0)
+    check = accuracy_parity(predictions, GateParams(max_accuracy_drop=10.0, bootstrap_samples=1000))
+    assert lower < -10.0 and not check.passed
+
+
+def test_a_student_better_than_the_teacher_is_said_to_be():
+    check = accuracy_parity(_predictions(500, 400, 450), GATE)
+    assert check.passed and "+10.00 pt" in check.reason
+
+
+@pytest.mark.parametrize("report, failing", [
+    (_report(), set()),
+    (_report(size_mb=130.0, teacher_mb=1000.0), {"size_mb"}),
+    (_report(size_mb=100.0, teacher_mb=200.0), {"size_ratio"}),
+    (_report(latency=1.5), {"latency_ratio"}),
+    (_report(per_category=({"a": 95.0, "b": 95.0}, {"a": 95.0, "b": 80.0})), {"category_drop"}),
+    (_report(size_mb=float("nan")), {"size_mb", "size_ratio"}),
+])
+def test_each_threshold_check(report, failing):
+    checks = evaluate_policy(report, _predictions(500, 450, 450), GATE, promoted_top1=None)
+    assert {c.name for c in checks if not c.passed} == failing
+    for check in checks:
+        assert check.reason  # every check says why
+
+
+def test_nan_metric_fails_closed_with_a_reason():
+    checks = _by_name(evaluate_policy(_report(latency=math.nan), _predictions(50, 45, 45), GATE, None))
+    assert not checks["latency_ratio"].passed and "not a finite number" in checks["latency_ratio"].reason
+
+
+def test_min_accuracy_and_regression_against_the_promoted_model():
+    gate_params = GateParams(min_accuracy=96.0, max_regression=1.0, bootstrap_samples=200)
+    checks = _by_name(evaluate_policy(_report(student_top1=95.0), _predictions(50, 45, 45), gate_params,
+                                      promoted_top1=97.0))
+    assert not checks["min_accuracy"].passed
+    assert not checks["no_regression"].passed and "promoted 97.00%" in checks["no_regression"].reason
+    checks = _by_name(evaluate_policy(_report(student_top1=96.5), _predictions(50, 45, 45), gate_params,
+                                      promoted_top1=97.0))
+    assert checks["min_accuracy"].passed and checks["no_regression"].passed
+
+
+def test_dvc_repro_gate_promotes_with_lineage(promoted_project: Path):
+    report = json.loads((promoted_project / "reports/gate.json").read_text())
+    assert report["decision"] == "promote"
+    assert {c["name"] for c in report["checks"]} >= {"accuracy_parity", "category_drop", "size_mb",
+                                                      "size_ratio", "latency_ratio"}
+    assert all({"value", "threshold", "passed", "reason"} <= set(c) for c in report["checks"])
+    assert "PROMOTE" in (promoted_project / "reports/gate.md").read_text()
+    promoted = store.current("vgg2resnet-classifier")
+    assert str(promoted.tag) == report["promoted_tag"]
+    student = json.loads((promoted_project / "models/student.json").read_text())
+    meta = promoted.info.metadata
+    assert meta["model_sha256"] == student["sha256"]
+    assert meta["categories"] == student["categories"]
+    assert meta["data_version"] == report["lineage"]["data_version"] and meta["data_version"].endswith(".dir")
+    assert meta["git_revision"] == report["lineage"]["git_revision"] != "unknown"
+    assert Path(promoted.path_of(store.MODEL_FILE)).stat().st_size == student["bytes"]
+
+
+def _gate_params(project: Path, tmp_path: Path, **gate_overrides):
+    params = load_params(project / "params.yaml")
+    return params.model_copy(update={
+        "gate": params.gate.model_copy(update=gate_overrides),
+        "paths": params.paths.model_copy(update={"reports_dir": tmp_path / "reports"}),
+    })
+
+
+def test_rejected_candidate_leaves_the_store_unchanged(promoted_project: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(promoted_project)
+    before = [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")]
+    params = _gate_params(promoted_project, tmp_path, max_size_mb=1.0)
+    result = gate.run(params)
+    assert result["decision"] == "reject" and result["failed"] == ["size_mb"]
+    assert result["promoted_tag"] is None
+    assert [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")] == before
+    assert "REJECT" in (tmp_path / "reports/gate.md").read_text()
+    with pytest.raises(gate.GateRejected, match="student size"):
+        gate.run(params, strict=True)
+
+
+@pytest.mark.parametrize("damage", ["missing", "malformed", "other_split"])
+def test_gate_fails_closed_on_bad_evaluation_results(promoted_project: Path, tmp_path: Path, monkeypatch,
+                                                     damage: str):
+    monkeypatch.chdir(promoted_project)
+    metrics = tmp_path / "metrics" / "evaluate"
+    metrics.mkdir(parents=True)
+    source = promoted_project / "metrics" / "evaluate"
+    if damage != "missing":
+        (metrics / "predictions.parquet").write_bytes((source / "predictions.parquet").read_bytes())
+        text = (source / "report.json").read_text()
+        if damage == "malformed":
+            text = text[: len(text) // 2]
+        else:
+            text = text.replace('"split": "test"', '"split": "val"')
+        (metrics / "report.json").write_text(text)
+    params = _gate_params(promoted_project, tmp_path)
+    params = params.model_copy(update={"paths": params.paths.model_copy(update={"metrics_dir": tmp_path / "metrics"})})
+    result = gate.run(params)
+    assert result == {"decision": "reject", "failed": ["inputs"], "promoted_tag": None}
+
+
+def test_promoting_again_keeps_the_previous_version_and_rollback_restores_it(tmp_path: Path):
+    name = "rollback-test"
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    first.write_bytes(b"first weights")
+    second.write_bytes(b"second weights")
+    tag1 = store.save_version(name, {store.MODEL_FILE: first}, {"model_sha256": "one"})
+    tag2 = store.save_version(name, {store.MODEL_FILE: second}, {"model_sha256": "two"})
+    assert [str(m.tag) for m in store.promoted_versions(name)] == [tag2, tag1]
+
+    result = CliRunner().invoke(app, ["rollback", "--params", str(_params_with_name(tmp_path, name))])
+    assert result.exit_code == 0, result.output
+    restored = store.current(name)
+    assert str(restored.tag) not in (tag1, tag2)
+    assert restored.info.metadata["restored_from"] == tag1
+    assert Path(restored.path_of(store.MODEL_FILE)).read_bytes() == b"first weights"
+    assert len(store.promoted_versions(name)) == 3  # nothing deleted or overwritten
+
+    store.rollback(name, tag2)
+    assert Path(store.current(name).path_of(store.MODEL_FILE)).read_bytes() == b"second weights"
+
+
+def _params_with_name(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(f"serving:\n  model_name: {name}\n")
+    return path
+
+
+def test_rollback_with_nothing_promoted_is_a_clear_error(tmp_path: Path):
+    result = CliRunner().invoke(app, ["rollback", "--params", str(_params_with_name(tmp_path, "never-saved"))])
+    assert result.exit_code == 2 and "nothing to roll back" in result.output

@@ -1,0 +1,150 @@
+"""The BentoML service through a real `bentoml serve` on 127.0.0.1, spoken to over HTTP."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+from PIL import Image
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(promoted_project: Path, tmp_path_factory):
+    """`bentoml serve` of the session's promoted model; its working directory (where the
+    inference log lands) is a temporary folder."""
+    gate = json.loads((promoted_project / "reports/gate.json").read_text())
+    workdir = tmp_path_factory.mktemp("serve")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VGG2RESNET_PARAMS": str(promoted_project / "params.yaml")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "services.classifier.service:Classifier",
+         "--host", "127.0.0.1", "--port", str(port), "--arg", f"model_tag={gate['promoted_tag']}"],
+        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or still loading
+                pass
+            assert process.poll() is None, "bentoml serve exited"
+            time.sleep(1)
+        else:
+            pytest.fail("the service did not become ready")
+        yield {"url": url, "workdir": workdir, "tag": gate["promoted_tag"], "project": promoted_project}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _test_split(project: Path) -> pd.DataFrame:
+    manifest = pd.read_parquet(project / "data/prepared/manifest.parquet")
+    return manifest[manifest["split"] == "test"].sort_values("path").reset_index(drop=True)
+
+
+def test_a_known_image_returns_a_category_with_top_k(server):
+    image = next((server["project"] / "data/raw/three").iterdir())
+    answer = requests.post(f"{server['url']}/classify", files={"image": image.open("rb")}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    categories = json.loads((server["project"] / "data/prepared/categories.json").read_text())
+    assert body["category"] in categories and body["model_tag"] == server["tag"]
+    assert len(body["top_k"]) == 3 and body["top_k"][0]["category"] == body["category"]
+    assert 0 < body["confidence"] <= 1
+
+
+def test_accuracy_through_http_equals_the_offline_evaluation(server):
+    """The serving smoke test: any preprocessing skew between evaluation and serving shows here."""
+    test = _test_split(server["project"])
+    served = []
+    for start in range(0, len(test), 16):
+        chunk = test.iloc[start:start + 16]
+        files = [("images", (Path(p).name, (server["project"] / "data/raw" / p).read_bytes(), "image/png"))
+                 for p in chunk["path"]]
+        answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=120)
+        assert answer.status_code == 200, answer.text
+        served += [item["category"] for item in answer.json()]
+    offline = pd.read_parquet(server["project"] / "metrics/evaluate/predictions.parquet")
+    categories = json.loads((server["project"] / "data/prepared/categories.json").read_text())
+    offline_categories = [categories[i] for i in offline["student"]]
+    http_accuracy = 100 * (pd.Series(served) == test["category"]).mean()
+    offline_accuracy = 100 * (pd.Series(offline_categories) == offline["category"]).mean()
+    assert abs(http_accuracy - offline_accuracy) <= 0.5
+    assert served == offline_categories
+
+
+def _png(size=(32, 32)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "white").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("case", ["not_an_image", "empty", "truncated", "decompression_bomb",
+                                  "wrong_content_type", "too_many_files"])
+def test_bad_input_gets_a_4xx_with_a_reason_and_the_server_keeps_serving(server, case):
+    url = f"{server['url']}/classify"
+    if case == "not_an_image":
+        answer = requests.post(url, files={"image": ("notes.txt", b"hello", "text/plain")}, timeout=30)
+    elif case == "empty":
+        answer = requests.post(url, files={"image": ("empty.png", b"", "image/png")}, timeout=30)
+    elif case == "truncated":
+        answer = requests.post(url, files={"image": ("cut.png", _png()[:60], "image/png")}, timeout=30)
+    elif case == "decompression_bomb":
+        answer = requests.post(url, files={"image": ("huge.png", _png((8000, 8000)), "image/png")}, timeout=60)
+    elif case == "wrong_content_type":
+        answer = requests.post(url, json={"image": "cat.png"}, timeout=30)
+    else:
+        files = [("images", (f"{i}.png", _png(), "image/png")) for i in range(33)]
+        answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
+    text = answer.text
+    assert "Traceback" not in text and "/site-packages/" not in text
+    expected = {"not_an_image": "not a recognised image", "empty": "empty", "truncated": "truncated",
+                "decompression_bomb": "limit is", "wrong_content_type": "image",
+                "too_many_files": "at most 32"}[case]
+    assert expected in text
+    good = requests.post(url, files={"image": ("ok.png", _png(), "image/png")}, timeout=60)
+    assert good.status_code == 200
+
+
+def test_every_prediction_is_logged_with_its_drift_features(server):
+    log_dir = server["workdir"] / "monitoring" / "vgg2resnet_classifier" / "data"
+
+    def rows() -> int:
+        return sum(len(f.read_text().splitlines()) for f in log_dir.glob("*.log")) if log_dir.exists() else 0
+
+    before = rows()
+    files = [("images", (f"{i}.png", _png(), "image/png")) for i in range(3)]
+    assert requests.post(f"{server['url']}/classify_batch", files=files, timeout=60).status_code == 200
+    deadline = time.monotonic() + 20
+    while rows() < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert rows() == before + 3
+    last = pd.read_json(sorted(log_dir.glob("*.log"))[-1], lines=True, dtype={"request_id": str, "trace_id": str})
+    record = last.iloc[-1]
+    assert record["model_tag"] == server["tag"]
+    for column in ("brightness", "contrast", "sharpness", "saturation", "width", "height", "emb_0", "emb_7",
+                   "prediction", "confidence", "logged_at"):
+        assert column in last.columns
+    assert record["brightness"] == pytest.approx(255.0)
