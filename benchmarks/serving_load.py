@@ -9,11 +9,6 @@ Runs by hand (not in CI). Needs a promoted model (`dvc repro`) and the demo data
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,29 +21,7 @@ from PIL import Image
 from vgg2resnet.config import load_params
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.classifier import Classifier
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(tag: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "services.classifier.service:Classifier", "--host",
-         "127.0.0.1", "--port", str(port), "--arg", f"model_tag={tag}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(180):
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except requests.RequestException:  # not listening yet, or still loading
-            time.sleep(1)
-    os.killpg(process.pid, signal.SIGTERM)
-    raise SystemExit("the service did not become ready")
+from vgg2resnet.serving.server import local_server
 
 
 def load(url: str, payloads: list[bytes], concurrency: int, duration: float) -> dict:
@@ -114,12 +87,10 @@ if __name__ == "__main__":
 
     ceiling = raw_throughput(Path(promoted.path), images, params.serving.max_batch_size, 10.0)
     print(f"raw batched model throughput (batch {params.serving.max_batch_size}): {ceiling:.1f} img/s")
-    process, url = start_server(str(promoted.tag))
-    try:
+    root = Path.cwd()
+    with local_server(str(promoted.tag), cwd=root, project_root=root, params_file=root / "params.yaml") as url:
         for level in args.concurrency:
             r = load(url, payloads, level, args.duration)
             print(f"concurrency {level:3d}: {r['req_s']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
                   f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  ({r['requests']} requests)  "
                   f"{r['req_s'] / ceiling:.2f}x raw")
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)

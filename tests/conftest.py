@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -55,7 +56,8 @@ def make_project(dest: Path, remote: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("src", "services"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / ".gitignore").write_text("__pycache__/\n")
     run(["git", "init", "-q"], dest)
     run(["git", "config", "user.email", "test@example.com"], dest)
@@ -107,6 +109,7 @@ TINY_PARAMS = {
     # so the stages after the gate have a promoted model; tests/test_gate.py tightens it.
     "gate": {"max_accuracy_drop": 100.0, "max_category_drop": 100.0, "max_latency_ratio": 100.0,
              "bootstrap_samples": 200},
+    "monitoring": {"min_rows": 20, "traffic_requests": 40, "retain_fraction": 1.0},
 }
 
 
@@ -131,3 +134,31 @@ def promoted_project(distilled_project: Path) -> Path:
     """The session project after `dvc repro gate`: evaluated, gated and promoted."""
     run(["dvc", "repro", "gate"], distilled_project)
     return distilled_project
+
+
+@pytest.fixture(scope="session")
+def referenced_project(promoted_project: Path) -> Path:
+    """The session project after `dvc repro`: packaged and with its drift reference."""
+    run(["dvc", "repro", "reference"], promoted_project)
+    return promoted_project
+
+
+@pytest.fixture(scope="session")
+def served(referenced_project: Path, tmp_path_factory):
+    """A real `bentoml serve` of the session's promoted model on 127.0.0.1; the inference log
+    lands in the project's monitoring folder, where `vgg2resnet monitor` reads it."""
+    from vgg2resnet.serving.server import local_server
+
+    gate = json.loads((referenced_project / "reports/gate.json").read_text())
+    with local_server(gate["promoted_tag"], cwd=referenced_project, project_root=ROOT,
+                      params_file=referenced_project / "params.yaml") as url:
+        yield {"url": url, "tag": gate["promoted_tag"], "project": referenced_project}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the session; every flow call happens inside it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -2,11 +2,6 @@
 
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,47 +10,12 @@ import pytest
 import requests
 from PIL import Image
 
-from .conftest import ROOT
-
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(promoted_project: Path, tmp_path_factory):
-    """`bentoml serve` of the session's promoted model; its working directory (where the
-    inference log lands) is a temporary folder."""
-    gate = json.loads((promoted_project / "reports/gate.json").read_text())
-    workdir = tmp_path_factory.mktemp("serve")
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VGG2RESNET_PARAMS": str(promoted_project / "params.yaml")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "services.classifier.service:Classifier",
-         "--host", "127.0.0.1", "--port", str(port), "--arg", f"model_tag={gate['promoted_tag']}"],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or still loading
-                pass
-            assert process.poll() is None, "bentoml serve exited"
-            time.sleep(1)
-        else:
-            pytest.fail("the service did not become ready")
-        yield {"url": url, "workdir": workdir, "tag": gate["promoted_tag"], "project": promoted_project}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+def server(served):
+    return {**served, "workdir": served["project"]}
 
 
 def _test_split(project: Path) -> pd.DataFrame:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import random
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +25,8 @@ from vgg2resnet.config import load_params
 from vgg2resnet.serving.classifier import Classifier as Model
 from vgg2resnet.serving.decode import InvalidImage, decode_image
 
-PARAMS = load_params(os.environ.get("VGG2RESNET_PARAMS", "params.yaml")).serving
+_ALL = load_params(os.environ.get("VGG2RESNET_PARAMS", "params.yaml"))
+PARAMS, RETAIN = _ALL.serving, _ALL.monitoring
 MONITOR = "vgg2resnet_classifier"
 log = logging.getLogger("vgg2resnet.service")
 
@@ -80,18 +83,25 @@ class Classifier:
                 where = f"file {number + 1}: " if len(uploads) > 1 else ""
                 raise InvalidArgument(f"{where}{exc}") from None
         results = self.model.predict(images, PARAMS.top_k)
-        self._log(results)
+        self._log(results, images)
         return [Prediction(category=r["category"], confidence=r["confidence"],
                            top_k=[Ranked(**t) for t in r["top_k"]], model_tag=self.tag) for r in results]
 
-    def _log(self, results: list[dict]) -> None:
-        """One monitoring record per prediction; a logging failure never fails the request."""
+    def _log(self, results: list[dict], images: list) -> None:
+        """One monitoring record per prediction; a logging failure never fails the request.
+        With monitoring.retain_fraction > 0, that share of images is kept for the teacher check."""
         try:
-            for result in results:
+            for result, image in zip(results, images):
+                kept = ""
+                if RETAIN.retain_fraction and random.random() < RETAIN.retain_fraction:
+                    RETAIN.retained_dir.mkdir(parents=True, exist_ok=True)
+                    kept = f"{uuid.uuid4().hex}.png"
+                    image.save(RETAIN.retained_dir / kept)
                 with bentoml.monitor(MONITOR) as monitor:
                     monitor.log(datetime.datetime.now(datetime.timezone.utc).isoformat(), name="logged_at",
                                 role="feature", data_type="categorical")
                     monitor.log(self.tag, name="model_tag", role="feature", data_type="categorical")
+                    monitor.log(kept, name="retained_image", role="feature", data_type="categorical")
                     for name, value in result["features"].items():
                         monitor.log(value, name=name, role="feature", data_type="numerical")
                     monitor.log(result["category"], name="prediction", role="prediction",

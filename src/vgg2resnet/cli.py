@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+from datetime import datetime, timezone
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -117,6 +118,49 @@ def gate(params: ParamsOption = Path("params.yaml"),
 def package(params: ParamsOption = Path("params.yaml")) -> None:
     """Build a Bento of the promoted model (skipped, with the reason, when the gate rejected it)."""
     _print_json(_run_stage("package", params))
+
+
+@command
+def reference(params: ParamsOption = Path("params.yaml")) -> None:
+    """Compute the drift reference profile of the promoted model from the validation split."""
+    _print_json(_run_stage("reference", params))
+
+
+@command
+def monitor(params: ParamsOption = Path("params.yaml"),
+            since: Annotated[datetime | None, typer.Option(help="start of the window (ISO time, UTC)")] = None) -> None:
+    """Compare logged traffic with the reference: Evidently report + JSON summary in reports/drift/."""
+    from vgg2resnet.config import load_params
+    from vgg2resnet.monitoring.monitor import run_monitor
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    _print_json(run_monitor(load_params(params), since=since))
+
+
+@command
+def simulate_traffic(
+    url: Annotated[str, typer.Option(help="the running service")] = "http://127.0.0.1:3000",
+    corruption: Annotated[str | None, typer.Option(help="brightness|contrast|blur|noise|rotation|occlusion")] = None,
+    severity: Annotated[int, typer.Option(min=1, max=5)] = 3,
+    requests: Annotated[int | None, typer.Option(help="images to send (default monitoring.traffic_requests)")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Send test-split images, clean or corrupted, to a service on this machine."""
+    from vgg2resnet.config import load_params
+    from vgg2resnet.monitoring.traffic import send_traffic
+
+    loaded = load_params(params)
+    _print_json(send_traffic(loaded, url, requests or loaded.monitoring.traffic_requests, corruption, severity))
+
+
+@command
+def demo(params: ParamsOption = Path("params.yaml")) -> None:
+    """After `dvc repro`: serve the promoted model, send clean then drifted traffic, report drift."""
+    from vgg2resnet.config import load_params
+    from vgg2resnet.monitoring.demo import run_demo
+
+    _print_json(run_demo(load_params(params), params))
 
 
 @command

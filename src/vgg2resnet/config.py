@@ -148,6 +148,27 @@ class ServingParams(Section):
     embedding_dims: int = Field(8, ge=2, le=64)
 
 
+class MonitoringParams(Section):
+    log_dir: Path = Path("monitoring/vgg2resnet_classifier/data")
+    report_dir: Path = Path("reports/drift")
+    window_hours: float = Field(24.0, gt=0)
+    min_rows: int = Field(100, ge=2)
+    drift_share: float = Field(0.5, gt=0, le=1)
+    embedding_threshold: float = Field(0.55, gt=0.5, le=1)
+    traffic_requests: int = Field(300, ge=1, le=100_000)
+    event_cooldown_hours: float = Field(24.0, ge=0)
+    retain_fraction: float = Field(0.0, ge=0, le=1)
+    retained_dir: Path = Path("monitoring/retained")
+    max_agreement_drop: float = Field(10.0, ge=0)
+
+
+class OrchestrationParams(Section):
+    gpu_work_pool: str | None = None
+    gpu_stages: list[str] = ["teacher", "distill"]
+    gpu_deployment: str = "migrate-stage/gpu"
+    gpu_timeout_s: int = Field(6 * 3600, ge=60)
+
+
 class Params(Section):
     paths: PathsParams = PathsParams()
     data: DataParams = DataParams()
@@ -159,6 +180,8 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     serving: ServingParams = ServingParams()
+    monitoring: MonitoringParams = MonitoringParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:

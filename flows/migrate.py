@@ -1,0 +1,120 @@
+"""Prefect flow `migrate`: every dvc.yaml stage as one task, in the DAG's order.
+
+    python -m flows.migrate                 # run locally, no server needed
+    prefect --no-prompt deploy --all        # deployments from prefect.yaml
+
+DVC decides what is stale (an up-to-date stage is skipped) and dvc.lock records each run; the
+flow adds retries on lock contention, GPU routing of the heavy stages and Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.deployments import run_deployment
+
+from vgg2resnet.config import Params, load_params
+from vgg2resnet.lineage import git_revision
+from vgg2resnet.orchestration.pipeline import StageFailed, gate_outcome, reproduce, stage_names
+
+
+def _lock_contention(task, task_run, state) -> bool:
+    """Retry only what can pass on a second try: another DVC command holding the repo lock."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - inspecting the failure, not handling it
+        return "Unable to acquire lock" in str(exc)
+    return False
+
+
+@task(retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=_lock_contention)
+def run_stage(stage: str, project_dir: str) -> bool:
+    return reproduce(stage, Path(project_dir))
+
+
+@task
+def run_stage_on_gpu(stage: str, project_dir: str, deployment: str, timeout_s: int) -> bool:
+    """Run the stage on the GPU work pool's deployment, then take its result from DVC's run cache.
+
+    The worker pushes the stage's outputs and run-cache entry; here `dvc repro` of the same
+    stage (same deps, params and command) finds the entry and checks the outputs out instead of
+    running it again, and records them in this checkout's dvc.lock.
+    """
+    from dvc.repo import Repo
+
+    revision = git_revision(Path(project_dir))
+    child = run_deployment(name=deployment, parameters={"stage": stage, "revision": revision},
+                           timeout=timeout_s, poll_interval=10)
+    if not child.state.is_completed():
+        raise StageFailed(f"stage '{stage}' on {deployment} ended {child.state.name}: {child.state.message}")
+    with contextlib.chdir(project_dir), Repo(project_dir) as repo:
+        repo.fetch(targets=[stage], run_cache=True)
+    return reproduce(stage, Path(project_dir))
+
+
+def _publish(root: Path, params: Params) -> dict:
+    gate = gate_outcome(root, params.paths.reports_dir)
+    create_markdown_artifact(key="gate-report", markdown=(root / params.paths.reports_dir / "gate.md").read_text(),
+                             description=f"promotion gate: {gate['decision']}")
+    report = json.loads((root / params.paths.metrics_dir / "evaluate" / "report.json").read_text())
+    create_table_artifact(key="migration-metrics", table=[
+        {"model": name, "top1": report[name]["top1"], "top5": report[name]["top5"],
+         "size_mb": report[name]["size_mb"], "cpu_latency_ms_p50": report[name]["cpu"]["latency_ms_p50"]}
+        for name in ("teacher", "student")
+    ], description="held-out test split")
+    return gate
+
+
+@flow(name="migrate", log_prints=True)
+def migrate(project_dir: str = ".") -> dict[str, bool]:
+    """Reproduce the pipeline; fail with the reason when validation or the gate stops it."""
+    logger = get_run_logger()
+    root = Path(project_dir).resolve()
+    params = load_params(root / "params.yaml")
+    orchestration = params.orchestration
+    ran: dict[str, bool] = {}
+    # One stage at a time: DVC commands must never run concurrently on one repository.
+    for stage in stage_names(root):
+        if orchestration.gpu_work_pool and stage in orchestration.gpu_stages:
+            ran[stage] = run_stage_on_gpu(stage, str(root), orchestration.gpu_deployment,
+                                          orchestration.gpu_timeout_s)
+        else:
+            ran[stage] = run_stage(stage, str(root))
+        if stage == "validate":
+            result = root / params.validation.report_dir / "result.json"
+            create_markdown_artifact(key="validation-report", markdown=(
+                f"Validation passed: {json.loads(result.read_text())['summary']['expectations']} expectations; "
+                f"Data Docs at `{root / params.validation.report_dir / 'docs' / 'index.html'}`"))
+        if stage == "gate":
+            gate = _publish(root, params)
+            if gate["decision"] != "promote":
+                failed = "; ".join(c["reason"] for c in gate["checks"] if not c["passed"])
+                raise StageFailed(f"the gate rejected the student: {failed}")
+    logger.info("stages run: %s; skipped (up to date): %s", [s for s, r in ran.items() if r],
+                [s for s, r in ran.items() if not r])
+    return ran
+
+
+@flow(name="migrate-stage")
+def migrate_stage(stage: str, revision: str, project_dir: str = ".") -> None:
+    """On a (GPU) worker: check out the revision, pull the inputs, reproduce one stage, push it."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    root = Path(project_dir).resolve()
+    subprocess.run(["git", "fetch", "--quiet"], cwd=root, check=False)
+    subprocess.run(["git", "checkout", "--quiet", revision.removesuffix("-dirty")], cwd=root, check=True)
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        repo.pull(targets=[stage], with_deps=True, allow_missing=True)
+    reproduce(stage, root)
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        repo.push(targets=[stage], run_cache=True)
+
+
+if __name__ == "__main__":
+    migrate()

@@ -1,0 +1,39 @@
+"""A label-free health signal: on images the service kept (opt-in), does the teacher still
+agree with the student as often as it did on the test split? A drop means the student has
+left the teacher's behaviour on today's inputs, drift or not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from vgg2resnet.config import Params
+from vgg2resnet.data.transforms import transform_from_meta
+from vgg2resnet.models.checkpoint import load_model
+
+
+def teacher_agreement(rows: pd.DataFrame, params: Params) -> dict | None:
+    """Agreement (%) of the teacher with the logged student predictions on kept images; None if none."""
+    if "retained_image" not in rows or not rows["retained_image"].fillna("").astype(bool).any():
+        return None
+    kept = rows[rows["retained_image"].fillna("").astype(bool)]
+    paths = [params.monitoring.retained_dir / name for name in kept["retained_image"]]
+    present = [i for i, p in enumerate(paths) if Path(p).is_file()]
+    if not present:
+        return None
+    teacher, meta = load_model(params.paths.models_dir / "teacher.pt")
+    transform = transform_from_meta(meta["preprocessing"])
+    with torch.no_grad():
+        batch = torch.stack([transform(Image.open(paths[i]).convert("RGB")) for i in present])
+        predicted = [meta["categories"][i] for i in teacher(batch).argmax(1).tolist()]
+    logged = kept["prediction"].iloc[present].tolist()
+    agreement = 100.0 * sum(t == s for t, s in zip(predicted, logged)) / len(present)
+    report = params.paths.metrics_dir / "evaluate" / "report.json"
+    baseline = json.loads(report.read_text())["agreement"] if report.is_file() else None
+    drop = None if baseline is None else baseline - agreement
+    return {"sampled": len(present), "agreement": agreement, "test_split_agreement": baseline,
+            "drop": drop, "alert": drop is not None and drop > params.monitoring.max_agreement_drop}

@@ -1,0 +1,60 @@
+"""Start and stop a local `bentoml serve` of the classifier on 127.0.0.1 (demo, benchmarks, tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+SERVICE = "services.classifier.service:Classifier"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_server(model_tag: str, *, cwd: Path, project_root: Path, params_file: Path,
+                 ready_timeout: float = 180.0) -> Iterator[str]:
+    """Yield the URL of a ready server; the inference log lands under `cwd`."""
+    port = free_port()
+    env = {**os.environ, "VGG2RESNET_PARAMS": str(Path(params_file).resolve()),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(project_root).resolve()),
+                                                        os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port),
+         "--arg", f"model_tag={model_tag}"],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with code {process.returncode}")
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or still loading
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the service was not ready after {ready_timeout:.0f} s")
+            time.sleep(1)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)

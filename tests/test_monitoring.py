@@ -1,0 +1,84 @@
+"""Drift monitoring end to end: real traffic through the served model, real inference logs,
+real Evidently reports."""
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vgg2resnet.config import load_params
+from vgg2resnet.errors import UserError
+from vgg2resnet.monitoring.corruptions import CORRUPTIONS, corrupt
+from vgg2resnet.monitoring.logs import read_inference_log
+from vgg2resnet.monitoring.monitor import run_monitor
+from vgg2resnet.monitoring.traffic import send_traffic
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def params(served, monkeypatch):
+    monkeypatch.chdir(served["project"])
+    return load_params("params.yaml")
+
+
+def test_reference_profile_is_tied_to_the_promoted_model(served):
+    reference = pd.read_parquet(served["project"] / "models/reference.parquet")
+    manifest = pd.read_parquet(served["project"] / "data/prepared/manifest.parquet")
+    assert len(reference) == (manifest["split"] == "val").sum()
+    assert set(reference["model_tag"]) == {served["tag"]}
+    assert {"brightness", "contrast", "sharpness", "saturation", "emb_0", "prediction", "confidence"} <= set(reference)
+
+
+def test_clean_traffic_shows_no_drift(served, params):
+    since = datetime.now(timezone.utc)
+    assert send_traffic(params, served["url"], 40)["failed"] == 0
+    summary = run_monitor(params, since=since)
+    assert summary["status"] == "no_drift", summary
+    assert summary["rows_compared"]["current"] == 40
+    assert Path(summary["report_html"]).is_file()
+    assert json.loads(Path(summary["report_html"]).with_suffix(".json").read_text())["status"] == "no_drift"
+    health = summary["teacher_agreement"]  # every image is kept in the tests (retain_fraction 1.0)
+    assert health["sampled"] == 40 and 0 <= health["agreement"] <= 100
+    report = json.loads((served["project"] / "metrics/evaluate/report.json").read_text())
+    assert health["test_split_agreement"] == report["agreement"]
+
+
+def test_strong_corruption_is_detected_and_named(served, params):
+    since = datetime.now(timezone.utc)
+    send_traffic(params, served["url"], 40, corruption="brightness", severity=5)
+    summary = run_monitor(params, since=since)
+    assert summary["drift_detected"] and summary["status"] == "drift"
+    assert "brightness" in summary["drifted_columns"]
+    assert "embedding" in summary["drifted_columns"]
+    assert (params.monitoring.report_dir / "trend.html").is_file()
+
+
+def test_too_few_rows_is_not_enough_data_not_an_alarm(served, params):
+    summary = run_monitor(params, since=datetime.now(timezone.utc))
+    assert summary["status"] == "not_enough_data" and summary["drift_detected"] is False
+    assert "min_rows" in summary["message"]
+
+
+def test_a_corrupt_log_line_is_skipped_and_counted(served, params, tmp_path: Path):
+    source = sorted(params.monitoring.log_dir.glob("*.log"))[0]
+    copy = tmp_path / "data.1.log"
+    lines = source.read_text().splitlines()
+    copy.write_text("\n".join(lines[:3] + ['{"logged_at": broken json', "plain garbage"] + lines[3:6]) + "\n")
+    window = read_inference_log(tmp_path, since=datetime(2000, 1, 1, tzinfo=timezone.utc))
+    assert window.skipped_lines == 2 and len(window.rows) == 6
+
+
+def test_simulated_traffic_refuses_other_hosts(params):
+    with pytest.raises(UserError, match="this machine only"):
+        send_traffic(params, "http://192.0.2.1:3000", 1)
+
+
+def test_every_corruption_changes_the_image(served):
+    from PIL import Image
+
+    image = Image.open(next((served["project"] / "data/raw/three").iterdir())).convert("RGB")
+    for name in CORRUPTIONS:
+        assert list(corrupt(image, name, 5).getdata()) != list(image.getdata()), name
