@@ -12,17 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+import vgg2resnet  # noqa: F401 - importing it turns the libraries' telemetry off
 
-for _name, _value in {
-    "BENTOML_DO_NOT_TRACK": "true",
-    "GX_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-}.items():
-    os.environ.setdefault(_name, _value)
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # A BentoML model store of the test session's own, never the developer's (set before bentoml loads).
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="vgg2resnet-bentoml-")
 

@@ -104,3 +104,31 @@ def test_monitor_flow_emits_the_drift_event_once_per_cool_down(prefect_harness, 
     assert marker["event_id"] == summary["event_id"]
     again = monitor(project_dir=str(served["project"]), since=since)
     assert again["drift_detected"] and again["event_id"] is None  # the same episode: no second retraining
+
+
+def test_ingest_twice_makes_one_version_and_a_new_drop_another(prefect_harness, tmp_path: Path, tiny_images: Path):
+    from flows.ingest import ingest
+
+    from .conftest import make_image_folder
+
+    project = _fresh_project(tmp_path, tiny_images, source="data/incoming")
+    run(["git", "commit", "-qam", "use data/incoming"], project)
+    commits = lambda: int(run(["git", "rev-list", "--count", "HEAD"], project).stdout)  # noqa: E731
+    before = commits()
+    first = ingest(drop=str(tiny_images), project_dir=str(project))
+    assert first["new_version"] and first["new_images"] == 120 and first["version"].endswith(".dir")
+    assert commits() == before + 1
+    assert first["version"] in run(["git", "log", "-1", "--format=%s"], project).stdout
+    assert (project / "data/prepared/manifest.parquet").is_file()  # prepare ran on the new version
+
+    again = ingest(drop=str(tiny_images), project_dir=str(project))
+    assert again == {"version": first["version"], "new_images": 0, "new_version": False}
+    assert commits() == before + 1
+
+    more = make_image_folder(tmp_path / "more", per_category=14)  # 2 new images per category
+    third = ingest(drop=str(more), project_dir=str(project))
+    assert third["new_version"] and third["new_images"] == 20 and third["version"] != first["version"]
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull", "data/incoming.dvc"], clone)
+    assert sum(1 for p in (clone / "data/incoming").rglob("*.png")) == 140

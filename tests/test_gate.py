@@ -187,3 +187,11 @@ def _params_with_name(tmp_path: Path, name: str) -> Path:
 def test_rollback_with_nothing_promoted_is_a_clear_error(tmp_path: Path):
     result = CliRunner().invoke(app, ["rollback", "--params", str(_params_with_name(tmp_path, "never-saved"))])
     assert result.exit_code == 2 and "nothing to roll back" in result.output
+
+
+def test_gating_the_promoted_student_again_saves_nothing_new(promoted_project: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(promoted_project)
+    before = [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")]
+    result = gate.run(_gate_params(promoted_project, tmp_path))
+    assert result["decision"] == "promote" and result["promoted_tag"] == before[0]
+    assert [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")] == before

@@ -1,7 +1,8 @@
 """The `vgg2resnet` command: one subcommand per pipeline stage, plus helpers.
 
-    vgg2resnet prepare            # what `dvc repro prepare` runs
+    vgg2resnet prepare            # what `dvc repro prepare` runs (likewise every stage)
     vgg2resnet data-version       # the DVC hash of data/raw
+    vgg2resnet demo               # serve, send traffic, report drift
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import importlib
 import json
 import logging
 import os
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,28 +23,19 @@ from rich.logging import RichHandler
 
 from vgg2resnet.errors import UserError
 
-# Telemetry off before any of these libraries is imported.
-for _name, _value in {
-    "BENTOML_DO_NOT_TRACK": "true",
-    "GX_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "DO_NOT_TRACK": "1",
-}.items():
-    os.environ.setdefault(_name, _value)
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.splitlines()[0])
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help=__doc__.splitlines()[0])
 err = Console(stderr=True, soft_wrap=True)
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 
 
-def _setup_logging(verbose: bool = False) -> None:
+def _setup_logging() -> None:
     # Libraries log at WARNING and above; the project's own progress at INFO.
     logging.basicConfig(
         level=logging.WARNING, format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True,
     )
-    logging.getLogger("vgg2resnet").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("vgg2resnet").setLevel(logging.INFO)
 
 
 def command(func: Callable[..., Any]) -> Callable[..., Any]:

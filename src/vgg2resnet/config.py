@@ -49,6 +49,7 @@ class DataParams(Section):
     categories: list[str] | None = None
     on_undecodable: Literal["error", "record"] = "error"
     max_pixels: int = Field(89_478_485, ge=1)
+    incoming_dir: Path = Path("data/incoming")
 
 
 class ValidationParams(Section):

@@ -6,6 +6,7 @@ repeats the meta and adds the file's sha256, for people and for lineage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,23 @@ def sidecar(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights alone: the same training gives the same value whatever the metadata
+    (git revision, paths) saved beside them, which the file's sha256 does not."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
     """Write weights and meta atomically; return the meta with the file's sha256 and size."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic.atomic_path(Path(path)) as tmp:
         torch.save({"state_dict": state, "meta": meta}, tmp)
-    full = {**meta, "sha256": file_sha256(path), "bytes": Path(path).stat().st_size}
+    full = {**meta, "sha256": file_sha256(path), "weights_sha256": weights_sha256(state),
+            "bytes": Path(path).stat().st_size}
     atomic.write_json(sidecar(path), full)
     return full
 

@@ -78,7 +78,7 @@ def _promoted_top1(params: Params, categories: list[str], candidate_sha: str) ->
     """Top-1 of the model now in production on today's test split (None when there is none,
     or when it is this very candidate)."""
     promoted = store.current(params.serving.model_name)
-    if promoted is None or promoted.info.metadata.get("model_sha256") == candidate_sha:
+    if promoted is None or promoted.info.metadata.get("weights_sha256") == candidate_sha:
         return None, promoted
     payload = torch.load(promoted.path_of(store.MODEL_FILE), map_location="cpu", weights_only=True)
     meta = payload["meta"]
@@ -103,7 +103,7 @@ def run(params: Params, strict: bool = False) -> dict:
     promoted = None
     try:
         report, predictions, teacher, student = _load_inputs(params, categories)
-        promoted_top1, promoted = _promoted_top1(params, categories, student["sha256"])
+        promoted_top1, promoted = _promoted_top1(params, categories, student["weights_sha256"])
         checks = evaluate_policy(report, predictions, params.gate, promoted_top1)
     except ValueError as exc:
         report, teacher, student = {}, {}, {}
@@ -151,12 +151,13 @@ def _summary(report: dict, passed: bool, failed: list[Check]) -> str:
 
 def _promote(params: Params, student: dict, result: dict, promoted) -> str:
     """Save the student as the new promoted version, unless it already is the promoted one."""
-    if promoted is not None and promoted.info.metadata.get("model_sha256") == student["sha256"]:
+    if promoted is not None and promoted.info.metadata.get("weights_sha256") == student["weights_sha256"]:
         log.info("the student is already the promoted model %s", promoted.tag)
         return str(promoted.tag)
     models_dir = params.paths.models_dir
     metadata = {
         "model_sha256": student["sha256"],
+        "weights_sha256": student["weights_sha256"],
         "arch": student["arch"],
         "categories": student["categories"],
         "preprocessing": student["preprocessing"],
