@@ -68,6 +68,8 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, para
             log.info("resuming from %s after epoch %d of %d", state_path, start_epoch, params.epochs)
 
     trained = DistributedDataParallel(model) if runtime.distributed else model
+    if runtime_params.compile and runtime.device.type == "cuda":
+        trained = torch.compile(trained)  # worth its compile time on a GPU only
     live = Live(str(live_dir), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None,
                 report=None) if runtime.is_main else None
     pin = runtime_params.pin_memory and runtime.device.type == "cuda"
