@@ -13,7 +13,7 @@ import argparse
 import time
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from vgg2resnet.config import load_params
 from vgg2resnet.data.categories import read_categories
@@ -24,9 +24,9 @@ from vgg2resnet.runtime import Runtime, select_device
 from vgg2resnet.stages.training import train_views
 
 
-def one_epoch(views, runtime, params, teacher, cache_views) -> float:
+def one_epoch(views, runtime, params, teacher, cache_views, num_classes) -> float:
     torch.manual_seed(0)
-    student = build_student(views_categories).to(runtime.device).to(memory_format=torch.channels_last)
+    student = build_student(num_classes).to(runtime.device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(student, params)
     steps = -(-len(views) // params.batch_size)
     scheduler = build_scheduler(optimizer, params, steps)
@@ -53,7 +53,6 @@ if __name__ == "__main__":
     dparams = params.distill.model_copy(update={"image_size": args.image_size, "batch_size": args.batch_size,
                                                 "epochs": 1, "warmup_epochs": 0})
     categories = read_categories(params.data.prepared_dir / "categories.json")
-    views_categories = len(categories)
     views = train_views(params, dparams, categories)
     views.images.paths = views.images.paths[: args.images]
     views.images.labels = views.images.labels[: args.images]
@@ -62,9 +61,9 @@ if __name__ == "__main__":
     live = LiveTeacher(teacher, runtime)
 
     print(f"device {runtime.device}, {len(views)} images at {args.image_size} px, batch {args.batch_size}")
-    plain = one_epoch(views, runtime, dparams, None, None)
+    plain = one_epoch(views, runtime, dparams, None, None, len(categories))
     print(f"plain ResNet-50 epoch:        {plain:7.2f} img/s  1.00x time")
-    kd_live = one_epoch(views, runtime, dparams, live, None)
+    kd_live = one_epoch(views, runtime, dparams, live, None, len(categories))
     print(f"KD, live VGG-16 teacher:      {kd_live:7.2f} img/s  {plain / kd_live:.2f}x time")
     start = time.perf_counter()
     logits = build_or_load_cache(params.paths.state_dir / "bench-cache.pt", live, views, args.views,
@@ -73,5 +72,6 @@ if __name__ == "__main__":
     (params.paths.state_dir / "bench-cache.pt").unlink()
     print(f"cache build ({args.views} views):     {build:7.2f} s      "
           f"{build / (len(views) / plain):.2f}x a plain epoch")
-    kd_cached = one_epoch(views, runtime, dparams, CachedTeacher(logits, live, 1e-3), args.views)
+    cached = CachedTeacher(logits, live, 1e-3)
+    kd_cached = one_epoch(views, runtime, dparams, cached, args.views, len(categories))
     print(f"KD, cached teacher logits:    {kd_cached:7.2f} img/s  {plain / kd_cached:.2f}x time")

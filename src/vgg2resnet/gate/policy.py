@@ -77,14 +77,13 @@ def category_drops(report: dict, gate: GateParams) -> Check:
     if not drops or not _finite(*drops.values()):
         return failed_input("category_drop", "per-category accuracy missing or not finite: failing closed")
     worst = max(drops, key=drops.get)
-    check = check_threshold("category_drop", drops[worst], gate.max_category_drop, at_most=True,
-                            unit=" pt", what=f"largest per-category drop ('{worst}')")
-    return check
+    return check_threshold("category_drop", drops[worst], gate.max_category_drop, at_most=True,
+                           unit=" pt", what=f"largest per-category drop ('{worst}')")
 
 
 def evaluate_policy(report: dict, predictions: pd.DataFrame, gate: GateParams,
                     promoted_top1: float | None) -> list[Check]:
-    student, teacher = report["student"], report["teacher"]
+    student = report["student"]
     checks = [
         accuracy_parity(predictions, gate),
         category_drops(report, gate),

@@ -54,9 +54,9 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def load_model(path: Path, categories: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a saved model in eval mode; refuse it when its categories differ from `categories`."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True) if Path(path).is_file() else None
-    if payload is None:
+    if not Path(path).is_file():
         raise UserError(f"{path}: model file not found; run the stage that produces it")
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     meta = payload["meta"]
     check_categories(meta["categories"], categories, str(path))
     model = build_model(meta["arch"], len(meta["categories"]))

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vgg2resnet.data.transforms import transform_from_meta
-from vgg2resnet.models.builders import build_model
+from vgg2resnet.models.checkpoint import load_model
 from vgg2resnet.monitoring.features import embedding_columns, image_statistics, penultimate_features, project
 
 MODEL_FILE = "model.pt"
@@ -19,13 +19,10 @@ PROJECTION_FILE = "projection.pt"
 class Classifier:
     def __init__(self, model_dir: Path, device: torch.device | None = None) -> None:
         model_dir = Path(model_dir)
-        payload = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-        self.meta = payload["meta"]
+        model, self.meta = load_model(model_dir / MODEL_FILE)
         self.categories: list[str] = self.meta["categories"]
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = build_model(self.meta["arch"], len(self.categories))
-        model.load_state_dict(payload["state_dict"])
-        self.model = model.eval().to(self.device)
+        self.model = model.to(self.device)
         self.transform = transform_from_meta(self.meta["preprocessing"])
         self.projection = torch.load(model_dir / PROJECTION_FILE, map_location="cpu", weights_only=True)
         self.embedding_columns = embedding_columns(self.projection["components"].shape[0])

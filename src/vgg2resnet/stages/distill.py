@@ -25,20 +25,22 @@ from vgg2resnet.stages.training import (
 log = logging.getLogger(__name__)
 
 
-def _distillation(params: Params, runtime: Runtime, teacher: torch.nn.Module, teacher_sha: str,
+def _distillation(params: Params, runtime: Runtime, teacher: torch.nn.Module, teacher_weights: str,
                   views) -> Distillation:
     d = params.distill
     live = LiveTeacher(teacher, runtime)
     if not d.logit_cache:
         return Distillation(live, d.temperature, d.alpha)
-    key = cache_key(teacher=teacher_sha, manifest=manifest_hash(params), augment=params.augment,
+    key = cache_key(teacher=teacher_weights, manifest=manifest_hash(params), augment=params.augment,
                     image_size=d.image_size, views=d.cache_views, seed=params.runtime.seed)
     path = params.paths.state_dir / "distill" / f"teacher-logits-{key}.pt"
+    logits = None
     if runtime.is_main:  # one rank builds, the others wait and read it
-        build_or_load_cache(path, live, views, d.cache_views, params.evaluate.batch_size, True)
+        logits = build_or_load_cache(path, live, views, d.cache_views, params.evaluate.batch_size, True)
     if runtime.distributed:
         dist.barrier()
-    logits = torch.load(path, map_location="cpu", weights_only=True)
+    if logits is None:
+        logits = torch.load(path, map_location="cpu", weights_only=True)
     cached = CachedTeacher(logits, live, d.cache_tolerance)
 
     def check(epoch: int) -> float:
@@ -54,7 +56,10 @@ def run(params: Params) -> dict:
     categories = data_categories(params)
     teacher_path = params.paths.models_dir / "teacher.pt"
     teacher, _ = load_model(teacher_path, categories)
-    teacher_sha = read_meta(teacher_path)["sha256"]
+    teacher_meta = read_meta(teacher_path)
+    # Weights, not file bytes: the file also carries the git revision, which must not invalidate
+    # the logit cache or a resumable run.
+    teacher_weights = teacher_meta["weights_sha256"]
     val = eval_loader(params, "val", categories, params.evaluate.batch_size, image_size=d.image_size)
     teacher_val = evaluate(teacher.to(runtime.device), val, runtime)["accuracy"]
 
@@ -64,8 +69,8 @@ def run(params: Params) -> dict:
     torch.manual_seed(params.runtime.seed)
     student = build_student(len(categories), d.pretrained_weights)
     views = train_views(params, d, categories)
-    distillation = _distillation(params, runtime, teacher, teacher_sha, views)
-    run_id = fingerprint("distill", d, params.augment, params.runtime.seed, teacher_sha,
+    distillation = _distillation(params, runtime, teacher, teacher_weights, views)
+    run_id = fingerprint("distill", d, params.augment, params.runtime.seed, teacher_weights,
                          manifest_hash(params), runtime.world_size)
     student, metrics = fit(
         student, views, val, d, runtime, params.runtime,
@@ -82,7 +87,7 @@ def run(params: Params) -> dict:
     if runtime.is_main:
         out = params.paths.models_dir / "student.pt"
         meta = save_model(out, student, model_meta(
-            params, STUDENT_ARCH, categories, d.image_size, init, teacher_sha256=teacher_sha,
+            params, STUDENT_ARCH, categories, d.image_size, init, teacher_sha256=teacher_meta["sha256"],
             val_accuracy=metrics["val_accuracy"], ema=d.ema_decay is not None,
         ))
         log.info("student: val accuracy %.2f%% (teacher %.2f%%), %s (%.1f MB)", metrics["val_accuracy"],

@@ -28,7 +28,6 @@ from vgg2resnet.evaluation.metrics import topk_accuracy
 from vgg2resnet.gate.policy import Check, evaluate_policy, failed_input
 from vgg2resnet.gate.report import render_markdown
 from vgg2resnet.lineage import git_revision, recorded_data_version
-from vgg2resnet.models.builders import build_model
 from vgg2resnet.models.checkpoint import load_model, read_meta
 from vgg2resnet.monitoring.features import fit_projection, penultimate_features
 from vgg2resnet.packaging import store
@@ -80,13 +79,10 @@ def _promoted_top1(params: Params, categories: list[str], candidate_sha: str) ->
     promoted = store.current(params.serving.model_name)
     if promoted is None or promoted.info.metadata.get("weights_sha256") == candidate_sha:
         return None, promoted
-    payload = torch.load(promoted.path_of(store.MODEL_FILE), map_location="cpu", weights_only=True)
-    meta = payload["meta"]
+    model, meta = load_model(Path(promoted.path_of(store.MODEL_FILE)))
     if meta["categories"] != categories:
         log.warning("promoted %s has other categories; it cannot be compared", promoted.tag)
         return None, promoted
-    model = build_model(meta["arch"], len(categories))
-    model.load_state_dict(payload["state_dict"])
     loader = eval_loader(params, "test", categories, params.evaluate.batch_size,
                          transform_from_meta(meta["preprocessing"]))
     logits = predict(model, loader, Runtime(device=torch.device("cpu")))

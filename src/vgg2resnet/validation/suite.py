@@ -52,8 +52,10 @@ def severities(params: ValidationParams) -> dict[str, str]:
     return {**DEFAULT_SEVERITY, **params.severity}
 
 
-def _manifest_expectations(params: ValidationParams, expected: list[str], level: dict[str, str]) -> list:
+def manifest_expectations(params: ValidationParams, expected: list[str]) -> list:
     import great_expectations.expectations as gxe
+
+    level = severities(params)
 
     def meta(check: str) -> dict:
         return {"check": check, "severity": level[check]}
@@ -78,8 +80,10 @@ def _manifest_expectations(params: ValidationParams, expected: list[str], level:
     ]
 
 
-def _count_expectations(params: ValidationParams, level: dict[str, str]) -> list:
+def count_expectations(params: ValidationParams) -> list:
     import great_expectations.expectations as gxe
+
+    level = severities(params)
 
     def meta(check: str) -> dict:
         return {"check": check, "severity": level[check]}
@@ -92,14 +96,6 @@ def _count_expectations(params: ValidationParams, level: dict[str, str]) -> list
         gxe.ExpectColumnValuesToBeBetween(column="ratio_to_smallest", max_value=params.max_imbalance_ratio,
                                           meta=meta("imbalance")),
     ]
-
-
-def manifest_expectations(params: ValidationParams, expected: list[str]) -> list:
-    return _manifest_expectations(params, expected, severities(params))
-
-
-def count_expectations(params: ValidationParams) -> list:
-    return _count_expectations(params, severities(params))
 
 
 def run_checkpoint(tables: dict[str, tuple[pd.DataFrame, str, list]], docs_dir: Path) -> list[dict]:
