@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -40,20 +41,17 @@ def run_stage(stage: str, project_dir: str) -> bool:
 def run_stage_on_gpu(stage: str, project_dir: str, deployment: str, timeout_s: int) -> bool:
     """Run the stage on the GPU work pool's deployment, then take its result from DVC's run cache.
 
-    The worker pushes the stage's outputs and run-cache entry; here `dvc repro` of the same
-    stage (same deps, params and command) finds the entry and checks the outputs out instead of
-    running it again, and records them in this checkout's dvc.lock.
+    Before dispatch, hand_off makes the revision self-sufficient; the worker checks it out,
+    pulls the inputs, runs the stage and pushes its outputs and run-cache entry; here `dvc repro
+    --pull` of the same stage (same deps, params and command) finds the entry and checks the
+    outputs out instead of running it again, and records them in this checkout's dvc.lock.
     """
-    from dvc.repo import Repo
-
-    revision = git_revision(Path(project_dir))
+    revision = hand_off(stage, Path(project_dir))
     child = run_deployment(name=deployment, parameters={"stage": stage, "revision": revision},
                            timeout=timeout_s, poll_interval=10)
     if not child.state.is_completed():
         raise StageFailed(f"stage '{stage}' on {deployment} ended {child.state.name}: {child.state.message}")
-    with contextlib.chdir(project_dir), Repo(project_dir) as repo:
-        repo.fetch(targets=[stage], run_cache=True)
-    return reproduce(stage, Path(project_dir))
+    return reproduce(stage, Path(project_dir), pull=True)
 
 
 def _publish(root: Path, params: Params) -> dict:
@@ -61,12 +59,45 @@ def _publish(root: Path, params: Params) -> dict:
     create_markdown_artifact(key="gate-report", markdown=(root / params.paths.reports_dir / "gate.md").read_text(),
                              description=f"promotion gate: {gate['decision']}")
     report = json.loads((root / params.paths.metrics_dir / "evaluate" / "report.json").read_text())
+    models = {"teacher": report["teacher"], **report["candidates"]}
     create_table_artifact(key="migration-metrics", table=[
-        {"model": name, "top1": report[name]["top1"], "top5": report[name]["top5"],
-         "size_mb": report[name]["size_mb"], "cpu_latency_ms_p50": report[name]["cpu"]["latency_ms_p50"]}
-        for name in ("teacher", "student")
+        {"model": name, "top1": m["top1"], "top5": m["top5"], "size_mb": m["size_mb"],
+         "cpu_latency_ms_p50": m["cpu"]["latency_ms_p50"], "promoted": name == gate.get("variant")}
+        for name, m in models.items()
     ], description="held-out test split")
     return gate
+
+
+def hand_off(stage: str, root: Path) -> str:
+    """The revision a worker can reproduce `stage` from: the upstream stages' cached outputs
+    pushed to the DVC remote, and dvc.lock with their uncached ones (metrics) committed to git
+    (and pushed, when the repository has a git remote)."""
+    from dvc.repo import Repo
+
+    def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=root, check=check, capture_output=True, text=True)
+
+    names = stage_names(root)
+    upstream = names[:names.index(stage)]
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        records = ["dvc.lock"] + [out.def_path for s in repo.index.stages if s.name in upstream
+                                  for out in s.outs if not out.use_cache]
+        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+                   if not any(line[3:] == r or line[3:].startswith(f"{r}/") for r in records)]
+        if changed:
+            raise StageFailed(f"stage '{stage}' runs on a GPU worker, which checks out a git revision, but "
+                              f"{', '.join(changed)} have uncommitted changes; commit them (or unset "
+                              "orchestration.gpu_work_pool to run it here)")
+        if upstream:
+            repo.push(targets=upstream)
+    for record in records:
+        if (root / record).exists() and git("check-ignore", "-q", record, check=False).returncode != 0:
+            git("add", record)
+    if git("diff", "--cached", "--name-only").stdout.strip():
+        git("commit", "--quiet", "-m", f"dvc.lock and metrics of {', '.join(upstream)} before '{stage}' on the GPU pool")
+        if git("remote").stdout.strip():
+            git("push", "--quiet")
+    return git_revision(root)
 
 
 @flow(name="migrate", log_prints=True)
@@ -102,13 +133,11 @@ def migrate(project_dir: str = ".") -> dict[str, bool]:
 @flow(name="migrate-stage")
 def migrate_stage(stage: str, revision: str, project_dir: str = ".") -> None:
     """On a (GPU) worker: check out the revision, pull the inputs, reproduce one stage, push it."""
-    import subprocess
-
     from dvc.repo import Repo
 
     root = Path(project_dir).resolve()
     subprocess.run(["git", "fetch", "--quiet"], cwd=root, check=False)
-    subprocess.run(["git", "checkout", "--quiet", revision.removesuffix("-dirty")], cwd=root, check=True)
+    subprocess.run(["git", "checkout", "--quiet", revision], cwd=root, check=True)
     with contextlib.chdir(root), Repo(str(root)) as repo:
         repo.pull(targets=[stage], with_deps=True, allow_missing=True)
     reproduce(stage, root)

@@ -1,11 +1,15 @@
 """Prefect flows under a real test server (prefect_test_harness), on real DVC projects."""
 
 import json
+import os
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from vgg2resnet.monitoring.traffic import send_traffic
 from vgg2resnet.config import load_params
@@ -31,7 +35,8 @@ def test_migrate_flow_reaches_a_promoted_model_and_a_second_run_skips_everything
     start = time.perf_counter()
     first = migrate(project_dir=str(project))
     first_s = time.perf_counter() - start
-    assert list(first) == ["prepare", "validate", "teacher", "distill", "evaluate", "gate", "package", "reference"]
+    assert list(first) == ["prepare", "validate", "teacher", "distill", "compress", "evaluate", "gate", "package",
+                           "reference"]
     assert all(first.values())
     gate = json.loads((project / "reports/gate.json").read_text())
     name = load_params(project / "params.yaml").serving.model_name
@@ -58,37 +63,40 @@ def test_migrate_flow_fails_at_validation_and_says_why(prefect_harness, tmp_path
     assert not (project / "models" / "teacher.pt").exists()
 
 
-def test_gpu_stages_go_through_run_deployment_with_references(prefect_harness, monkeypatch, tmp_path: Path,
-                                                              tiny_images: Path):
-    """No GPU or GPU work pool can run here, so run_deployment (the hand-off to the GPU pool) is
-    replaced by a recorder; everything around that call is real: the revision passed, the
-    run-cache fetch and the DVC reproduction that takes the stage's result (here, with no
-    worker to fill the run cache, DVC runs the cheap `prepare` stage itself)."""
+def test_a_gpu_stage_runs_on_a_worker_checkout_and_comes_back_through_dvc(prefect_harness, monkeypatch,
+                                                                          tmp_path: Path, tiny_images: Path):
+    """No GPU work pool can run here, so run_deployment (the hand-off to the pool) is replaced by a
+    stand-in that does what a process worker would: it runs the GPU deployment's own flow,
+    `migrate-stage`, as a real Prefect flow run in a separate clone of the repository (on the
+    CPU). Everything else is real: the parent's push of upstream outputs and commit of
+    dvc.lock, the worker's checkout, pull, training and push, and the parent taking the result
+    from DVC's run cache, with `vgg2resnet` taken off its PATH so that it cannot train itself."""
     import flows.migrate as module
 
-    calls = []
-
-    class Completed:
-        class state:
-            name, message = "Completed", ""
-
-            @staticmethod
-            def is_completed():
-                return True
-
-    def recorder(**kwargs):
-        calls.append(kwargs)
-        return Completed()
-
-    monkeypatch.setattr(module, "run_deployment", recorder)
     project = _fresh_project(tmp_path, tiny_images)
     run(["git", "commit", "-qam", "params"], project)
-    result = module.run_stage_on_gpu.fn("prepare", str(project), "migrate-stage/gpu", 3600)
-    assert result is True
+    worker = tmp_path / "worker"
+    run(["git", "clone", "-q", str(project), str(worker)], tmp_path)
+    for stage in ("prepare", "validate"):
+        assert module.run_stage.fn(stage, str(project))
+    calls = []
+
+    def stand_in(name: str, parameters: dict, timeout: int, poll_interval: int):
+        calls.append({"name": name, "parameters": parameters})
+        state = module.migrate_stage(**parameters, project_dir=str(worker), return_state=True)
+        bin_dir = str(Path(sys.executable).parent)
+        monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != bin_dir))
+        return SimpleNamespace(state=state)
+
+    monkeypatch.setattr(module, "run_deployment", stand_in)
+    assert module.run_stage_on_gpu.fn("teacher", str(project), "migrate-stage/gpu", 3600)
     revision = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    assert calls == [{"name": "migrate-stage/gpu", "parameters": {"stage": "prepare", "revision": revision},
-                      "timeout": 3600, "poll_interval": 10}]
-    assert "prepare" in (project / "dvc.lock").read_text()
+    assert calls == [{"name": "migrate-stage/gpu", "parameters": {"stage": "teacher", "revision": revision}}]
+    assert "before 'teacher' on the GPU pool" in run(["git", "log", "-1", "--format=%s"], project).stdout
+    assert run(["git", "rev-parse", "HEAD"], worker).stdout.strip() == revision
+    assert (project / "models/teacher.pt").read_bytes() == (worker / "models/teacher.pt").read_bytes()
+    lock, worker_lock = (yaml.safe_load((p / "dvc.lock").read_text())["stages"]["teacher"] for p in (project, worker))
+    assert lock == worker_lock
 
 
 def test_monitor_flow_emits_the_drift_event_once_per_cool_down(prefect_harness, served, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vgg2resnet.cli import app
-from vgg2resnet.config import GateParams, load_params
+from vgg2resnet.config import VARIANTS, GateParams, load_params
 from vgg2resnet.gate.policy import accuracy_parity, evaluate_policy, paired_bootstrap
 from vgg2resnet.packaging import store
 from vgg2resnet.stages import gate
@@ -23,7 +23,7 @@ def _predictions(n: int, teacher_right: int, student_right: int) -> pd.DataFrame
     labels = np.zeros(n, dtype=int)
     teacher = np.where(np.arange(n) < teacher_right, 0, 1)
     student = np.where(np.arange(n) < student_right, 0, 1)
-    return pd.DataFrame({"label": labels, "teacher": teacher, "student": student})
+    return pd.DataFrame({"label": labels, "teacher": teacher, "pytorch_fp32": student})
 
 
 def _report(student_top1=95.0, teacher_top1=95.0, size_mb=94.0, teacher_mb=537.0, latency=0.5,
@@ -31,8 +31,9 @@ def _report(student_top1=95.0, teacher_top1=95.0, size_mb=94.0, teacher_mb=537.0
     per = per_category or ({"a": 95.0, "b": 95.0}, {"a": 95.0, "b": 95.0})
     return {
         "teacher": {"top1": teacher_top1, "size_mb": teacher_mb, "per_category": per[0]},
-        "student": {"top1": student_top1, "size_mb": size_mb, "per_category": per[1]},
-        "size_ratio": size_mb / teacher_mb, "cpu_latency_ratio": latency,
+        "candidates": {"pytorch_fp32": {
+            "top1": student_top1, "size_mb": size_mb, "per_category": per[1], "fp32_agreement": 100.0,
+            "size_ratio": size_mb / teacher_mb, "cpu_latency_ratio": latency}},
     }
 
 
@@ -54,7 +55,7 @@ def test_bootstrap_bound_rejects_a_lucky_point_estimate_on_a_tiny_test_set():
     # 20 images, student one image worse: point -5 pt is within a 10 pt allowance, but with
     # 20 paired samples the 95% lower bound is far below it.
     predictions = _predictions(20, 19, 18)
-    point, lower = paired_bootstrap((predictions.student == 0).to_numpy(), (predictions.teacher == 0).to_numpy(),
+    point, lower = paired_bootstrap((predictions.pytorch_fp32 == 0).to_numpy(), (predictions.teacher == 0).to_numpy(),
                                     1000, 0.95, 0)
     assert point == pytest.approx(-5.0)
     check = accuracy_parity(predictions, GateParams(max_accuracy_drop=10.0, bootstrap_samples=1000))
@@ -104,15 +105,20 @@ def test_dvc_repro_gate_promotes_with_lineage(promoted_project: Path):
                                                       "size_ratio", "latency_ratio"}
     assert all({"value", "threshold", "passed", "reason"} <= set(c) for c in report["checks"])
     assert "PROMOTE" in (promoted_project / "reports/gate.md").read_text()
+    assert set(report["candidates"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+    assert report["candidates"][report["variant"]]["passed"]
     promoted = store.current("vgg2resnet-classifier")
     assert str(promoted.tag) == report["promoted_tag"]
-    student = json.loads((promoted_project / "models/student.json").read_text())
+    artifact = promoted_project / "models" / VARIANTS[report["variant"]]
+    variant = json.loads(artifact.with_suffix(".json").read_text())
     meta = promoted.info.metadata
-    assert meta["model_sha256"] == student["sha256"]
-    assert meta["categories"] == student["categories"]
+    assert meta["variant"] == report["variant"]
+    assert meta["model_sha256"] == variant["sha256"] == report["lineage"]["student_sha256"]
+    assert meta["categories"] == variant["categories"]
     assert meta["data_version"] == report["lineage"]["data_version"] and meta["data_version"].endswith(".dir")
     assert meta["git_revision"] == report["lineage"]["git_revision"] != "unknown"
-    assert Path(promoted.path_of(store.MODEL_FILE)).stat().st_size == student["bytes"]
+    stored = store.ONNX_FILE if artifact.suffix == ".onnx" else store.MODEL_FILE
+    assert Path(promoted.path_of(stored)).read_bytes() == artifact.read_bytes()
 
 
 def _gate_params(project: Path, tmp_path: Path, **gate_overrides):
@@ -126,7 +132,7 @@ def _gate_params(project: Path, tmp_path: Path, **gate_overrides):
 def test_rejected_candidate_leaves_the_store_unchanged(promoted_project: Path, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(promoted_project)
     before = [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")]
-    params = _gate_params(promoted_project, tmp_path, max_size_mb=1.0)
+    params = _gate_params(promoted_project, tmp_path, max_size_mb=1.0, min_variant_agreement=0.0)
     result = gate.run(params)
     assert result["decision"] == "reject" and result["failed"] == ["size_mb"]
     assert result["promoted_tag"] is None
@@ -154,7 +160,7 @@ def test_gate_fails_closed_on_bad_evaluation_results(promoted_project: Path, tmp
     params = _gate_params(promoted_project, tmp_path)
     params = params.model_copy(update={"paths": params.paths.model_copy(update={"metrics_dir": tmp_path / "metrics"})})
     result = gate.run(params)
-    assert result == {"decision": "reject", "failed": ["inputs"], "promoted_tag": None}
+    assert result == {"decision": "reject", "variant": None, "failed": ["inputs"], "promoted_tag": None}
 
 
 def test_promoting_again_keeps_the_previous_version_and_rollback_restores_it(tmp_path: Path):

@@ -43,7 +43,8 @@ def test_clean_traffic_shows_no_drift(served, params):
     health = summary["teacher_agreement"]  # every image is kept in the tests (retain_fraction 1.0)
     assert health["sampled"] == 40 and 0 <= health["agreement"] <= 100
     report = json.loads((served["project"] / "metrics/evaluate/report.json").read_text())
-    assert health["test_split_agreement"] == report["agreement"]
+    variant = json.loads((served["project"] / "reports/gate.json").read_text())["variant"]
+    assert health["test_split_agreement"] == report["candidates"][variant]["agreement"]
 
 
 def test_strong_corruption_is_detected_and_named(served, params):

@@ -5,10 +5,17 @@ import json
 import time
 from pathlib import Path
 
+import bentoml
 import pandas as pd
 import pytest
 import requests
 from PIL import Image
+
+from vgg2resnet.config import VARIANTS, load_params
+from vgg2resnet.packaging import store
+from vgg2resnet.stages import gate
+
+from .conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -34,24 +41,56 @@ def test_a_known_image_returns_a_category_with_top_k(server):
     assert 0 < body["confidence"] <= 1
 
 
-def test_accuracy_through_http_equals_the_offline_evaluation(server):
-    """The serving smoke test: any preprocessing skew between evaluation and serving shows here."""
-    test = _test_split(server["project"])
+def _served_categories(url: str, project: Path, test: pd.DataFrame) -> list[str]:
     served = []
     for start in range(0, len(test), 16):
         chunk = test.iloc[start:start + 16]
-        files = [("images", (Path(p).name, (server["project"] / "data/raw" / p).read_bytes(), "image/png"))
+        files = [("images", (Path(p).name, (project / "data/raw" / p).read_bytes(), "image/png"))
                  for p in chunk["path"]]
-        answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=120)
+        answer = requests.post(f"{url}/classify_batch", files=files, timeout=120)
         assert answer.status_code == 200, answer.text
         served += [item["category"] for item in answer.json()]
-    offline = pd.read_parquet(server["project"] / "metrics/evaluate/predictions.parquet")
-    categories = json.loads((server["project"] / "data/prepared/categories.json").read_text())
-    offline_categories = [categories[i] for i in offline["student"]]
+    return served
+
+
+def _assert_http_equals_offline(url: str, project: Path, variant: str) -> None:
+    """The serving smoke test: any preprocessing skew between evaluation and serving shows here."""
+    test = _test_split(project)
+    served = _served_categories(url, project, test)
+    offline = pd.read_parquet(project / "metrics/evaluate/predictions.parquet")
+    categories = json.loads((project / "data/prepared/categories.json").read_text())
+    offline_categories = [categories[i] for i in offline[variant]]
     http_accuracy = 100 * (pd.Series(served) == test["category"]).mean()
     offline_accuracy = 100 * (pd.Series(offline_categories) == offline["category"]).mean()
     assert abs(http_accuracy - offline_accuracy) <= 0.5
     assert served == offline_categories
+
+
+def test_accuracy_through_http_equals_the_offline_evaluation(server):
+    variant = json.loads((server["project"] / "reports/gate.json").read_text())["variant"]
+    _assert_http_equals_offline(server["url"], server["project"], variant)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_each_variant_serves_what_it_scored_offline(served, variant: str, tmp_path: Path, monkeypatch):
+    """Promote one variant (under its own model name) through the real gate and serve it."""
+    from vgg2resnet.serving.server import local_server
+
+    project = served["project"]
+    monkeypatch.chdir(project)
+    params = load_params(project / "params.yaml")
+    params = params.model_copy(update={
+        "gate": params.gate.model_copy(update={"variants": [variant], "min_variant_agreement": 0.0}),
+        "paths": params.paths.model_copy(update={"reports_dir": tmp_path / "reports"}),
+        "serving": params.serving.model_copy(update={"model_name": f"smoke-{variant.replace('_', '-')}"}),
+    })
+    result = gate.run(params)
+    assert result["variant"] == variant, result
+    model_file = Path(bentoml.models.get(result["promoted_tag"]).path)
+    assert (model_file / store.ONNX_FILE).is_file() == variant.startswith("onnx")
+    with local_server(result["promoted_tag"], cwd=tmp_path, project_root=ROOT,
+                      params_file=project / "params.yaml") as url:
+        _assert_http_equals_offline(url, project, variant)
 
 
 def _png(size=(32, 32)) -> bytes:

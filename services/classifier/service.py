@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
-from bentoml.exceptions import InvalidArgument
+from PIL import Image
 from pydantic import AfterValidator, BaseModel, Field
 
 from vgg2resnet.config import load_params
@@ -50,20 +50,24 @@ class Prediction(BaseModel):
 args = bentoml.use_arguments(Args)
 
 
-def _decodable(uploads: list[Path]) -> list[Path]:
-    """Reject a request with a bad file while its request is parsed, before adaptive batching
-    merges it with other clients' requests (which must not fail with it)."""
+def _decoded(uploads: list[Path]) -> list[Image.Image]:
+    """Decode the uploads while their request is parsed: a bad file is rejected before adaptive
+    batching merges the request with other clients' (which must not fail with it), and the
+    endpoint receives decoded images, so nothing is decoded twice."""
+    images = []
     for number, upload in enumerate(uploads):
         try:
-            decode_image(Path(upload).read_bytes(), PARAMS.max_pixels)
+            images.append(decode_image(Path(upload).read_bytes(), PARAMS.max_pixels))
         except InvalidImage as exc:
             raise ValueError(f"file {number + 1}: {exc}") from None
-    return uploads
+    return images
 
 
-ImageFile = Annotated[Path, AfterValidator(lambda upload: _decodable([upload])[0])]
+# Declared as files (the OpenAPI schema and multipart parsing follow the type); the validator
+# hands the endpoint PIL images.
+ImageFile = Annotated[Path, AfterValidator(lambda upload: _decoded([upload])[0])]
 ImageFiles = Annotated[list[Path], Field(min_length=1, max_length=PARAMS.max_batch_size),
-                       AfterValidator(_decodable)]
+                       AfterValidator(_decoded)]
 
 
 @bentoml.service(traffic={"timeout": 60, "max_concurrency": 64}, workers=1)
@@ -74,14 +78,7 @@ class Classifier:
         self.model = Model(Path(self.model_ref.path))
         self.tag = str(self.model_ref.tag)
 
-    def _predict(self, uploads: list[Path]) -> list[Prediction]:
-        images = []
-        for number, upload in enumerate(uploads):
-            try:
-                images.append(decode_image(Path(upload).read_bytes(), PARAMS.max_pixels))
-            except InvalidImage as exc:
-                where = f"file {number + 1}: " if len(uploads) > 1 else ""
-                raise InvalidArgument(f"{where}{exc}") from None
+    def _predict(self, images: list[Image.Image]) -> list[Prediction]:
         results = self.model.predict(images, PARAMS.top_k)
         self._log(results, images)
         return [Prediction(category=r["category"], confidence=r["confidence"],

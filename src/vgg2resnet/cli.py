@@ -91,8 +91,14 @@ def distill(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @command
+def compress(params: ParamsOption = Path("params.yaml")) -> None:
+    """Export the student to ONNX (parity-checked) and quantize it to int8 (train-split calibration)."""
+    _print_json(_run_stage("compress", params))
+
+
+@command
 def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
-    """Evaluate teacher and student on the test split: accuracy, calibration, size, latency."""
+    """Evaluate the teacher and every student variant on the test split: accuracy, size, latency."""
     _print_json(_run_stage("evaluate", params))
 
 

@@ -16,6 +16,11 @@ from vgg2resnet.errors import UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+# The forms of the student that the gate weighs, each a file in paths.models_dir.
+Variant = Literal["pytorch_fp32", "onnx_fp32", "onnx_int8"]
+VARIANTS: dict[str, str] = {"pytorch_fp32": "student.pt", "onnx_fp32": "student-fp32.onnx",
+                            "onnx_int8": "student-int8.onnx"}
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -127,6 +132,16 @@ class EvaluateParams(Section):
     calibration_bins: int = Field(15, ge=2)
 
 
+class CompressParams(Section):
+    opset: int = Field(18, ge=17)
+    parity_max_abs_logit: float = Field(1e-3, gt=0)
+    parity_min_agreement: float = Field(99.0, ge=0, le=100)
+    calibration_images: int = Field(256, ge=1)
+    calibration_batch_size: int = Field(32, ge=1)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+
+
 class GateParams(Section):
     max_accuracy_drop: float = Field(1.0, ge=0)
     confidence: float = Field(0.95, gt=0.5, lt=1)
@@ -137,6 +152,9 @@ class GateParams(Section):
     max_latency_ratio: float = Field(1.0, gt=0)
     min_accuracy: float | None = Field(None, ge=0, le=100)
     max_regression: float = Field(1.0, ge=0)
+    min_variant_agreement: float = Field(97.0, ge=0, le=100)
+    variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS), min_length=1)
+    prefer: Literal["smallest", "fastest", "first"] = "smallest"
     seed: int = 0
 
 
@@ -179,6 +197,7 @@ class Params(Section):
     teacher: TeacherParams = TeacherParams()
     distill: DistillParams = DistillParams()
     evaluate: EvaluateParams = EvaluateParams()
+    compress: CompressParams = CompressParams()
     gate: GateParams = GateParams()
     serving: ServingParams = ServingParams()
     monitoring: MonitoringParams = MonitoringParams()

@@ -1,18 +1,20 @@
-"""Latency (batch 1, p50/p95 over a warm run) and throughput (a larger batch) of a model."""
+"""Latency (batch 1, p50/p95 over a warm run) and throughput (a larger batch) of a model, a
+PyTorch module or any callable on a batch (an ONNX Runtime variant)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 
 @torch.no_grad()
-def measure_latency(model: nn.Module, image_size: int, device: torch.device, *, batch_size: int,
-                    warmup: int, runs: int) -> dict[str, float]:
-    model = model.eval().to(device)
+def measure_latency(model: Callable[[torch.Tensor], Any], image_size: int, device: torch.device, *,
+                    batch_size: int, warmup: int, runs: int) -> dict[str, float]:
+    """`model` must already be on `device` (and in eval mode)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def timings(batch: int, count: int) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The promotion policy: every check records its value, threshold, verdict and a one-line reason.
 
-Accuracy parity is judged non-inferiority style on the lower bound of a paired bootstrap
-interval of (student - teacher) top-1 over the same test images, so a lucky small test
-set cannot pass a worse student.
+Every variant of the student (fp32 PyTorch, fp32 ONNX, int8 ONNX) is a candidate that meets
+the same checks on its own predictions, bytes and latency. Accuracy parity is judged
+non-inferiority style on the lower bound of a paired bootstrap interval of (candidate -
+teacher) top-1 over the same test images, so a lucky small test set cannot pass a worse one.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def check_threshold(name: str, value: float, threshold: float, *, at_most: bool,
     return Check(name, value, threshold, passed, f"{what} {value:.3g}{unit} {relation} {threshold:.3g}{unit}")
 
 
-def accuracy_parity(predictions: pd.DataFrame, gate: GateParams) -> Check:
-    student = (predictions["student"] == predictions["label"]).to_numpy()
+def accuracy_parity(predictions: pd.DataFrame, gate: GateParams, column: str = "pytorch_fp32") -> Check:
+    student = (predictions[column] == predictions["label"]).to_numpy()
     teacher = (predictions["teacher"] == predictions["label"]).to_numpy()
     point, lower = paired_bootstrap(student, teacher, gate.bootstrap_samples, gate.confidence, gate.seed)
     threshold = -gate.max_accuracy_drop
@@ -71,9 +72,8 @@ def accuracy_parity(predictions: pd.DataFrame, gate: GateParams) -> Check:
     )
 
 
-def category_drops(report: dict, gate: GateParams) -> Check:
-    drops = {name: report["teacher"]["per_category"][name] - acc
-             for name, acc in report["student"]["per_category"].items()}
+def category_drops(teacher: dict, student: dict, gate: GateParams) -> Check:
+    drops = {name: teacher["per_category"][name] - acc for name, acc in student["per_category"].items()}
     if not drops or not _finite(*drops.values()):
         return failed_input("category_drop", "per-category accuracy missing or not finite: failing closed")
     worst = max(drops, key=drops.get)
@@ -82,18 +82,22 @@ def category_drops(report: dict, gate: GateParams) -> Check:
 
 
 def evaluate_policy(report: dict, predictions: pd.DataFrame, gate: GateParams,
-                    promoted_top1: float | None) -> list[Check]:
-    student = report["student"]
+                    promoted_top1: float | None, variant: str = "pytorch_fp32") -> list[Check]:
+    """The checks of one candidate, the student in form `variant`."""
+    student = report["candidates"][variant]
     checks = [
-        accuracy_parity(predictions, gate),
-        category_drops(report, gate),
+        accuracy_parity(predictions, gate, variant),
+        category_drops(report["teacher"], student, gate),
         check_threshold("size_mb", student["size_mb"], gate.max_size_mb, at_most=True, unit=" MB",
                         what="student size"),
-        check_threshold("size_ratio", report["size_ratio"], gate.max_size_ratio, at_most=True, unit="x",
+        check_threshold("size_ratio", student["size_ratio"], gate.max_size_ratio, at_most=True, unit="x",
                         what="student/teacher size"),
-        check_threshold("latency_ratio", report["cpu_latency_ratio"], gate.max_latency_ratio, at_most=True,
+        check_threshold("latency_ratio", student["cpu_latency_ratio"], gate.max_latency_ratio, at_most=True,
                         unit="x", what="student/teacher CPU latency at batch 1"),
     ]
+    if variant != "pytorch_fp32":  # a compression that broke the model shows here first
+        checks.append(check_threshold("fp32_agreement", student["fp32_agreement"], gate.min_variant_agreement,
+                                      at_most=False, unit="%", what="top-1 agreement with the fp32 student"))
     if gate.min_accuracy is not None:
         checks.append(check_threshold("min_accuracy", student["top1"], gate.min_accuracy, at_most=False,
                                       unit="%", what="student top-1"))
@@ -102,3 +106,15 @@ def evaluate_policy(report: dict, predictions: pd.DataFrame, gate: GateParams,
                                       at_most=False, unit="%",
                                       what=f"student top-1 vs promoted {promoted_top1:.2f}% - margin"))
     return checks
+
+
+def choose(passed: list[str], candidates: dict[str, dict], gate: GateParams) -> str | None:
+    """The variant to promote: among those that passed and gate.variants allows, by gate.prefer."""
+    eligible = [v for v in gate.variants if v in passed]
+    if not eligible:
+        return None
+    if gate.prefer == "smallest":
+        return min(eligible, key=lambda v: candidates[v]["size_mb"])
+    if gate.prefer == "fastest":
+        return min(eligible, key=lambda v: candidates[v]["cpu"]["latency_ms_p50"])
+    return eligible[0]

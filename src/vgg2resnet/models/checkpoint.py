@@ -39,8 +39,12 @@ def save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> dict[str, 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic.atomic_path(Path(path)) as tmp:
         torch.save({"state_dict": state, "meta": meta}, tmp)
-    full = {**meta, "sha256": file_sha256(path), "weights_sha256": weights_sha256(state),
-            "bytes": Path(path).stat().st_size}
+    return write_sidecar(path, {**meta, "weights_sha256": weights_sha256(state)})
+
+
+def write_sidecar(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write `<name>.json` beside a model file: its meta plus the file's sha256 and size."""
+    full = {**meta, "sha256": file_sha256(path), "bytes": Path(path).stat().st_size}
     atomic.write_json(sidecar(path), full)
     return full
 

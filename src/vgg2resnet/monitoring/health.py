@@ -33,7 +33,20 @@ def teacher_agreement(rows: pd.DataFrame, params: Params) -> dict | None:
     logged = kept["prediction"].iloc[present].tolist()
     agreement = 100.0 * sum(t == s for t, s in zip(predicted, logged)) / len(present)
     report = params.paths.metrics_dir / "evaluate" / "report.json"
-    baseline = json.loads(report.read_text())["agreement"] if report.is_file() else None
+    baseline = _test_split_agreement(report, kept) if report.is_file() else None
     drop = None if baseline is None else baseline - agreement
     return {"sampled": len(present), "agreement": agreement, "test_split_agreement": baseline,
             "drop": drop, "alert": drop is not None and drop > params.monitoring.max_agreement_drop}
+
+
+def _test_split_agreement(report: Path, kept: pd.DataFrame) -> float | None:
+    """The teacher agreement on the test split of the variant that served the kept images."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    candidates = json.loads(report.read_text()).get("candidates", {})
+    try:
+        variant = bentoml.models.get(kept["model_tag"].iloc[-1]).info.metadata.get("variant", "pytorch_fp32")
+    except (NotFound, KeyError):
+        variant = "pytorch_fp32"
+    return candidates.get(variant, {}).get("agreement")

@@ -24,15 +24,16 @@ def stage_names(root: Path) -> list[str]:
     return list(yaml.safe_load((Path(root) / "dvc.yaml").read_text())["stages"])
 
 
-def reproduce(stage: str, root: Path, force: bool = False) -> bool:
-    """Reproduce one stage (not its upstream); True if it ran, False if DVC found it up to date."""
+def reproduce(stage: str, root: Path, force: bool = False, pull: bool = False) -> bool:
+    """Reproduce one stage (not its upstream); True if it ran, False if DVC found it up to date.
+    With pull, DVC first looks for the stage's result in the remote's run cache."""
     from dvc.exceptions import ReproductionError
     from dvc.repo import Repo
 
     # DVC's in-process API resolves some output paths against the working directory.
     with contextlib.chdir(root), Repo(str(root)) as repo:
         try:
-            ran = repo.reproduce(stage, single_item=True, force=force)
+            ran = repo.reproduce(stage, single_item=True, force=force, pull=pull)
         except ReproductionError as exc:
             raise StageFailed(f"stage '{stage}' failed: {explain_failure(stage, Path(root))}") from exc
     log.info("stage %s: %s", stage, "ran" if ran else "up to date, skipped")

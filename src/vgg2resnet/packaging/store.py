@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from vgg2resnet.errors import UserError
-from vgg2resnet.serving.classifier import MODEL_FILE, PROJECTION_FILE
+from vgg2resnet.serving.classifier import MODEL_FILE, ONNX_FILE, PROJECTION_FILE
 
 log = logging.getLogger(__name__)
-__all__ = ["MODEL_FILE", "PROJECTION_FILE", "current", "promoted_versions", "rollback", "save_version"]
+__all__ = ["MODEL_FILE", "ONNX_FILE", "PROJECTION_FILE", "current", "promoted_versions", "rollback", "save_version"]
 PROMOTED = {"stage": "promoted"}
 
 

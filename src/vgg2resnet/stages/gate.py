@@ -2,6 +2,9 @@
 
     vgg2resnet gate              # or: dvc repro gate
 
+Each variant of the student (gate.variants: fp32 PyTorch, fp32 ONNX, int8 ONNX) meets the same
+checks; among those that pass, gate.prefer picks the one promoted (the smallest by default).
+
 Exit semantics: the stage exits 0 whatever the decision, so that `dvc repro` records
 reports/gate.json; a rejected student is never saved to the model store, and `package`
 (and the Prefect flow) stop on it. `vgg2resnet gate --strict` exits 3 on a rejection.
@@ -20,18 +23,18 @@ import torch
 import yaml
 
 from vgg2resnet import atomic
-from vgg2resnet.config import Params
+from vgg2resnet.config import VARIANTS, Params
 from vgg2resnet.data.transforms import transform_from_meta
-from vgg2resnet.distill.loop import predict
 from vgg2resnet.errors import UserError
 from vgg2resnet.evaluation.metrics import topk_accuracy
-from vgg2resnet.gate.policy import Check, evaluate_policy, failed_input
+from vgg2resnet.gate.policy import Check, choose, evaluate_policy, failed_input
 from vgg2resnet.gate.report import render_markdown
 from vgg2resnet.lineage import git_revision, recorded_data_version
-from vgg2resnet.models.checkpoint import load_model, read_meta
-from vgg2resnet.monitoring.features import fit_projection, penultimate_features
+from vgg2resnet.models.checkpoint import read_meta, sidecar
+from vgg2resnet.models.variants import load_runner, predict_logits, variant_path
+from vgg2resnet.monitoring.features import fit_projection
 from vgg2resnet.packaging import store
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.serving.classifier import open_model_dir
 from vgg2resnet.stages.evaluate import evaluation_paths
 from vgg2resnet.stages.training import data_categories, eval_loader, manifest_hash
 
@@ -56,37 +59,44 @@ def _load_inputs(params: Params, categories: list[str]) -> tuple[dict, pd.DataFr
         report = json.loads(paths["report"].read_text())
         predictions = pd.read_parquet(paths["predictions"])
         teacher = read_meta(params.paths.models_dir / "teacher.pt")
-        student = read_meta(params.paths.models_dir / "student.pt")
+        variants = {v: read_meta(variant_path(params.paths.models_dir, v)) for v in VARIANTS}
     except (OSError, ValueError, UserError) as exc:
         raise ValueError(f"evaluation results missing or unreadable ({exc}); run `vgg2resnet evaluate`") from exc
     if report.get("split") != "test":
         raise ValueError(f"evaluation ran on split {report.get('split')!r}, not the held-out test split")
     if report.get("categories") != categories or teacher["categories"] != categories \
-            or student["categories"] != categories:
-        raise ValueError("teacher, student and evaluation do not share the data's categories")
+            or any(meta["categories"] != categories for meta in variants.values()):
+        raise ValueError("teacher, student variants and evaluation do not share the data's categories")
     if report.get("manifest_sha256") != manifest_hash(params):
         raise ValueError("evaluation is from another data version than data/prepared; re-run evaluate")
-    if report["teacher"].get("sha256") != teacher["sha256"] or report["student"].get("sha256") != student["sha256"]:
+    evaluated = report.get("candidates", {})
+    if report["teacher"].get("sha256") != teacher["sha256"] or any(
+            evaluated.get(v, {}).get("sha256") != meta["sha256"] for v, meta in variants.items()):
         raise ValueError("evaluation is of other model files than models/; re-run evaluate")
-    if len(predictions) != report.get("images") or not {"label", "teacher", "student"} <= set(predictions):
+    if len(predictions) != report.get("images") or not {"label", "teacher", *VARIANTS} <= set(predictions):
         raise ValueError("per-sample predictions do not match the evaluation report")
-    return report, predictions, teacher, student
+    return report, predictions, teacher, variants
 
 
-def _promoted_top1(params: Params, categories: list[str], candidate_sha: str) -> tuple[float | None, object]:
+def _promoted_top1(params: Params, categories: list[str], weights_sha256: str) -> tuple[float | None, object]:
     """Top-1 of the model now in production on today's test split (None when there is none,
-    or when it is this very candidate)."""
+    or when it was made from these very weights)."""
     promoted = store.current(params.serving.model_name)
-    if promoted is None or promoted.info.metadata.get("weights_sha256") == candidate_sha:
+    if promoted is None or promoted.info.metadata.get("weights_sha256") == weights_sha256:
         return None, promoted
-    model, meta = load_model(Path(promoted.path_of(store.MODEL_FILE)))
+    runner, meta = open_model_dir(Path(promoted.path))
     if meta["categories"] != categories:
         log.warning("promoted %s has other categories; it cannot be compared", promoted.tag)
         return None, promoted
     loader = eval_loader(params, "test", categories, params.evaluate.batch_size,
                          transform_from_meta(meta["preprocessing"]))
-    logits = predict(model, loader, Runtime(device=torch.device("cpu")))
-    return topk_accuracy(logits, loader.dataset.labels, 1), promoted
+    return topk_accuracy(predict_logits(runner, loader), loader.dataset.labels, 1), promoted
+
+
+def _is_promoted(promoted, candidate: dict, variant: str) -> bool:
+    metadata = promoted.info.metadata
+    return (metadata.get("weights_sha256") == candidate["weights_sha256"]
+            and metadata.get("variant", "pytorch_fp32") == variant)
 
 
 def params_hash() -> str:
@@ -96,19 +106,26 @@ def params_hash() -> str:
 
 def run(params: Params, strict: bool = False) -> dict:
     categories = data_categories(params)
-    promoted = None
+    promoted, chosen, candidates = None, None, {}
     try:
-        report, predictions, teacher, student = _load_inputs(params, categories)
-        promoted_top1, promoted = _promoted_top1(params, categories, student["weights_sha256"])
-        checks = evaluate_policy(report, predictions, params.gate, promoted_top1)
+        report, predictions, teacher, variants = _load_inputs(params, categories)
+        promoted_top1, promoted = _promoted_top1(params, categories, variants["pytorch_fp32"]["weights_sha256"])
+        checks_of = {v: evaluate_policy(report, predictions, params.gate, promoted_top1, v) for v in VARIANTS}
+        candidates = {v: _candidate(v, report["candidates"][v], checks_of[v], params) for v in VARIANTS}
+        chosen = choose([v for v, c in candidates.items() if c["passed"]], report["candidates"], params.gate)
+        checks = checks_of[chosen] if chosen else [
+            Check(f"{v}.{c.name}", c.value, c.threshold, c.passed, c.reason)
+            for v in params.gate.variants for c in checks_of[v]]
     except ValueError as exc:
-        report, teacher, student = {}, {}, {}
+        report, teacher, variants = {}, {}, {}
         checks = [failed_input("inputs", str(exc))]
-    passed = all(c.passed for c in checks)
     failed = [c for c in checks if not c.passed]
+    student = variants.get(chosen or "pytorch_fp32", {})
     result = {
-        "decision": "promote" if passed else "reject",
-        "summary": _summary(report, passed, failed),
+        "decision": "promote" if chosen else "reject",
+        "variant": chosen,
+        "summary": _summary(report, chosen, candidates, failed),
+        "candidates": candidates,
         "checks": [c.as_dict() for c in checks],
         "lineage": {
             "data_version": recorded_data_version(params.data.raw_dir),
@@ -120,38 +137,62 @@ def run(params: Params, strict: bool = False) -> dict:
         },
         "promoted_tag": None,
     }
-    if passed:
-        result["promoted_tag"] = _promote(params, student, result, promoted)
+    if chosen:
+        result["promoted_tag"] = _promote(params, chosen, student, result, promoted)
     paths = gate_paths(params)
     atomic.write_json(paths["json"], result)
     atomic.write_text(paths["markdown"], render_markdown(result))
     for check in checks:
         log.info("%s %s: %s", "pass" if check.passed else "FAIL", check.name, check.reason)
-    log.info("gate decision: %s (%s)", result["decision"].upper(), paths["markdown"])
-    if strict and not passed:
+    log.info("gate decision: %s%s (%s)", result["decision"].upper(), f" {chosen}" if chosen else "",
+             paths["markdown"])
+    if strict and not chosen:
         raise GateRejected(f"the gate rejected the student: {'; '.join(c.reason for c in failed)}")
-    return {"decision": result["decision"], "failed": [c.name for c in failed],
-            "promoted_tag": result["promoted_tag"]}
+    return {"decision": result["decision"], "variant": chosen,
+            "failed": sorted({c.name.split(".")[-1] for c in failed}), "promoted_tag": result["promoted_tag"]}
 
 
-def _summary(report: dict, passed: bool, failed: list[Check]) -> str:
+def _candidate(variant: str, evaluated: dict, checks: list[Check], params: Params) -> dict:
+    """One row of the side-by-side table in the report."""
+    return {
+        "passed": all(c.passed for c in checks),
+        "promotable": variant in params.gate.variants,
+        "failed": [c.name for c in checks if not c.passed],
+        "top1": evaluated["top1"],
+        "size_mb": evaluated["size_mb"],
+        "size_ratio": evaluated["size_ratio"],
+        "cpu_latency_ms_p50": evaluated["cpu"]["latency_ms_p50"],
+        "cpu_throughput_img_s": evaluated["cpu"]["throughput_img_s"],
+        "fp32_agreement": evaluated["fp32_agreement"],
+        "checks": [c.as_dict() for c in checks],
+    }
+
+
+def _summary(report: dict, chosen: str | None, candidates: dict, failed: list[Check]) -> str:
     if not report:
         return "The gate could not read consistent evaluation results and failed closed."
-    head = (f"Student top-1 {report['student']['top1']:.2f}% vs teacher {report['teacher']['top1']:.2f}% "
-            f"on {report['images']} test images; size {report['student']['size_mb']:.1f} MB vs "
-            f"{report['teacher']['size_mb']:.1f} MB ({report['size_ratio']:.2f}x).")
-    if report["student"]["top1"] > report["teacher"]["top1"]:
+    teacher = report["teacher"]
+    shown = report["candidates"][chosen or "pytorch_fp32"]
+    head = (f"Student ({chosen or 'pytorch_fp32'}) top-1 {shown['top1']:.2f}% vs teacher {teacher['top1']:.2f}% "
+            f"on {report['images']} test images; size {shown['size_mb']:.1f} MB vs "
+            f"{teacher['size_mb']:.1f} MB ({shown['size_ratio']:.3f}x).")
+    if shown["top1"] > teacher["top1"]:
         head += " The student beats the teacher."
-    return head + (" All checks passed." if passed else f" Failed: {', '.join(c.name for c in failed)}.")
+    if chosen:
+        others = [v for v, c in candidates.items() if c["passed"] and v != chosen]
+        return head + f" All checks passed; promoting {chosen}" + (
+            f" (also passed: {', '.join(others)})." if others else ".")
+    return head + f" No promotable variant passed. Failed: {', '.join(c.name for c in failed)}."
 
 
-def _promote(params: Params, student: dict, result: dict, promoted) -> str:
-    """Save the student as the new promoted version, unless it already is the promoted one."""
-    if promoted is not None and promoted.info.metadata.get("weights_sha256") == student["weights_sha256"]:
-        log.info("the student is already the promoted model %s", promoted.tag)
+def _promote(params: Params, variant: str, student: dict, result: dict, promoted) -> str:
+    """Save the chosen variant as the new promoted version, unless it already is the promoted one."""
+    if promoted is not None and _is_promoted(promoted, student, variant):
+        log.info("the student (%s) is already the promoted model %s", variant, promoted.tag)
         return str(promoted.tag)
-    models_dir = params.paths.models_dir
+    artifact = variant_path(params.paths.models_dir, variant)
     metadata = {
+        "variant": variant,
         "model_sha256": student["sha256"],
         "weights_sha256": student["weights_sha256"],
         "arch": student["arch"],
@@ -165,21 +206,21 @@ def _promote(params: Params, student: dict, result: dict, promoted) -> str:
         "gate": {c["name"]: {"value": c["value"], "passed": c["passed"]} for c in result["checks"]},
         "summary": result["summary"],
     }
+    model_file = store.ONNX_FILE if artifact.suffix == ".onnx" else store.MODEL_FILE
     with tempfile.TemporaryDirectory() as scratch:
         projection = Path(scratch) / store.PROJECTION_FILE
-        torch.save(_fit_projection(params, student["categories"]), projection)
+        torch.save(_fit_projection(params, artifact, student["categories"]), projection)
         return store.save_version(params.serving.model_name, {
-            store.MODEL_FILE: models_dir / "student.pt",
-            "student.json": models_dir / "student.json",
+            model_file: artifact,
+            sidecar(Path(model_file)).name: sidecar(artifact),
             store.PROJECTION_FILE: projection,
         }, metadata)
 
 
-def _fit_projection(params: Params, categories: list[str]) -> dict[str, torch.Tensor]:
-    """The drift embedding: PCA of the student's penultimate features over the training split."""
-    model, meta = load_model(params.paths.models_dir / "student.pt", categories)
+def _fit_projection(params: Params, artifact: Path, categories: list[str]) -> dict[str, torch.Tensor]:
+    """The drift embedding: PCA of the promoted variant's penultimate features over the training split."""
+    runner, meta = load_runner(artifact, categories)
     loader = eval_loader(params, "train", categories, params.evaluate.batch_size,
                          transform_from_meta(meta["preprocessing"]))
-    with torch.no_grad():
-        features = torch.cat([penultimate_features(model, images)[1] for images, *_ in loader])
+    features = torch.cat([runner(images)[1] for images, *_ in loader])
     return fit_projection(features, params.serving.embedding_dims)

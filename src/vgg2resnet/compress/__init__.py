@@ -1,0 +1,1 @@
+"""ONNX export and int8 post-training quantization of the student."""

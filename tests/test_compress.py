@@ -1,0 +1,93 @@
+"""The compress stage and the gate's variants: ONNX export parity, train-only int8 calibration,
+and a deliberately broken int8 variant that the gate rejects by name while fp32 passes."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+from vgg2resnet.compress.quantize import quantize_int8
+from vgg2resnet.config import VARIANTS, load_params
+from vgg2resnet.data.transforms import transform_from_meta
+from vgg2resnet.models.checkpoint import read_meta, write_sidecar
+from vgg2resnet.models.variants import load_runner, predict_logits
+from vgg2resnet.packaging import store
+from vgg2resnet.stages import evaluate, gate
+from vgg2resnet.stages.training import data_categories, eval_loader
+
+
+def test_onnx_export_reproduces_pytorch(promoted_project: Path, monkeypatch):
+    monkeypatch.chdir(promoted_project)
+    params = load_params(promoted_project / "params.yaml")
+    categories = data_categories(params)
+    torch_runner, meta = load_runner(Path("models/student.pt"), categories)
+    onnx_runner, onnx_meta = load_runner(Path("models/student-fp32.onnx"), categories)
+    assert onnx_meta["variant"] == "onnx_fp32" and onnx_meta["source_sha256"] == read_meta(Path("models/student.pt"))["sha256"]
+    loader = eval_loader(params, "val", categories, 7, transform_from_meta(meta["preprocessing"]))  # odd batches: dynamic axis
+    expected, got = predict_logits(torch_runner, loader), predict_logits(onnx_runner, loader)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= params.compress.parity_max_abs_logit
+    images = next(iter(loader))[0]
+    assert torch.allclose(onnx_runner(images)[1], torch_runner(images)[1], atol=1e-3)  # the drift features too
+
+
+def test_int8_calibration_sees_only_train_images(promoted_project: Path):
+    params = load_params(promoted_project / "params.yaml")
+    int8 = read_meta(promoted_project / "models" / VARIANTS["onnx_int8"])
+    manifest = pd.read_parquet(promoted_project / "data/prepared/manifest.parquet").set_index("path")
+    calibration = int8["calibration"]["paths"]
+    train = manifest.index[manifest["split"] == "train"]
+    assert len(calibration) == min(params.compress.calibration_images, len(train)) > 0
+    assert set(manifest.loc[calibration, "split"]) == {"train"}
+    assert len(set(calibration)) == len(calibration)
+    assert Path(promoted_project / "models" / VARIANTS["onnx_int8"]).stat().st_size < \
+        0.3 * Path(promoted_project / "models" / VARIANTS["onnx_fp32"]).stat().st_size
+
+
+def test_a_broken_int8_variant_fails_the_gate_by_name_while_fp32_passes(promoted_project: Path, tmp_path: Path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(promoted_project)
+    models = tmp_path / "models"
+    shutil.copytree(promoted_project / "models", models)
+    fp32, int8 = models / VARIANTS["onnx_fp32"], models / VARIANTS["onnx_int8"]
+    # Activation ranges calibrated on one constant image: every real image saturates them.
+    size = read_meta(fp32)["preprocessing"]["image_size"]
+    quantize_int8(fp32, int8, [np.zeros((1, 3, size, size), dtype=np.float32)])
+    meta = {k: v for k, v in read_meta(int8).items() if k not in ("sha256", "bytes")}
+    write_sidecar(int8, {**meta, "calibration": {"split": "constant zeros", "paths": []}})
+    params = load_params(promoted_project / "params.yaml")
+    params = params.model_copy(update={
+        "paths": params.paths.model_copy(update={"models_dir": models, "metrics_dir": tmp_path / "metrics",
+                                                 "reports_dir": tmp_path / "reports"}),
+        "serving": params.serving.model_copy(update={"model_name": "vgg2resnet-broken-int8-check"}),
+    })
+    evaluate.run(params)
+    result = gate.run(params)
+    report = json.loads((tmp_path / "reports/gate.json").read_text())
+    broken = report["candidates"]["onnx_int8"]
+    assert not broken["passed"] and "fp32_agreement" in broken["failed"]
+    reason = next(c["reason"] for c in broken["checks"] if c["name"] == "fp32_agreement")
+    assert "agreement with the fp32 student" in reason
+    assert report["candidates"]["pytorch_fp32"]["passed"]
+    assert result["decision"] == "promote" and result["variant"] in ("pytorch_fp32", "onnx_fp32")
+    assert store.current("vgg2resnet-broken-int8-check").info.metadata["variant"] == result["variant"]
+    assert "FAIL: " in (tmp_path / "reports/gate.md").read_text()
+
+
+@pytest.mark.parametrize("prefer, expected", [("smallest", "onnx_int8"), ("first", "pytorch_fp32")])
+def test_the_policy_picks_the_preferred_passing_variant(promoted_project: Path, tmp_path: Path, monkeypatch,
+                                                        prefer: str, expected: str):
+    monkeypatch.chdir(promoted_project)
+    params = load_params(promoted_project / "params.yaml")
+    params = params.model_copy(update={
+        "gate": params.gate.model_copy(update={"prefer": prefer, "min_variant_agreement": 0.0}),
+        "paths": params.paths.model_copy(update={"reports_dir": tmp_path / "reports"}),
+        "serving": params.serving.model_copy(update={"model_name": f"vgg2resnet-prefer-{prefer}"}),
+    })
+    assert gate.run(params)["variant"] == expected
