@@ -96,7 +96,10 @@ def hand_off(stage: str, root: Path) -> str:
     if git("diff", "--cached", "--name-only").stdout.strip():
         git("commit", "--quiet", "-m", f"dvc.lock and metrics of {', '.join(upstream)} before '{stage}' on the GPU pool")
         if git("remote").stdout.strip():
-            git("push", "--quiet")
+            pushed = git("push", "--quiet", check=False)
+            if pushed.returncode:
+                raise StageFailed(f"stage '{stage}' runs on a GPU worker, which fetches the revision from the git "
+                                  f"remote, but `git push` failed: {pushed.stderr.strip()}")
     return git_revision(root)
 
 
