@@ -76,13 +76,9 @@ def bench_model(params: Params, image_size: int) -> str:
     with tempfile.TemporaryDirectory() as scratch:
         model = Path(scratch) / store.MODEL_FILE
         torch.save(payload, model)
-        import bentoml
-
-        with bentoml.models.create(f"{params.serving.model_name}-bench{image_size}",
-                                   metadata={"variant": "pytorch_fp32", "image_size": image_size}) as ref:
-            shutil.copyfile(model, ref.path_of(store.MODEL_FILE))
-            shutil.copyfile(promoted.path_of(store.PROJECTION_FILE), ref.path_of(store.PROJECTION_FILE))
-    return str(ref.tag)
+        return store.save_version(f"{params.serving.model_name}-bench{image_size}", {
+            store.MODEL_FILE: model, store.PROJECTION_FILE: Path(promoted.path_of(store.PROJECTION_FILE)),
+        }, {"variant": "pytorch_fp32", "image_size": image_size}, promoted=False)
 
 
 def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: float) -> dict:

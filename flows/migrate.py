@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -19,8 +18,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.deployments import run_deployment
 
 from vgg2resnet.config import Params, load_params
-from vgg2resnet.lineage import git_revision
+from vgg2resnet.orchestration.handoff import hand_off
 from vgg2resnet.orchestration.pipeline import StageFailed, gate_outcome, reproduce, stage_names
+from vgg2resnet.orchestration.scm import git
 
 
 def _lock_contention(task, task_run, state) -> bool:
@@ -68,41 +68,6 @@ def _publish(root: Path, params: Params) -> dict:
     return gate
 
 
-def hand_off(stage: str, root: Path) -> str:
-    """The revision a worker can reproduce `stage` from: the upstream stages' cached outputs
-    pushed to the DVC remote, and dvc.lock with their uncached ones (metrics) committed to git
-    (and pushed, when the repository has a git remote)."""
-    from dvc.repo import Repo
-
-    def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=root, check=check, capture_output=True, text=True)
-
-    names = stage_names(root)
-    upstream = names[:names.index(stage)]
-    with contextlib.chdir(root), Repo(str(root)) as repo:
-        records = ["dvc.lock"] + [out.def_path for s in repo.index.stages if s.name in upstream
-                                  for out in s.outs if not out.use_cache]
-        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
-                   if not any(line[3:] == r or line[3:].startswith(f"{r}/") for r in records)]
-        if changed:
-            raise StageFailed(f"stage '{stage}' runs on a GPU worker, which checks out a git revision, but "
-                              f"{', '.join(changed)} have uncommitted changes; commit them (or unset "
-                              "orchestration.gpu_work_pool to run it here)")
-        if upstream:
-            repo.push(targets=upstream)
-    for record in records:
-        if (root / record).exists() and git("check-ignore", "-q", record, check=False).returncode != 0:
-            git("add", record)
-    if git("diff", "--cached", "--name-only").stdout.strip():
-        git("commit", "--quiet", "-m", f"dvc.lock and metrics of {', '.join(upstream)} before '{stage}' on the GPU pool")
-        if git("remote").stdout.strip():
-            pushed = git("push", "--quiet", check=False)
-            if pushed.returncode:
-                raise StageFailed(f"stage '{stage}' runs on a GPU worker, which fetches the revision from the git "
-                                  f"remote, but `git push` failed: {pushed.stderr.strip()}")
-    return git_revision(root)
-
-
 @flow(name="migrate", log_prints=True)
 def migrate(project_dir: str = ".") -> dict[str, bool]:
     """Reproduce the pipeline; fail with the reason when validation or the gate stops it."""
@@ -139,8 +104,9 @@ def migrate_stage(stage: str, revision: str, project_dir: str = ".") -> None:
     from dvc.repo import Repo
 
     root = Path(project_dir).resolve()
-    subprocess.run(["git", "fetch", "--quiet"], cwd=root, check=False)
-    subprocess.run(["git", "checkout", "--quiet", revision], cwd=root, check=True)
+    if git(root, "remote"):
+        git(root, "fetch", "--quiet")
+    git(root, "checkout", "--quiet", revision)
     with contextlib.chdir(root), Repo(str(root)) as repo:
         repo.pull(targets=[stage], with_deps=True, allow_missing=True)
     reproduce(stage, root)

@@ -11,11 +11,10 @@ import contextlib
 import hashlib
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 from vgg2resnet.data.imagefolder import scan_image_folder
-from vgg2resnet.errors import UserError
+from vgg2resnet.orchestration.scm import git
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +41,6 @@ def copy_new_images(drop: Path, target: Path) -> int:
     return copied
 
 
-def _git(root: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise UserError(f"git {' '.join(args)} failed in {root}: {result.stderr.strip()}")
-    return result.stdout.strip()
-
-
 def ingest(drop: Path, root: Path, incoming_dir: Path, push: bool = True) -> dict:
     """Version what is new in `drop`; return the data version and whether it is a new one."""
     from dvc.repo import Repo
@@ -62,8 +54,8 @@ def ingest(drop: Path, root: Path, incoming_dir: Path, push: bool = True) -> dic
         with contextlib.chdir(root), Repo(str(root)) as repo:
             repo.add(str(incoming_dir))
             version = _recorded_version(root, dvc_file)
-            _git(root, "add", str(dvc_file), str(dvc_file.parent / ".gitignore"))
-            _git(root, "commit", "-q", "-m", f"data: ingest {drop.name} ({copied} new images) -> {version}")
+            git(root, "add", str(dvc_file), str(dvc_file.parent / ".gitignore"))
+            git(root, "commit", "-q", "-m", f"data: ingest {drop.name} ({copied} new images) -> {version}")
             if push:
                 repo.push(targets=[str(dvc_file)])
     version = _recorded_version(root, dvc_file)

@@ -40,11 +40,11 @@ def current(name: str):
     return versions[0] if versions else None
 
 
-def save_version(name: str, files: dict[str, Path], metadata: dict[str, Any]) -> str:
-    """Save files as a new promoted version; return its tag."""
+def save_version(name: str, files: dict[str, Path], metadata: dict[str, Any], promoted: bool = True) -> str:
+    """Save files as a new version (promoted unless told otherwise); return its tag."""
     import bentoml
 
-    with bentoml.models.create(name, labels=dict(PROMOTED), metadata=metadata) as ref:
+    with bentoml.models.create(name, labels=dict(PROMOTED) if promoted else {}, metadata=metadata) as ref:
         for target, source in files.items():
             shutil.copyfile(source, ref.path_of(target))
     log.info("saved %s to the BentoML model store", ref.tag)

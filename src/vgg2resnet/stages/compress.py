@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from vgg2resnet.compress.onnx_export import export_onnx, parity
 from vgg2resnet.compress.quantize import quantize_int8
 from vgg2resnet.config import Params
+from vgg2resnet.data.datasets import split_dataset
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.errors import UserError
 from vgg2resnet.models.checkpoint import load_model, read_meta, write_sidecar
@@ -73,7 +74,7 @@ def run(params: Params) -> dict:
             f"{c.parity_min_agreement}%); try another compress.opset")
     write_sidecar(fp32, _sidecar_meta(student, "onnx_fp32", opset=c.opset, parity=fp32_parity))
 
-    train = eval_loader(params, CALIBRATION_SPLIT, categories, 1, transform).dataset
+    train = split_dataset(params.data.prepared_dir, params.data.raw_dir, CALIBRATION_SPLIT, categories, transform)
     sample = calibration_sample(params, train)
     int8 = variant_path(params.paths.models_dir, "onnx_int8")
     log.info("quantizing to int8 (%s calibration on %d %s images) -> %s", c.calibration_method, len(sample),
