@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -17,7 +18,9 @@ import vgg2resnet  # noqa: F401 - importing it turns the libraries' telemetry of
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # A BentoML model store of the test session's own, never the developer's (set before bentoml loads).
+# Removed at exit: each session's store holds hundreds of MB of models.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="vgg2resnet-bentoml-")
+atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
