@@ -1,14 +1,18 @@
 """Load on the classifier service (loopback only, bounded in time) next to the raw batched
 model throughput measured in the same run (the ceiling).
 
-    python benchmarks/serving_load.py --duration 60                    # the promoted model
-    python benchmarks/serving_load.py --duration 60 --image-size 224   # the fp32 student at 224 px
+    python benchmarks/serving_load.py --duration 60                          # the promoted model
+    python benchmarks/serving_load.py --duration 60 --images-per-request 32  # clients that batch
+    python benchmarks/serving_load.py --duration 60 --image-size 224         # int8 student at 224 px
 
 Runs by hand (not in CI). Needs a promoted model (`dvc repro`) and the demo data. The load comes
 from `wrk` (a separate C process; `apt-get install wrk`) when it is on PATH, else from Python
 threads in this process, which on a small machine compete with the server for the cores.
-`--image-size` serves the fp32 student (models/student.pt) with its input size changed, as a
-model of a real image size would cost; it is saved under its own name, never promoted.
+Throughput is counted in images, so requests that carry several images (`--images-per-request`,
+up to serving.max_batch_size) compare with the raw ceiling directly. `--image-size` serves the
+student with its input size changed (`--variant`: int8 ONNX, quantized here as the compress
+stage does, or the fp32 checkpoint), as a model of a real image size would cost; it is saved
+under its own name, never promoted.
 """
 
 from __future__ import annotations
@@ -25,28 +29,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import requests
-import torch
 from PIL import Image
 
+from vgg2resnet.compress.onnx_export import export_onnx
 from vgg2resnet.config import Params, load_params
+from vgg2resnet.data.transforms import transform_from_meta
+from vgg2resnet.models.checkpoint import load_model, save_model, sidecar, write_sidecar
+from vgg2resnet.models.variants import variant_path
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.classifier import Classifier
 from vgg2resnet.serving.server import local_server
+from vgg2resnet.stages.compress import quantize_on_train_sample
+from vgg2resnet.stages.training import data_categories
 
 BOUNDARY = "vgg2resnetbench"
-WRK_SCRIPT = """
+WRK_SCRIPT = f"""
 local f = io.open(os.getenv("BENCH_BODY"), "rb")
 wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
-wrk.headers["Content-Type"] = "multipart/form-data; boundary=%s"
-""" % BOUNDARY
+wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"
+"""
 
 
-def load_wrk(url: str, payload: bytes, concurrency: int, duration: float) -> dict:
-    """The same request (one image) from wrk, a separate process."""
-    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + payload + f"\r\n--{BOUNDARY}--\r\n".encode()
+def multipart_body(payloads: list[bytes]) -> bytes:
+    part = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode()
+    return b"".join(part + p + b"\r\n" for p in payloads) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def load_wrk(url: str, payloads: list[bytes], concurrency: int, duration: float) -> dict:
+    """The same request (these images) from wrk, a separate process."""
+    body = multipart_body(payloads)
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / "body").write_bytes(body)
         (Path(scratch) / "post.lua").write_text(WRK_SCRIPT)
@@ -63,49 +77,55 @@ def load_wrk(url: str, payload: bytes, concurrency: int, duration: float) -> dic
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket.groups())) if socket else 0)
-    return {"concurrency": concurrency, "requests": requests_done, "errors": errors,
-            "req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": ms("50%"), "p99_ms": ms("99%")}
+    req_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"concurrency": concurrency, "requests": requests_done, "errors": errors, "req_s": req_s,
+            "img_s": req_s * len(payloads), "p50_ms": ms("50%"), "p99_ms": ms("99%")}
 
 
-def bench_model(params: Params, image_size: int) -> str:
-    """The fp32 student with another input size, saved as its own model (never promoted)."""
-    payload = torch.load(params.paths.models_dir / "student.pt", map_location="cpu", weights_only=True)
-    payload["meta"]["preprocessing"]["image_size"] = image_size
+def bench_model(params: Params, image_size: int, variant: str) -> str:
+    """The student at another input size, as `variant`, saved as its own model (never promoted)."""
+    categories = data_categories(params)
+    model, meta = load_model(variant_path(params.paths.models_dir, "pytorch_fp32"), categories)
+    meta["preprocessing"]["image_size"] = image_size
     promoted = store.current(params.serving.model_name)
     with tempfile.TemporaryDirectory() as scratch:
-        model = Path(scratch) / store.MODEL_FILE
-        torch.save(payload, model)
+        if variant == "pytorch_fp32":
+            artifact = Path(scratch) / store.MODEL_FILE
+            save_model(artifact, model, meta)
+        else:
+            fp32, artifact = Path(scratch) / "fp32.onnx", Path(scratch) / store.ONNX_FILE
+            export_onnx(model, fp32, image_size, params.compress.opset)
+            quantize_on_train_sample(params, fp32, artifact, categories, transform_from_meta(meta["preprocessing"]))
+            write_sidecar(artifact, meta)
         return store.save_version(f"{params.serving.model_name}-bench{image_size}", {
-            store.MODEL_FILE: model, store.PROJECTION_FILE: Path(promoted.path_of(store.PROJECTION_FILE)),
-        }, {"variant": "pytorch_fp32", "image_size": image_size}, promoted=False)
+            artifact.name: artifact, sidecar(artifact).name: sidecar(artifact),
+            store.PROJECTION_FILE: Path(promoted.path_of(store.PROJECTION_FILE)),
+        }, {"variant": variant, "image_size": image_size}, promoted=False)
 
 
 def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: float) -> dict:
+    """The same request (these images) from Python threads in this process."""
+    files = [("images", ("x.png", p, "image/png")) for p in payloads]
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
     stop = time.monotonic() + duration
 
-    def worker(offset: int) -> None:
+    def worker() -> None:
         nonlocal errors
         session = requests.Session()
-        i = offset
         while time.monotonic() < stop:
-            body = payloads[i % len(payloads)]
             start = time.perf_counter()
             try:
-                ok = session.post(f"{url}/classify_batch", files=[("images", ("x.png", body, "image/png"))],
-                                  timeout=60).status_code == 200
+                ok = session.post(f"{url}/classify_batch", files=files, timeout=60).status_code == 200
             except requests.RequestException:
                 ok = False
             with lock:
                 latencies.append(time.perf_counter() - start) if ok else None
                 errors += 0 if ok else 1
-            i += concurrency
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(concurrency)]
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -113,7 +133,7 @@ def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: fl
     elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
-            "req_s": len(latencies) / elapsed,
+            "req_s": len(latencies) / elapsed, "img_s": len(latencies) * len(payloads) / elapsed,
             "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan")}
 
@@ -131,22 +151,28 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--image-size", type=int, default=None, help="serve the fp32 student at this size")
+    parser.add_argument("--image-size", type=int, default=None, help="serve the student at this input size")
+    parser.add_argument("--variant", choices=["onnx_int8", "pytorch_fp32"], default="onnx_int8",
+                        help="with --image-size: the variant to serve")
+    parser.add_argument("--images-per-request", type=int, default=1)
     parser.add_argument("--client", choices=["wrk", "threads"], default="wrk" if shutil.which("wrk") else "threads")
     args = parser.parse_args()
 
     params = load_params()
+    if not 1 <= args.images_per_request <= params.serving.max_batch_size:
+        parser.error(f"--images-per-request must be 1..{params.serving.max_batch_size} (serving.max_batch_size)")
     promoted = store.current(params.serving.model_name)
     if promoted is None:
         raise SystemExit("no promoted model: run `dvc repro` first")
     if args.image_size:
         import bentoml
 
-        promoted = bentoml.models.get(bench_model(params, args.image_size))
-    print(f"model {promoted.tag} ({promoted.info.metadata.get('variant', 'pytorch_fp32')}); load from {args.client}")
+        promoted = bentoml.models.get(bench_model(params, args.image_size, args.variant))
+    print(f"model {promoted.tag} ({promoted.info.metadata.get('variant', 'pytorch_fp32')}); load from "
+          f"{args.client}, {args.images_per_request} image(s) per request")
     manifest = pd.read_parquet(params.data.prepared_dir / "manifest.parquet")
     paths = [params.data.raw_dir / p for p in manifest[manifest["split"] == "test"]["path"]]
-    payloads = [p.read_bytes() for p in paths]
+    payloads = [p.read_bytes() for p in paths[: args.images_per_request]]
     images = [Image.open(p).convert("RGB") for p in paths[: params.serving.max_batch_size]]
 
     ceiling = raw_throughput(Path(promoted.path), images, params.serving.max_batch_size, 10.0)
@@ -154,8 +180,8 @@ if __name__ == "__main__":
     root = Path.cwd()
     with local_server(str(promoted.tag), cwd=root, project_root=root, params_file=root / "params.yaml") as url:
         for level in args.concurrency:
-            r = (load_wrk(url, payloads[0], level, args.duration) if args.client == "wrk"
-                 else load_threads(url, payloads, level, args.duration))
-            print(f"concurrency {level:3d}: {r['req_s']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
-                  f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  ({r['requests']} requests)  "
-                  f"{r['req_s'] / ceiling:.2f}x raw")
+            load = load_wrk if args.client == "wrk" else load_threads
+            r = load(url, payloads, level, args.duration)
+            print(f"concurrency {level:3d}: {r['req_s']:7.1f} req/s {r['img_s']:7.1f} img/s  "
+                  f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  "
+                  f"({r['requests']} requests)  {r['img_s'] / ceiling:.2f}x raw")

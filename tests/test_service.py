@@ -41,6 +41,14 @@ def test_a_known_image_returns_a_category_with_top_k(server):
     assert 0 < body["confidence"] <= 1
 
 
+def test_openapi_documents_both_endpoints_as_file_uploads_answering_json(server):
+    spec = requests.get(f"{server['url']}/docs.json", timeout=30).json()
+    for endpoint, field in (("classify", "image"), ("classify_batch", "images")):
+        post = spec["paths"][f"/{endpoint}"]["post"]
+        assert field in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+        assert list(post["responses"]["200"]["content"]) == ["application/json"]
+
+
 def _served_categories(url: str, project: Path, test: pd.DataFrame) -> list[str]:
     served = []
     for start in range(0, len(test), 16):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
+from bentoml.validators import ContentType
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -46,6 +47,9 @@ class Prediction(BaseModel):
     top_k: list[Ranked]
     model_tag: str
 
+
+# A declared content type spares BentoML deriving it from the JSON schema on every response.
+Json = ContentType("application/json")
 
 args = bentoml.use_arguments(Args)
 
@@ -109,12 +113,12 @@ class Classifier:
             log.exception("inference logging failed; the prediction was still returned")
 
     @bentoml.api
-    def classify(self, image: ImageFile) -> Prediction:
+    def classify(self, image: ImageFile) -> Annotated[Prediction, Json]:
         """Classify one uploaded image (multipart field `image`)."""
         return self._predict([image])[0]
 
     @bentoml.api(batchable=True, max_batch_size=PARAMS.max_batch_size, max_latency_ms=PARAMS.max_latency_ms)
-    def classify_batch(self, images: ImageFiles) -> list[Prediction]:
+    def classify_batch(self, images: ImageFiles) -> Annotated[list[Prediction], Json]:
         """Classify images (multipart field `images`, repeated, at most serving.max_batch_size);
         concurrent requests are batched adaptively."""
         return self._predict(images)

@@ -17,8 +17,9 @@ IMAGE_STAT_COLUMNS = ["width", "height", "brightness", "contrast", "sharpness", 
 
 def image_statistics(image: Image.Image) -> dict[str, float]:
     """Size, mean and spread of luminance, edge energy and mean saturation, each in [0, 255] units."""
-    grey = np.asarray(image.convert("L"), dtype=np.float32)
-    edges = np.asarray(image.convert("L").filter(ImageFilter.FIND_EDGES), dtype=np.float32)
+    luminance = image.convert("L")
+    grey = np.asarray(luminance, dtype=np.float32)
+    edges = np.asarray(luminance.filter(ImageFilter.FIND_EDGES), dtype=np.float32)
     saturation = np.asarray(image.convert("HSV"), dtype=np.float32)[..., 1]
     return {
         "width": float(image.width),

@@ -11,7 +11,8 @@ judges it like every other candidate, on the test split.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +45,21 @@ def _batches(loader: DataLoader) -> Iterator[np.ndarray]:
         yield images.numpy()
 
 
+def quantize_on_train_sample(params: Params, fp32: Path, int8: Path, categories: list[str],
+                             transform: Callable) -> dict:
+    """Quantize an fp32 export to int8, calibrated on the seeded train sample; return what it was
+    calibrated on (split, method and image paths)."""
+    c = params.compress
+    train = split_dataset(params.data.prepared_dir, params.data.raw_dir, CALIBRATION_SPLIT, categories, transform)
+    sample = calibration_sample(params, train)
+    log.info("quantizing to int8 (%s calibration on %d %s images) -> %s", c.calibration_method, len(sample),
+             CALIBRATION_SPLIT, int8)
+    quantize_int8(fp32, int8, _batches(DataLoader(Subset(train, sample), batch_size=c.calibration_batch_size)),
+                  c.calibration_method, c.per_channel)
+    return {"split": CALIBRATION_SPLIT, "method": c.calibration_method, "per_channel": c.per_channel,
+            "paths": [str(train.paths[i].relative_to(params.data.raw_dir)) for i in sample]}
+
+
 def _sidecar_meta(student: dict, variant: str, **extra) -> dict:
     keep = {k: v for k, v in student.items() if k not in ("sha256", "bytes")}
     return {**keep, "variant": variant, "source_sha256": student["sha256"], **extra}
@@ -74,15 +90,8 @@ def run(params: Params) -> dict:
             f"{c.parity_min_agreement}%); try another compress.opset")
     write_sidecar(fp32, _sidecar_meta(student, "onnx_fp32", opset=c.opset, parity=fp32_parity))
 
-    train = split_dataset(params.data.prepared_dir, params.data.raw_dir, CALIBRATION_SPLIT, categories, transform)
-    sample = calibration_sample(params, train)
     int8 = variant_path(params.paths.models_dir, "onnx_int8")
-    log.info("quantizing to int8 (%s calibration on %d %s images) -> %s", c.calibration_method, len(sample),
-             CALIBRATION_SPLIT, int8)
-    quantize_int8(fp32, int8, _batches(DataLoader(Subset(train, sample), batch_size=c.calibration_batch_size)),
-                  c.calibration_method, c.per_channel)
-    calibration = {"split": CALIBRATION_SPLIT, "method": c.calibration_method, "per_channel": c.per_channel,
-                   "paths": [str(train.paths[i].relative_to(params.data.raw_dir)) for i in sample]}
+    calibration = quantize_on_train_sample(params, fp32, int8, categories, transform)
     int8_parity = parity(reference, predict_logits(OnnxRunner(int8, CPU), val))
     write_sidecar(int8, _sidecar_meta(student, "onnx_int8", opset=c.opset, calibration=calibration,
                                       parity=int8_parity))
