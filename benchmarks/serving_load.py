@@ -12,7 +12,7 @@ Throughput is counted in images, so requests that carry several images (`--image
 up to serving.max_batch_size) compare with the raw ceiling directly. `--image-size` serves the
 student with its input size changed (`--variant`: int8 ONNX, quantized here as the compress
 stage does, or the fp32 checkpoint), as a model of a real image size would cost; it is saved
-under its own name, never promoted.
+under its own name, never promoted, and deleted when the run ends.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+import bentoml
 import numpy as np
 import pandas as pd
 import requests
@@ -138,6 +139,20 @@ def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: fl
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan")}
 
 
+def wait_until_idle(url: str, timeout: float = 300.0) -> None:
+    """Let the requests still in flight from the previous level finish: counted against
+    serving.max_concurrency, they would turn the next level's first requests into 429s."""
+    in_progress = re.compile(r'^bentoml_service_request_in_progress\{endpoint="/classify_batch".*\} ([\d.]+)$',
+                             re.MULTILINE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = in_progress.search(requests.get(f"{url}/metrics", timeout=10).text)
+        if match is None or float(match.group(1)) == 0:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"the service still had requests in flight after {timeout:.0f} s")
+
+
 def raw_throughput(model_dir: Path, images: list[Image.Image], batch: int, seconds: float) -> float:
     classifier = Classifier(model_dir)
     done, start = 0, time.perf_counter()
@@ -145,6 +160,27 @@ def raw_throughput(model_dir: Path, images: list[Image.Image], batch: int, secon
         classifier.predict(images[:batch], top_k=3)
         done += batch
     return done / (time.perf_counter() - start)
+
+
+def run(args: argparse.Namespace, params: Params, model: bentoml.Model) -> None:
+    print(f"model {model.tag} ({model.info.metadata.get('variant', 'pytorch_fp32')}); load from "
+          f"{args.client}, {args.images_per_request} image(s) per request", flush=True)
+    manifest = pd.read_parquet(params.data.prepared_dir / "manifest.parquet")
+    paths = [params.data.raw_dir / p for p in manifest[manifest["split"] == "test"]["path"]]
+    payloads = [p.read_bytes() for p in paths[: args.images_per_request]]
+    images = [Image.open(p).convert("RGB") for p in paths[: params.serving.max_batch_size]]
+
+    ceiling = raw_throughput(Path(model.path), images, params.serving.max_batch_size, 10.0)
+    print(f"raw batched model throughput (batch {params.serving.max_batch_size}): {ceiling:.1f} img/s", flush=True)
+    root = Path.cwd()
+    with local_server(str(model.tag), cwd=root, project_root=root, params_file=root / "params.yaml") as url:
+        for level in args.concurrency:
+            wait_until_idle(url)
+            load = load_wrk if args.client == "wrk" else load_threads
+            r = load(url, payloads, level, args.duration)
+            print(f"concurrency {level:3d}: {r['req_s']:7.1f} req/s {r['img_s']:7.1f} img/s  "
+                  f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  "
+                  f"({r['requests']} requests)  {r['img_s'] / ceiling:.2f}x raw", flush=True)
 
 
 if __name__ == "__main__":
@@ -164,24 +200,11 @@ if __name__ == "__main__":
     promoted = store.current(params.serving.model_name)
     if promoted is None:
         raise SystemExit("no promoted model: run `dvc repro` first")
-    if args.image_size:
-        import bentoml
-
-        promoted = bentoml.models.get(bench_model(params, args.image_size, args.variant))
-    print(f"model {promoted.tag} ({promoted.info.metadata.get('variant', 'pytorch_fp32')}); load from "
-          f"{args.client}, {args.images_per_request} image(s) per request")
-    manifest = pd.read_parquet(params.data.prepared_dir / "manifest.parquet")
-    paths = [params.data.raw_dir / p for p in manifest[manifest["split"] == "test"]["path"]]
-    payloads = [p.read_bytes() for p in paths[: args.images_per_request]]
-    images = [Image.open(p).convert("RGB") for p in paths[: params.serving.max_batch_size]]
-
-    ceiling = raw_throughput(Path(promoted.path), images, params.serving.max_batch_size, 10.0)
-    print(f"raw batched model throughput (batch {params.serving.max_batch_size}): {ceiling:.1f} img/s")
-    root = Path.cwd()
-    with local_server(str(promoted.tag), cwd=root, project_root=root, params_file=root / "params.yaml") as url:
-        for level in args.concurrency:
-            load = load_wrk if args.client == "wrk" else load_threads
-            r = load(url, payloads, level, args.duration)
-            print(f"concurrency {level:3d}: {r['req_s']:7.1f} req/s {r['img_s']:7.1f} img/s  "
-                  f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  "
-                  f"({r['requests']} requests)  {r['img_s'] / ceiling:.2f}x raw")
+    bench_tag = bench_model(params, args.image_size, args.variant) if args.image_size else None
+    if bench_tag:
+        promoted = bentoml.models.get(bench_tag)
+    try:
+        run(args, params, promoted)
+    finally:
+        if bench_tag:  # a stand-in for a real model, not worth keeping in the store
+            bentoml.models.delete(bench_tag)

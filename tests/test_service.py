@@ -108,7 +108,8 @@ def _png(size=(32, 32)) -> bytes:
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "empty", "truncated", "decompression_bomb",
-                                  "wrong_content_type", "too_many_files"])
+                                  "wrong_content_type", "too_many_files", "text_instead_of_file",
+                                  "malformed_form", "unknown_field"])
 def test_bad_input_gets_a_4xx_with_a_reason_and_the_server_keeps_serving(server, case):
     url = f"{server['url']}/classify"
     if case == "not_an_image":
@@ -121,6 +122,12 @@ def test_bad_input_gets_a_4xx_with_a_reason_and_the_server_keeps_serving(server,
         answer = requests.post(url, files={"image": ("huge.png", _png((8000, 8000)), "image/png")}, timeout=60)
     elif case == "wrong_content_type":
         answer = requests.post(url, json={"image": "cat.png"}, timeout=30)
+    elif case == "text_instead_of_file":  # `curl -F image=digit.png`, the @ forgotten
+        answer = requests.post(url, files={"image": (None, "digit.png")}, timeout=30)
+    elif case == "malformed_form":
+        answer = requests.post(url, data=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}, timeout=30)
+    elif case == "unknown_field":
+        answer = requests.post(url, files={"picture": ("ok.png", _png(), "image/png")}, timeout=30)
     else:
         files = [("images", (f"{i}.png", _png(), "image/png")) for i in range(33)]
         answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
@@ -129,7 +136,8 @@ def test_bad_input_gets_a_4xx_with_a_reason_and_the_server_keeps_serving(server,
     assert "Traceback" not in text and "/site-packages/" not in text
     expected = {"not_an_image": "not a recognised image", "empty": "empty", "truncated": "truncated",
                 "decompression_bomb": "limit is", "wrong_content_type": "image",
-                "too_many_files": "at most 32"}[case]
+                "too_many_files": "at most 32", "text_instead_of_file": "not a file",
+                "malformed_form": "not a valid form", "unknown_field": "unknown field 'picture'"}[case]
     assert expected in text
     good = requests.post(url, files={"image": ("ok.png", _png(), "image/png")}, timeout=60)
     assert good.status_code == 200

@@ -15,16 +15,18 @@ import os
 import random
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import bentoml
 from bentoml.validators import ContentType
 from PIL import Image
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, WrapValidator
+from starlette.datastructures import UploadFile
 
 from vgg2resnet.config import load_params
 from vgg2resnet.serving.classifier import Classifier as Model
 from vgg2resnet.serving.decode import InvalidImage, decode_image
+from vgg2resnet.serving.uploads import Uploads
 
 _ALL = load_params(os.environ.get("VGG2RESNET_PARAMS", "params.yaml"))
 PARAMS, RETAIN = _ALL.serving, _ALL.monitoring
@@ -54,27 +56,40 @@ Json = ContentType("application/json")
 args = bentoml.use_arguments(Args)
 
 
-def _decoded(uploads: list[Path]) -> list[Image.Image]:
-    """Decode the uploads while their request is parsed: a bad file is rejected before adaptive
-    batching merges the request with other clients' (which must not fail with it), and the
-    endpoint receives decoded images, so nothing is decoded twice."""
-    images = []
-    for number, upload in enumerate(uploads):
-        try:
-            images.append(decode_image(Path(upload).read_bytes(), PARAMS.max_pixels))
-        except InvalidImage as exc:
-            raise ValueError(f"file {number + 1}: {exc}") from None
-    return images
+def _decoded(upload: Any, _file_schema: ValidatorFunctionWrapHandler) -> Image.Image:
+    """Decode an upload while its request is parsed, straight from the multipart buffer (BentoML's
+    file schema, which would first copy it to a temporary file, is skipped): a bad file is
+    rejected before adaptive batching merges the request with other clients' (which must not fail
+    with it), and the endpoint receives decoded images, so nothing is decoded twice."""
+    if isinstance(upload, UploadFile):
+        payload = upload.file.read()
+    elif isinstance(upload, bytes):
+        payload = upload
+    else:
+        # A ValueError, not a TypeError: pydantic turns only the former into a 400.
+        raise ValueError("send the image as a multipart/form-data file upload")  # noqa: TRY004
+    try:
+        return decode_image(payload, PARAMS.max_pixels)
+    except InvalidImage as exc:
+        raise ValueError(str(exc)) from None
 
 
 # Declared as files (the OpenAPI schema and multipart parsing follow the type); the validator
 # hands the endpoint PIL images.
-ImageFile = Annotated[Path, AfterValidator(lambda upload: _decoded([upload])[0])]
-ImageFiles = Annotated[list[Path], Field(min_length=1, max_length=PARAMS.max_batch_size),
-                       AfterValidator(_decoded)]
+ImageFile = Annotated[Path, WrapValidator(_decoded)]
+ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=PARAMS.max_batch_size)]
 
 
-@bentoml.service(traffic={"timeout": 60, "max_concurrency": 64}, workers=1)
+class OneImage(Uploads):
+    image: ImageFile
+
+
+class Images(Uploads):
+    images: ImageFiles
+
+
+@bentoml.service(traffic={"timeout": PARAMS.timeout_s, "max_concurrency": PARAMS.max_concurrency},
+                 workers=1)
 class Classifier:
     model_ref = bentoml.models.BentoModel(args.model_tag)
 
@@ -99,7 +114,7 @@ class Classifier:
                     kept = f"{uuid.uuid4().hex}.png"
                     image.save(RETAIN.retained_dir / kept)
                 with bentoml.monitor(MONITOR) as monitor:
-                    monitor.log(datetime.datetime.now(datetime.timezone.utc).isoformat(), name="logged_at",
+                    monitor.log(datetime.datetime.now(datetime.UTC).isoformat(), name="logged_at",
                                 role="feature", data_type="categorical")
                     monitor.log(self.tag, name="model_tag", role="feature", data_type="categorical")
                     monitor.log(kept, name="retained_image", role="feature", data_type="categorical")
@@ -109,15 +124,16 @@ class Classifier:
                                 data_type="categorical")
                     monitor.log(result["confidence"], name="confidence", role="prediction",
                                 data_type="numerical")
-        except Exception:  # noqa: BLE001 - monitoring is best effort by design
+        except Exception:  # monitoring is best effort by design
             log.exception("inference logging failed; the prediction was still returned")
 
-    @bentoml.api
+    @bentoml.api(input_spec=OneImage)
     def classify(self, image: ImageFile) -> Annotated[Prediction, Json]:
         """Classify one uploaded image (multipart field `image`)."""
         return self._predict([image])[0]
 
-    @bentoml.api(batchable=True, max_batch_size=PARAMS.max_batch_size, max_latency_ms=PARAMS.max_latency_ms)
+    @bentoml.api(input_spec=Images, batchable=True, max_batch_size=PARAMS.max_batch_size,
+                 max_latency_ms=PARAMS.max_latency_ms)
     def classify_batch(self, images: ImageFiles) -> Annotated[list[Prediction], Json]:
         """Classify images (multipart field `images`, repeated, at most serving.max_batch_size);
         concurrent requests are batched adaptively."""

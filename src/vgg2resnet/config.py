@@ -162,6 +162,8 @@ class ServingParams(Section):
     model_name: str = "vgg2resnet-classifier"
     max_batch_size: int = Field(32, ge=1)
     max_latency_ms: int = Field(10000, ge=1)
+    max_concurrency: int = Field(256, ge=1)
+    timeout_s: int = Field(60, ge=1)
     max_pixels: int = Field(40_000_000, ge=1)
     top_k: int = Field(3, ge=1)
     embedding_dims: int = Field(8, ge=2, le=64)

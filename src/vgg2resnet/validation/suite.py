@@ -125,7 +125,9 @@ def run_checkpoint(tables: dict[str, tuple[pd.DataFrame, str, list]], docs_dir: 
             gx.ValidationDefinition(name=name, data=batch, suite=suite))
         checkpoint = context.checkpoints.add(gx.Checkpoint(
             name=name, validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")],
+            # Only our site: the ephemeral context's default one would be built in a temp dir
+            # that nothing removes.
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["local_docs"])],
             result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [index_column]},
         ))
         outcome = checkpoint.run(batch_parameters={"dataframe": frame})
