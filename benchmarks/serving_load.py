@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import requests
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from vgg2resnet.compress.onnx_export import export_onnx
 from vgg2resnet.config import Params, load_params
@@ -142,12 +143,11 @@ def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: fl
 def wait_until_idle(url: str, timeout: float = 300.0) -> None:
     """Let the requests still in flight from the previous level finish: counted against
     serving.max_concurrency, they would turn the next level's first requests into 429s."""
-    in_progress = re.compile(r'^bentoml_service_request_in_progress\{endpoint="/classify_batch".*\} ([\d.]+)$',
-                             re.MULTILINE)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        match = in_progress.search(requests.get(f"{url}/metrics", timeout=10).text)
-        if match is None or float(match.group(1)) == 0:
+        metrics = text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=10).text)
+        if not any(sample.value for family in metrics if family.name == "bentoml_service_request_in_progress"
+                   for sample in family.samples if sample.labels.get("endpoint") == "/classify_batch"):
             return
         time.sleep(0.5)
     raise SystemExit(f"the service still had requests in flight after {timeout:.0f} s")

@@ -15,18 +15,16 @@ import os
 import random
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import bentoml
 from bentoml.validators import ContentType
 from PIL import Image
-from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, WrapValidator
-from starlette.datastructures import UploadFile
+from pydantic import BaseModel, Field
 
 from vgg2resnet.config import load_params
 from vgg2resnet.serving.classifier import Classifier as Model
-from vgg2resnet.serving.decode import InvalidImage, decode_image
-from vgg2resnet.serving.uploads import Uploads
+from vgg2resnet.serving.uploads import Uploads, image_file
 
 _ALL = load_params(os.environ.get("VGG2RESNET_PARAMS", "params.yaml"))
 PARAMS, RETAIN = _ALL.serving, _ALL.monitoring
@@ -56,27 +54,9 @@ Json = ContentType("application/json")
 args = bentoml.use_arguments(Args)
 
 
-def _decoded(upload: Any, _file_schema: ValidatorFunctionWrapHandler) -> Image.Image:
-    """Decode an upload while its request is parsed, straight from the multipart buffer (BentoML's
-    file schema, which would first copy it to a temporary file, is skipped): a bad file is
-    rejected before adaptive batching merges the request with other clients' (which must not fail
-    with it), and the endpoint receives decoded images, so nothing is decoded twice."""
-    if isinstance(upload, UploadFile):
-        payload = upload.file.read()
-    elif isinstance(upload, bytes):
-        payload = upload
-    else:
-        # A ValueError, not a TypeError: pydantic turns only the former into a 400.
-        raise ValueError("send the image as a multipart/form-data file upload")  # noqa: TRY004
-    try:
-        return decode_image(payload, PARAMS.max_pixels)
-    except InvalidImage as exc:
-        raise ValueError(str(exc)) from None
-
-
-# Declared as files (the OpenAPI schema and multipart parsing follow the type); the validator
-# hands the endpoint PIL images.
-ImageFile = Annotated[Path, WrapValidator(_decoded)]
+# Declared as files (the OpenAPI schema and multipart parsing follow the type); each is decoded
+# while the request is parsed, so the endpoint receives PIL images.
+ImageFile = image_file(PARAMS.max_pixels)
 ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=PARAMS.max_batch_size)]
 
 
