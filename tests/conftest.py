@@ -104,7 +104,7 @@ TINY_PARAMS = {
     # Models trained for a few steps are near chance: a permissive policy lets them through,
     # so the stages after the gate have a promoted model; tests/test_gate.py tightens it.
     "gate": {"max_accuracy_drop": 100.0, "max_category_drop": 100.0, "max_latency_ratio": 100.0,
-             "bootstrap_samples": 200},
+             "bootstrap_samples": 200, "min_teacher_margin": None},
     "monitoring": {"min_rows": 20, "traffic_requests": 40, "retain_fraction": 1.0},
 }
 
@@ -133,22 +133,55 @@ def promoted_project(distilled_project: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def referenced_project(promoted_project: Path) -> Path:
-    """The session project after `dvc repro`: packaged and with its drift reference."""
-    run(["dvc", "repro", "reference"], promoted_project)
+def packaged_project(promoted_project: Path) -> Path:
+    """The session project after the whole `dvc repro`: packaged as a Bento."""
+    run(["dvc", "repro"], promoted_project)
     return promoted_project
 
 
 @pytest.fixture(scope="session")
-def served(referenced_project: Path, tmp_path_factory):
+def served(packaged_project: Path, tmp_path_factory):
     """A real `bentoml serve` of the session's promoted model on 127.0.0.1; the inference log
     lands in the project's monitoring folder, where `vgg2resnet monitor` reads it."""
     from vgg2resnet.serving.server import local_server
 
-    gate = json.loads((referenced_project / "reports/gate.json").read_text())
-    with local_server(gate["promoted_tag"], cwd=referenced_project, project_root=ROOT,
-                      params_file=referenced_project / "params.yaml") as url:
-        yield {"url": url, "tag": gate["promoted_tag"], "project": referenced_project}
+    gate = json.loads((packaged_project / "reports/gate.json").read_text())
+    with local_server(gate["promoted_tag"], cwd=packaged_project, project_root=ROOT,
+                      params_file=packaged_project / "params.yaml") as url:
+        yield {"url": url, "tag": gate["promoted_tag"], "project": packaged_project}
+
+
+@pytest.fixture(scope="session")
+def user_folder(tmp_path_factory) -> Path:
+    """A user's own photos: nested JPEGs of four colours, junk files and two broken JPEGs."""
+    from .userdata import make_user_folder
+
+    return make_user_folder(tmp_path_factory.mktemp("user") / "photos")
+
+
+@pytest.fixture(scope="session")
+def user_teacher(tmp_path_factory) -> dict[str, Path]:
+    """A user's plain torchvision vgg16 state_dict and its categories file, in its own output order."""
+    import torch
+
+    from .userdata import TEACHER_ORDER, make_colour_teacher
+
+    folder = tmp_path_factory.mktemp("teacher")
+    torch.save(make_colour_teacher(TEACHER_ORDER), folder / "vgg16-colours.pt")
+    (folder / "categories.json").write_text(json.dumps(TEACHER_ORDER))
+    return {"checkpoint": folder / "vgg16-colours.pt", "categories_file": folder / "categories.json"}
+
+
+def user_params(images: Path, teacher: dict[str, Path], **gate) -> dict:
+    """TINY_PARAMS for a user's folder (broken files skipped) and imported teacher."""
+    from .userdata import IMAGE_SIZE
+
+    return {**TINY_PARAMS,
+            "data": {**TINY_PARAMS["data"], "source": str(images), "on_undecodable": "skip"},
+            "teacher": {**TINY_PARAMS["teacher"], "arch": "vgg16", "checkpoint": str(teacher["checkpoint"]),
+                        "categories_file": str(teacher["categories_file"]), "image_size": IMAGE_SIZE},
+            "distill": {**TINY_PARAMS["distill"], "image_size": IMAGE_SIZE},
+            "gate": {**TINY_PARAMS["gate"], "min_teacher_margin": 20.0, **gate}}
 
 
 @pytest.fixture(scope="session")

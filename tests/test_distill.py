@@ -111,13 +111,20 @@ def test_logit_cache_gives_the_live_teachers_loss_and_catches_staleness(
         cached.check(views, fraction=0.1, seed=0, batch_size=16)
 
 
-def test_user_teacher_checkpoint_is_imported_and_checked(tmp_path: Path):
-    state = build_teacher("vgg16", 3).state_dict()
+@pytest.mark.parametrize("arch, other", [("vgg16", "vgg16_bn"), ("vgg16_bn", "vgg16")])
+def test_user_teacher_checkpoint_is_imported_and_checked(tmp_path: Path, arch: str, other: str):
+    from torchvision import models
+
+    state = getattr(models, arch)(weights=None, num_classes=3).state_dict()  # saved as a user would
     torch.save(state, tmp_path / "teacher.pth")
-    model = import_user_teacher(tmp_path / "teacher.pth", "vgg16", ["a", "b", "c"])
+    model = import_user_teacher(tmp_path / "teacher.pth", arch, ["a", "b", "c"])
     assert not model.training
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
     with pytest.raises(UserError, match="head has 3 outputs"):
-        import_user_teacher(tmp_path / "teacher.pth", "vgg16", ["a", "b", "c", "d"])
+        import_user_teacher(tmp_path / "teacher.pth", arch, ["a", "b", "c", "d"])
+    with pytest.raises(UserError, match="check teacher.arch"):
+        import_user_teacher(tmp_path / "teacher.pth", other, ["a", "b", "c"])
 
 
 def test_nan_loss_stops_training():

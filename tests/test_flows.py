@@ -15,29 +15,30 @@ from vgg2resnet.monitoring.traffic import send_traffic
 from vgg2resnet.config import load_params
 from vgg2resnet.packaging import store
 
-from .conftest import TINY_PARAMS, make_project, run, write_params
+from .conftest import TINY_PARAMS, make_project, run, user_params, write_params
 
 pytestmark = pytest.mark.slow
 
 
-def _fresh_project(tmp_path: Path, images: Path, **data) -> Path:
+def _fresh_project(tmp_path: Path, images: Path, overrides: dict | None = None, **data) -> Path:
     project = make_project(tmp_path / "project", tmp_path / "remote")
-    write_params(project, {**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "source": str(images), **data},
-                           "serving": {"model_name": f"flow-{tmp_path.name[-12:].replace('_', '-')}"}})
+    overrides = overrides or {**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "source": str(images), **data}}
+    write_params(project, {**overrides, "serving": {"model_name": f"flow-{tmp_path.name[-12:].replace('_', '-')}"}})
     return project
 
 
-def test_migrate_flow_reaches_a_promoted_model_and_a_second_run_skips_everything(
-        prefect_harness, tmp_path: Path, tiny_images: Path):
+def test_migrate_flow_brings_the_users_teacher_to_a_promoted_model_and_a_second_run_skips_everything(
+        prefect_harness, tmp_path: Path, user_folder: Path, user_teacher: dict[str, Path]):
     from flows.migrate import migrate
 
-    project = _fresh_project(tmp_path, tiny_images)
+    project = _fresh_project(tmp_path, user_folder, user_params(user_folder, user_teacher))
     start = time.perf_counter()
     first = migrate(project_dir=str(project))
     first_s = time.perf_counter() - start
-    assert list(first) == ["prepare", "validate", "teacher", "distill", "compress", "evaluate", "gate", "package",
-                           "reference"]
+    assert list(first) == ["prepare", "validate", "teacher", "distill", "compress", "evaluate", "gate", "package"]
     assert all(first.values())
+    teacher = json.loads((project / "models/teacher.json").read_text())
+    assert teacher["init"] == f"user checkpoint {user_teacher['checkpoint']}"
     gate = json.loads((project / "reports/gate.json").read_text())
     name = load_params(project / "params.yaml").serving.model_name
     assert gate["decision"] == "promote" and str(store.current(name).tag) == gate["promoted_tag"]

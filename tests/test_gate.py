@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from vgg2resnet.cli import app
 from vgg2resnet.config import VARIANTS, GateParams, load_params
-from vgg2resnet.gate.policy import accuracy_parity, evaluate_policy, paired_bootstrap
+from vgg2resnet.gate.policy import accuracy_parity, evaluate_policy, paired_bootstrap, teacher_margin
 from vgg2resnet.packaging import store
 from vgg2resnet.stages import gate
 
@@ -20,9 +20,10 @@ GATE = GateParams(bootstrap_samples=1000)
 
 
 def _predictions(n: int, teacher_right: int, student_right: int) -> pd.DataFrame:
-    labels = np.zeros(n, dtype=int)
-    teacher = np.where(np.arange(n) < teacher_right, 0, 1)
-    student = np.where(np.arange(n) < student_right, 0, 1)
+    """Two balanced categories; each model is right on its first *_right images."""
+    labels = np.arange(n) % 2
+    teacher = np.where(np.arange(n) < teacher_right, labels, 1 - labels)
+    student = np.where(np.arange(n) < student_right, labels, 1 - labels)
     return pd.DataFrame({"label": labels, "teacher": teacher, "pytorch_fp32": student})
 
 
@@ -55,8 +56,8 @@ def test_bootstrap_bound_rejects_a_lucky_point_estimate_on_a_tiny_test_set():
     # 20 images, student one image worse: point -5 pt is within a 10 pt allowance, but with
     # 20 paired samples the 95% lower bound is far below it.
     predictions = _predictions(20, 19, 18)
-    point, lower = paired_bootstrap((predictions.pytorch_fp32 == 0).to_numpy(), (predictions.teacher == 0).to_numpy(),
-                                    1000, 0.95, 0)
+    point, lower = paired_bootstrap((predictions.pytorch_fp32 == predictions.label).to_numpy(),
+                                    (predictions.teacher == predictions.label).to_numpy(), 1000, 0.95, 0)
     assert point == pytest.approx(-5.0)
     check = accuracy_parity(predictions, GateParams(max_accuracy_drop=10.0, bootstrap_samples=1000))
     assert lower < -10.0 and not check.passed
@@ -85,6 +86,32 @@ def test_each_threshold_check(report, failing):
 def test_nan_metric_fails_closed_with_a_reason():
     checks = _by_name(evaluate_policy(_report(latency=math.nan), _predictions(50, 45, 45), GATE, None))
     assert not checks["latency_ratio"].passed and "not a finite number" in checks["latency_ratio"].reason
+
+
+@pytest.mark.parametrize("teacher_top1, share, margin, passes", [
+    (28.0, 0.10, 20.0, False),   # a teacher near chance on ten balanced categories
+    (31.0, 0.10, 20.0, True),
+    (85.0, 0.75, 20.0, False),   # an imbalanced set: 85% is only 10 pt over always answering 'majority'
+    (85.0, 0.75, 5.0, True),
+])
+def test_the_teacher_must_beat_the_majority_class_baseline(teacher_top1, share, margin, passes):
+    n = 1000
+    labels = np.where(np.arange(n) < share * n, 0, 1 + np.arange(n) % 9)  # one category holds `share`
+    check = teacher_margin(teacher_top1, labels, margin)
+    assert check.passed == passes
+    assert check.value == pytest.approx(teacher_top1 - 100.0 * max(share, (1 - share) / 9))
+    if not passes:
+        for cause in ("teacher.checkpoint", "teacher.categories_file", "teacher.image_size", "augment.mean"):
+            assert cause in check.reason
+
+
+def test_a_meaningless_teacher_fails_every_candidate_and_null_turns_the_check_off():
+    report = _report(student_top1=52.0, teacher_top1=51.0)
+    predictions = _predictions(500, 255, 260)  # both at chance on two balanced categories
+    checks = _by_name(evaluate_policy(report, predictions, GATE, promoted_top1=None))
+    assert not checks["teacher_margin"].passed and checks["accuracy_parity"].passed
+    off = GateParams(bootstrap_samples=1000, min_teacher_margin=None)
+    assert "teacher_margin" not in _by_name(evaluate_policy(report, predictions, off, promoted_top1=None))
 
 
 def test_min_accuracy_and_regression_against_the_promoted_model():

@@ -2,7 +2,7 @@
 real Evidently reports."""
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +14,7 @@ from vgg2resnet.monitoring.corruptions import CORRUPTIONS, corrupt
 from vgg2resnet.monitoring.logs import read_inference_log
 from vgg2resnet.monitoring.monitor import run_monitor
 from vgg2resnet.monitoring.traffic import send_traffic
+from vgg2resnet.serving.classifier import REFERENCE_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +25,15 @@ def params(served, monkeypatch):
     return load_params("params.yaml")
 
 
-def test_reference_profile_is_tied_to_the_promoted_model(served):
-    reference = pd.read_parquet(served["project"] / "models/reference.parquet")
+def test_the_reference_is_stored_with_the_promoted_version(served):
+    import bentoml
+
+    version = bentoml.models.get(served["tag"])
+    reference = pd.read_parquet(Path(version.path) / REFERENCE_FILE)
     manifest = pd.read_parquet(served["project"] / "data/prepared/manifest.parquet")
     assert len(reference) == (manifest["split"] == "val").sum()
-    assert set(reference["model_tag"]) == {served["tag"]}
     assert {"brightness", "contrast", "sharpness", "saturation", "emb_0", "prediction", "confidence"} <= set(reference)
+    assert not (served["project"] / "models/reference.parquet").exists()
 
 
 def test_clean_traffic_shows_no_drift(served, params):
@@ -84,3 +88,41 @@ def test_every_corruption_changes_the_image(served):
     image = Image.open(next((served["project"] / "data/raw/three").iterdir())).convert("RGB")
     for name in CORRUPTIONS:
         assert not np.array_equal(np.asarray(corrupt(image, name, 5)), np.asarray(image)), name
+
+
+def test_traffic_is_judged_against_the_reference_of_the_version_that_served_it(
+        promoted_project: Path, tmp_path: Path, monkeypatch):
+    """Two versions with different references, then a rollback: each window of logged traffic is
+    compared with the reference stored with the version that served it."""
+    import bentoml
+
+    from vgg2resnet.packaging import store
+
+    monkeypatch.chdir(promoted_project)
+    loaded = load_params("params.yaml")
+    params = loaded.model_copy(update={"monitoring": loaded.monitoring.model_copy(update={
+        "log_dir": tmp_path / "logs", "report_dir": tmp_path / "drift"})})
+    tag = json.loads(Path("reports/gate.json").read_text())["promoted_tag"]
+    files = {p.name: p for p in Path(bentoml.models.get(tag).path).iterdir()
+             if p.is_file() and not p.name.startswith("model.yaml")}
+    reference = pd.read_parquet(files[REFERENCE_FILE])
+    reference.assign(brightness=reference["brightness"] - 100).to_parquet(tmp_path / REFERENCE_FILE)
+    plain = store.save_version("monitor-versions", files, {"model_sha256": "plain"})
+    darker = store.save_version("monitor-versions", {**files, REFERENCE_FILE: tmp_path / REFERENCE_FILE},
+                                {"model_sha256": "darker"})
+    restored = store.rollback("monitor-versions", plain)
+
+    # The same traffic (the plain reference's own rows) served first by `darker`, then by `restored`.
+    (tmp_path / "logs").mkdir()
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for hour, served_by in ((0, darker), (1, restored)):
+        stamp = start + timedelta(hours=hour)
+        records = [{**row, "logged_at": stamp.isoformat(), "model_tag": served_by, "retained_image": ""}
+                   for row in reference.to_dict(orient="records")]
+        (tmp_path / "logs" / f"data.{hour}.log").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    first = run_monitor(params, since=start, until=start + timedelta(hours=1))
+    assert first["model_tag"] == darker and "brightness" in first["drifted_columns"]
+    second = run_monitor(params, since=start + timedelta(hours=1))
+    assert second["model_tag"] == restored and second["drifted_columns"] == []
+    assert second["rows_compared"] == {"reference": len(reference), "current": len(reference)}

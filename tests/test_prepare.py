@@ -1,5 +1,6 @@
 """The prepare stage: demo data, user ImageFolders, determinism, splits and bad input."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -91,8 +92,30 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path, case: str, message: str
         make_image_folder(source, per_category=4, categories=["Cat"])
     with pytest.raises(UserError, match=message) as info:
         prepare.run(_params(tmp_path, str(source)))
-    if case == "undecodable":
-        assert "broken.jpg" in str(info.value)
+    if case == "undecodable":  # named by its path in the user's folder, with the ways out
+        assert str(source / "dog" / "broken.jpg") in str(info.value)
+        assert "on_undecodable" in str(info.value) and "'skip'" in str(info.value)
+        assert not (tmp_path / "raw").exists()
+
+
+def test_skip_leaves_every_undecodable_file_out_and_lists_it_by_its_source_path(tmp_path: Path):
+    source = make_image_folder(tmp_path / "mine", per_category=5, categories=["cat", "dog"])
+    good = (source / "cat" / sorted(p.name for p in (source / "cat").iterdir())[0]).read_bytes()
+    broken = {source / "dog" / "broken.jpg": b"this is not a jpeg", source / "dog" / "empty.png": b"",
+              # every cut of a valid PNG that loses pixel data
+              **{source / "cat" / "cut" / f"{n:04d}.png": good[:n] for n in range(1, len(good) // 2)}}
+    for path, payload in broken.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    summary = prepare.run(_params(tmp_path, str(source), on_undecodable="skip"))
+    assert summary["images"] == 10 and summary["skipped_undecodable"] == len(broken)
+    skipped = json.loads((tmp_path / "prepared" / "skipped.json").read_text())
+    assert {entry["path"] for entry in skipped} == {str(p) for p in broken}
+    assert all(entry["error"] for entry in skipped)
+    manifest = pd.read_parquet(tmp_path / "prepared" / "manifest.parquet")
+    assert manifest["decodes"].all() and len(manifest) == 10
+    assert sorted(p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*") if p.is_file()) \
+        == sorted(manifest["path"])
 
 
 def test_cli_exits_2_with_the_message_not_a_traceback(tmp_path: Path):

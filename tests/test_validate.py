@@ -80,7 +80,35 @@ def test_truncated_png(tmp_path: Path, images: Path):
 
 def test_zero_byte_file(tmp_path: Path, images: Path):
     (images / "three" / "empty.png").write_bytes(b"")
-    assert "three/empty.png" in _failure(_params(tmp_path, images), "decodes")
+    assert str(images / "three" / "empty.png") in _failure(_params(tmp_path, images), "decodes")
+
+
+def test_skipped_files_are_a_warning_naming_each_by_its_path_in_the_users_folder(tmp_path: Path, images: Path):
+    truncated = images / "one" / "truncated.png"
+    truncated.write_bytes((images / "one" / next(p.name for p in (images / "one").iterdir())).read_bytes()[:60])
+    (images / "two" / "empty.png").write_bytes(b"")
+    params = _params(tmp_path, images).model_copy(deep=True)
+    params = params.model_copy(update={"data": params.data.model_copy(update={"on_undecodable": "skip"})})
+    summary = _prepare_and_validate(params)
+    assert summary["passed"] and summary["warnings"] >= 1
+    result = json.loads((tmp_path / "reports" / "result.json").read_text())
+    [problem] = [p for p in result["summary"]["problems"] if p["check"] == "skipped_undecodable"]
+    assert problem["severity"] == "warn"
+    assert set(problem["offending"]) == {str(truncated), str(images / "two" / "empty.png")}
+    assert str(truncated) in problem["message"]
+
+    strict = params.model_copy(update={"validation": params.validation.model_copy(
+        update={"severity": {"skipped_undecodable": "fail"}})})
+    assert str(truncated) in _failure(strict, "skipped_undecodable")
+
+
+def test_nothing_skipped_is_no_warning(tmp_path: Path, images: Path):
+    params = _params(tmp_path, images)
+    params = params.model_copy(update={"data": params.data.model_copy(update={"on_undecodable": "skip"})})
+    _prepare_and_validate(params)
+    result = json.loads((tmp_path / "reports" / "result.json").read_text())
+    [check] = [c for c in result["checks"] if c["check"] == "skipped_undecodable"]
+    assert check["success"] and check["offending_count"] == 0
 
 
 def test_same_image_in_train_and_test(tmp_path: Path, images: Path):

@@ -119,21 +119,17 @@ def package(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @command
-def reference(params: ParamsOption = Path("params.yaml")) -> None:
-    """Compute the drift reference profile of the promoted model from the validation split."""
-    _print_json(_run_stage("reference", params))
-
-
-@command
 def monitor(params: ParamsOption = Path("params.yaml"),
-            since: Annotated[datetime | None, typer.Option(help="start of the window (ISO time, UTC)")] = None) -> None:
-    """Compare logged traffic with the reference: Evidently report + JSON summary in reports/drift/."""
+            since: Annotated[datetime | None, typer.Option(help="start of the window (ISO time, UTC)")] = None,
+            model_tag: Annotated[str | None, typer.Option(
+                help="the version whose traffic to judge (default: the one that served last)")] = None) -> None:
+    """Compare logged traffic with its model version's reference: Evidently report + JSON in reports/drift/."""
     from vgg2resnet.config import load_params
     from vgg2resnet.monitoring.monitor import run_monitor
 
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=timezone.utc)
-    _print_json(run_monitor(load_params(params), since=since))
+    _print_json(run_monitor(load_params(params), since=since, model_tag=model_tag))
 
 
 @command

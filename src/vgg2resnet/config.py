@@ -52,7 +52,7 @@ class DataParams(Section):
     seed: int = 0
     split: SplitParams = SplitParams()
     categories: list[str] | None = None
-    on_undecodable: Literal["error", "record"] = "error"
+    on_undecodable: Literal["error", "record", "skip"] = "error"
     max_pixels: int = Field(89_478_485, ge=1)
     incoming_dir: Path = Path("data/incoming")
 
@@ -143,6 +143,7 @@ class CompressParams(Section):
 
 
 class GateParams(Section):
+    min_teacher_margin: float | None = Field(20.0, ge=0, le=100)
     max_accuracy_drop: float = Field(1.0, ge=0)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap_samples: int = Field(2000, ge=100)

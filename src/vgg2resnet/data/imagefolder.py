@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vgg2resnet.config import DataParams
+from vgg2resnet.data.manifest import image_facts
 from vgg2resnet.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -72,13 +73,37 @@ def scan_image_folder(root: Path) -> ScanResult:
     return result
 
 
-def copy_image_folder(scan: ScanResult, source: Path, out_dir: Path) -> int:
-    """Copy the scanned images into out_dir, keeping their paths; the source is only read."""
-    count = 0
-    for images in scan.files.values():
-        for path in images:
-            target = out_dir / path.relative_to(source)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            count += 1
-    return count
+def source_root(data: DataParams) -> Path:
+    """Where the user's images live, for naming a file by the path its owner knows: the folder
+    in data.source, or data.raw_dir for the generated demo."""
+    return data.raw_dir if data.source == "demo" else Path(data.source).expanduser()
+
+
+def skipped_list(data: DataParams) -> Path:
+    """The files that data.on_undecodable: skip left out, by their path in the user's folder."""
+    return data.prepared_dir / "skipped.json"
+
+
+def read_images(scan: ScanResult, root: Path, max_pixels: int, copy_to: Path | None = None,
+                skip_undecodable: bool = False) -> tuple[list[dict], list[dict]]:
+    """(manifest rows, skipped files): the facts of every scanned image, each file read once.
+
+    With copy_to, the bytes read are also written there under the same relative path (the
+    source is only read). With skip_undecodable, a file that does not decode is neither copied
+    nor listed as a row, but returned among the skipped ones with its path under root.
+    """
+    rows, skipped = [], []
+    for category, paths in scan.files.items():
+        for path in paths:
+            payload = path.read_bytes()
+            facts = image_facts(payload, max_pixels)
+            if skip_undecodable and not facts.decodes:
+                skipped.append({"path": str(path), "category": category, "error": facts.decode_error})
+                continue
+            relative = path.relative_to(root)
+            if copy_to is not None:
+                target = copy_to / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(payload)
+            rows.append({"path": relative.as_posix(), "category": category, **asdict(facts)})
+    return rows, skipped

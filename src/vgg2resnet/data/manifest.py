@@ -39,9 +39,8 @@ def difference_hash(image: Image.Image, size: int = 8) -> str:
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
-def read_image_facts(path: Path, max_pixels: int) -> ImageFacts:
-    """Hash and fully decode one file in a single read, so no later stage decodes it again."""
-    payload = path.read_bytes()
+def image_facts(payload: bytes, max_pixels: int) -> ImageFacts:
+    """Hash and fully decode one file's bytes, so no later stage decodes it again."""
     digest = hashlib.sha256(payload).hexdigest()
     try:
         with Image.open(io.BytesIO(payload)) as image:
@@ -73,14 +72,9 @@ def assign_splits(frame: pd.DataFrame, split: SplitParams, seed: int) -> pd.Seri
     return result
 
 
-def build_manifest(files: dict[str, list[Path]], root: Path, split: SplitParams, seed: int,
-                   max_pixels: int) -> pd.DataFrame:
-    rows = []
-    for category, paths in files.items():
-        for path in paths:
-            facts = read_image_facts(path, max_pixels)
-            rows.append({"path": path.relative_to(root).as_posix(), "category": category,
-                         **facts.__dict__})
-    frame = pd.DataFrame(rows).sort_values("path", kind="stable").reset_index(drop=True)
+def build_manifest(rows: list[dict], split: SplitParams, seed: int) -> pd.DataFrame:
+    """Rows of (path, category, facts) -> the manifest, sorted by path, with its splits."""
+    frame = pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c != "split"])
+    frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
     frame["split"] = assign_splits(frame, split, seed)
     return frame[MANIFEST_COLUMNS]

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from vgg2resnet.config import GateParams
+from vgg2resnet.evaluation.sanity import majority_baseline, margin_verdict
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ def check_threshold(name: str, value: float, threshold: float, *, at_most: bool,
     return Check(name, value, threshold, passed, f"{what} {value:.3g}{unit} {relation} {threshold:.3g}{unit}")
 
 
+def teacher_margin(teacher_top1: float, labels: np.ndarray, min_margin: float) -> Check:
+    """Is the teacher clearly better than always answering the most common category? If not,
+    parity with it proves nothing, however the student compares."""
+    baseline = majority_baseline(labels)
+    if not _finite(teacher_top1, baseline):
+        return failed_input("teacher_margin", f"teacher top-1 ({teacher_top1}) or the majority-class baseline "
+                                              f"({baseline}) is not a finite number: failing closed")
+    passed, reason = margin_verdict(teacher_top1, baseline, min_margin, "test")
+    return Check("teacher_margin", teacher_top1 - baseline, min_margin, passed, reason)
+
+
 def accuracy_parity(predictions: pd.DataFrame, gate: GateParams, column: str = "pytorch_fp32") -> Check:
     student = (predictions[column] == predictions["label"]).to_numpy()
     teacher = (predictions["teacher"] == predictions["label"]).to_numpy()
@@ -85,7 +97,9 @@ def evaluate_policy(report: dict, predictions: pd.DataFrame, gate: GateParams,
                     promoted_top1: float | None, variant: str = "pytorch_fp32") -> list[Check]:
     """The checks of one candidate, the student in form `variant`."""
     student = report["candidates"][variant]
-    checks = [
+    checks = [] if gate.min_teacher_margin is None else [
+        teacher_margin(report["teacher"]["top1"], predictions["label"].to_numpy(), gate.min_teacher_margin)]
+    checks += [
         accuracy_parity(predictions, gate, variant),
         category_drops(report["teacher"], student, gate),
         check_threshold("size_mb", student["size_mb"], gate.max_size_mb, at_most=True, unit=" MB",

@@ -1,7 +1,9 @@
-"""`vgg2resnet monitor`: logged traffic of a time window vs the reference -> drift report + summary.
+"""`vgg2resnet monitor`: logged traffic of a time window vs the reference of the model version
+that served it -> drift report + summary.
 
     vgg2resnet monitor                       # the last monitoring.window_hours
     vgg2resnet monitor --since 2026-11-24T09:00:00+00:00
+    vgg2resnet monitor --model-tag NAME:VERSION   # another version's traffic
 """
 
 from __future__ import annotations
@@ -18,27 +20,46 @@ from vgg2resnet.errors import UserError
 from vgg2resnet.monitoring.drift import build_report
 from vgg2resnet.monitoring.health import teacher_agreement
 from vgg2resnet.monitoring.logs import read_inference_log
+from vgg2resnet.monitoring.reference import read_reference
 from vgg2resnet.monitoring.trend import write_trend
+from vgg2resnet.packaging import store
 
 log = logging.getLogger(__name__)
 
 
-def reference_path(params: Params):
-    return params.paths.models_dir / "reference.parquet"
+def served_version(params: Params, rows: pd.DataFrame, model_tag: str | None = None):
+    """The model-store version to judge: the one asked for, else the one that served the window's
+    latest prediction, else the one promoted now."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    if model_tag is None and len(rows):
+        latest = pd.to_datetime(rows["logged_at"], utc=True, format="ISO8601").idxmax()
+        model_tag = str(rows.loc[latest, "model_tag"])
+    if model_tag is None:
+        promoted = store.current(params.serving.model_name)
+        if promoted is None:
+            raise UserError(f"no promoted '{params.serving.model_name}' in the BentoML model store and no "
+                            "logged traffic: nothing to monitor yet")
+        return promoted
+    try:
+        return bentoml.models.get(model_tag)
+    except NotFound:
+        raise UserError(f"model version {model_tag} is not in the BentoML model store; "
+                        "`bentoml models list` shows the versions there") from None
 
 
-def run_monitor(params: Params, since: datetime | None = None, until: datetime | None = None) -> dict:
+def run_monitor(params: Params, since: datetime | None = None, until: datetime | None = None,
+                model_tag: str | None = None) -> dict:
     m = params.monitoring
     now = datetime.now(timezone.utc)
     since = since or now - timedelta(hours=m.window_hours)
     started = time.perf_counter()
-    path = reference_path(params)
-    if not path.is_file():
-        raise UserError(f"{path}: no reference profile; run `dvc repro reference` after a promotion")
-    reference = pd.read_parquet(path)
-    model_tag = str(reference["model_tag"].iloc[0])
     window = read_inference_log(m.log_dir, since, until)
     current = window.rows
+    version = served_version(params, current, model_tag)
+    model_tag = str(version.tag)
+    reference = read_reference(version)
     if len(current):
         other = current["model_tag"] != model_tag
         if other.any():

@@ -17,6 +17,7 @@ from vgg2resnet.monitoring.features import embedding_columns, image_statistics, 
 MODEL_FILE = "model.pt"      # a PyTorch checkpoint
 ONNX_FILE = "model.onnx"     # or an ONNX export (fp32 or int8), with model.json beside it
 PROJECTION_FILE = "projection.pt"
+REFERENCE_FILE = "reference.parquet"  # the drift baseline of this version (monitoring.reference)
 
 
 def open_model_dir(model_dir: Path, device: torch.device | None = None) -> tuple[Runner, dict[str, Any]]:

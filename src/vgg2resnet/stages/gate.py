@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from vgg2resnet.lineage import git_revision, recorded_data_version
 from vgg2resnet.models.checkpoint import read_meta, sidecar
 from vgg2resnet.models.variants import load_runner, predict_logits, variant_path
 from vgg2resnet.monitoring.features import fit_projection
+from vgg2resnet.monitoring.reference import write_reference
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.classifier import open_model_dir
 from vgg2resnet.stages.evaluate import evaluation_paths
@@ -139,6 +141,10 @@ def run(params: Params, strict: bool = False) -> dict:
     }
     if chosen:
         result["promoted_tag"] = _promote(params, chosen, student, result, promoted)
+    else:
+        served = promoted or store.current(params.serving.model_name)
+        log.info("no model promoted: %s", f"{served.tag} stays in production with its own drift reference"
+                 if served is not None else "nothing is served or monitored yet")
     paths = gate_paths(params)
     atomic.write_json(paths["json"], result)
     atomic.write_text(paths["markdown"], render_markdown(result))
@@ -208,13 +214,14 @@ def _promote(params: Params, variant: str, student: dict, result: dict, promoted
     }
     model_file = store.ONNX_FILE if artifact.suffix == ".onnx" else store.MODEL_FILE
     with tempfile.TemporaryDirectory() as scratch:
-        projection = Path(scratch) / store.PROJECTION_FILE
-        torch.save(_fit_projection(params, artifact, student["categories"]), projection)
-        return store.save_version(params.serving.model_name, {
-            model_file: artifact,
-            sidecar(Path(model_file)).name: sidecar(artifact),
-            store.PROJECTION_FILE: projection,
-        }, metadata)
+        folder = Path(scratch)
+        shutil.copyfile(artifact, folder / model_file)
+        shutil.copyfile(sidecar(artifact), folder / sidecar(Path(model_file)).name)
+        torch.save(_fit_projection(params, artifact, student["categories"]), folder / store.PROJECTION_FILE)
+        # The drift baseline belongs to this version alone: computed now, by the folder's own
+        # classifier, and saved with it.
+        write_reference(params, folder)
+        return store.save_version(params.serving.model_name, {p.name: p for p in folder.iterdir()}, metadata)
 
 
 def _fit_projection(params: Params, artifact: Path, categories: list[str]) -> dict[str, torch.Tensor]:

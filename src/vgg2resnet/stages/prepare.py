@@ -1,6 +1,11 @@
 """Stage `prepare`: images -> data/raw (versioned) -> manifest.parquet + categories.json.
 
     vgg2resnet prepare          # or: dvc repro prepare
+
+Each image is read once: hashed, fully decoded and (for a user's folder) copied into data/raw
+from the same bytes. A file that does not decode is handled by data.on_undecodable: `error`
+stops here, `record` keeps it in the manifest for validation to fail on, `skip` leaves it out
+of data/raw and the manifest and lists it in skipped.json, which validation reports as a warning.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from vgg2resnet import atomic
 from vgg2resnet.config import Params
 from vgg2resnet.data.categories import expected_categories, order_categories
 from vgg2resnet.data.demo import write_demo_images
-from vgg2resnet.data.imagefolder import copy_image_folder, scan_image_folder
+from vgg2resnet.data.imagefolder import ScanResult, read_images, scan_image_folder, skipped_list, source_root
 from vgg2resnet.data.manifest import build_manifest
 from vgg2resnet.errors import UserError
 
@@ -20,55 +25,67 @@ log = logging.getLogger(__name__)
 MAX_LISTED = 20
 
 
-def _import_source(params: Params) -> dict[str, int]:
-    raw_dir = params.data.raw_dir
-    if params.data.source == "demo":
-        with atomic.atomic_dir(raw_dir) as staging:
-            count = write_demo_images(staging, params.data.demo_image_size)
-        log.info("demo data set: %d digit images at %d px in %s", count, params.data.demo_image_size, raw_dir)
-        return {"skipped_hidden": 0, "skipped_non_image": 0}
-    source = Path(params.data.source).expanduser()
+def _undecodable_error(broken: list[tuple[Path, str]]) -> UserError:
+    listed = [f"  {path}: {error}" for path, error in broken]
+    more = f"\n  ... and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
+    return UserError(
+        f"{len(broken)} file(s) with an image extension do not decode:\n" + "\n".join(listed[:MAX_LISTED]) + more
+        + "\nremove or replace them, or set data.on_undecodable in params.yaml to 'skip' (train without them; "
+        "validation lists them) or 'record' (validation fails on them)"
+    )
+
+
+def _import_source(params: Params, staging: Path) -> tuple[ScanResult, list[dict], list[dict]]:
+    """Fill staging (the next data/raw) and return the scan, the manifest rows and the skipped files."""
+    data = params.data
+    skip = data.on_undecodable == "skip"
+    if data.source == "demo":
+        count = write_demo_images(staging, data.demo_image_size)
+        log.info("demo data set: %d digit images at %d px", count, data.demo_image_size)
+        scan = scan_image_folder(staging)
+        return (scan, *read_images(scan, staging, data.max_pixels, skip_undecodable=skip))
+    source = source_root(data)
+    raw_dir = data.raw_dir
     if source.resolve() == raw_dir.resolve() or raw_dir.resolve() in source.resolve().parents:
         raise UserError(
             f"data.source ({source}) lies inside data.raw_dir ({raw_dir}), which this stage rebuilds; "
             "keep your originals elsewhere and point data.source at them"
         )
     scan = scan_image_folder(source)
-    with atomic.atomic_dir(raw_dir) as staging:
-        count = copy_image_folder(scan, source, staging)
-    log.info("imported %d images from %s into %s (skipped %d hidden, %d non-image files)",
-             count, source, raw_dir, scan.skipped_hidden, scan.skipped_non_image)
-    return {"skipped_hidden": scan.skipped_hidden, "skipped_non_image": scan.skipped_non_image}
+    total = sum(len(files) for files in scan.files.values())
+    log.info("reading %d images from %s (your folder is only read) into %s", total, source, raw_dir)
+    return (scan, *read_images(scan, source, data.max_pixels, copy_to=staging, skip_undecodable=skip))
 
 
 def run(params: Params) -> dict:
-    skipped = _import_source(params)
-    raw_dir = params.data.raw_dir
-    scan = scan_image_folder(raw_dir)
-    manifest = build_manifest(scan.files, raw_dir, params.data.split, params.data.seed,
-                              params.data.max_pixels)
-    broken = manifest[~manifest["decodes"]]
-    if len(broken) and params.data.on_undecodable == "error":
-        listed = [f"  {raw_dir / p}: {e}" for p, e in zip(broken["path"], broken["decode_error"])]
-        more = f"\n  ... and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
-        raise UserError(
-            f"{len(broken)} file(s) with an image extension do not decode:\n"
-            + "\n".join(listed[:MAX_LISTED]) + more
-            + "\nremove or replace them (or set data.on_undecodable: record to let validation report them)"
-        )
+    data = params.data
+    with atomic.atomic_dir(data.raw_dir) as staging:
+        scan, rows, skipped = _import_source(params, staging)
+        broken = [(source_root(data) / r["path"], r["decode_error"]) for r in rows if not r["decodes"]]
+        if broken and data.on_undecodable == "error":
+            raise _undecodable_error(broken)  # leaves data/raw as it was
+    manifest = build_manifest(rows, data.split, data.seed)
+    for entry in skipped[:MAX_LISTED]:
+        log.warning("skipped %s: %s", entry["path"], entry["error"])
+    if skipped:
+        log.warning("skipped %d file(s) that do not decode (data.on_undecodable: skip); listed in %s",
+                    len(skipped), skipped_list(data))
     expected, _ = expected_categories(params)
     categories = order_categories(sorted(scan.files), expected)
-    out = params.data.prepared_dir
+    out = data.prepared_dir
     with atomic.atomic_path(out / "manifest.parquet") as tmp:
         manifest.to_parquet(tmp, index=False)
     atomic.write_json(out / "categories.json", categories)
+    atomic.write_json(skipped_list(data), skipped)
     counts = manifest["split"].value_counts()
     summary = {
         "images": len(manifest),
         "categories": len(categories),
         **{f"{split}_images": int(counts.get(split, 0)) for split in ("train", "val", "test")},
-        "undecodable": int(len(broken)),
-        **skipped,
+        "undecodable": len(broken) + len(skipped),
+        "skipped_undecodable": len(skipped),
+        "skipped_hidden": scan.skipped_hidden,
+        "skipped_non_image": scan.skipped_non_image,
     }
     log.info("manifest: %s", summary)
     return summary

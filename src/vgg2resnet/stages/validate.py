@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict
 
@@ -14,9 +15,10 @@ from vgg2resnet import atomic
 from vgg2resnet.config import Params
 from vgg2resnet.data.categories import expected_categories, read_categories
 from vgg2resnet.errors import UserError
-from vgg2resnet.validation.frames import category_counts, manifest_frame
+from vgg2resnet.data.imagefolder import skipped_list, source_root
+from vgg2resnet.validation.frames import category_counts, manifest_frame, skipped_frame
 from vgg2resnet.validation.suite import (
-    CheckResult, count_expectations, manifest_expectations, run_checkpoint, summarise,
+    CheckResult, count_expectations, manifest_expectations, run_checkpoint, skipped_expectations, summarise,
 )
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,9 @@ def _describe(check: CheckResult, expected: list[str], found: list[str]) -> str:
         return f"categories differ from the expected ones: missing {missing}, extra {extra}"
     names = check.offending[:MAX_LISTED]
     more = f" and {check.offending_count - len(names)} more" if check.offending_count > len(names) else ""
+    if check.check == "skipped_undecodable":
+        return (f"{check.offending_count} file(s) left out because they do not decode "
+                f"(data.on_undecodable: skip): {', '.join(names)}{more}")
     return f"{check.expectation} ({check.offending_count} offending): {', '.join(names)}{more}"
 
 
@@ -47,10 +52,12 @@ def run(params: Params) -> dict:
         expected = found
 
     vparams = params.validation
+    skipped = json.loads(skipped_list(params.data).read_text()) if skipped_list(params.data).is_file() else []
     tables = {
-        "manifest": (manifest_frame(manifest, vparams.near_duplicate_max_distance), "path",
-                     manifest_expectations(vparams, expected)),
+        "manifest": (manifest_frame(manifest, vparams.near_duplicate_max_distance, source_root(params.data)),
+                     "path", manifest_expectations(vparams, expected)),
         "category_counts": (category_counts(manifest), "category", count_expectations(vparams)),
+        "skipped_files": (skipped_frame(skipped), "path", skipped_expectations(vparams)),
     }
     report_dir = vparams.report_dir
     checks = summarise(run_checkpoint(tables, report_dir / "docs"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -27,9 +29,11 @@ def _near_duplicate_across_splits(frame: pd.DataFrame, max_distance: int, block:
     return flags
 
 
-def manifest_frame(manifest: pd.DataFrame, near_duplicate_max_distance: int) -> pd.DataFrame:
-    """The manifest plus derived columns, with undecoded images' facts as nulls (checked separately)."""
+def manifest_frame(manifest: pd.DataFrame, near_duplicate_max_distance: int, root: Path) -> pd.DataFrame:
+    """The manifest plus derived columns, with undecoded images' facts as nulls (checked separately).
+    Paths are the files' paths under root (the user's folder), so every finding names the original."""
     frame = manifest.copy()
+    frame["path"] = [str(root / p) for p in frame["path"]]
     broken = ~frame["decodes"].astype(bool)
     for column in ("width", "height"):
         frame[column] = frame[column].astype("float").mask(broken)
@@ -40,6 +44,13 @@ def manifest_frame(manifest: pd.DataFrame, near_duplicate_max_distance: int) -> 
     frame["near_duplicate_across_splits"] = (
         _near_duplicate_across_splits(frame, near_duplicate_max_distance) & ~frame["duplicate_across_splits"]
     )
+    return frame
+
+
+def skipped_frame(skipped: list[dict]) -> pd.DataFrame:
+    """The files prepare left out for not decoding, one row each (an empty table when none)."""
+    frame = pd.DataFrame(skipped, columns=["path", "category", "error"])
+    frame["decodes"] = False
     return frame
 
 

@@ -28,6 +28,7 @@ DEFAULT_SEVERITY = {
     "leakage": "fail",
     "within_split_duplicates": "warn",
     "near_duplicates": "warn",
+    "skipped_undecodable": "warn",
 }
 
 
@@ -52,14 +53,16 @@ def severities(params: ValidationParams) -> dict[str, str]:
     return {**DEFAULT_SEVERITY, **params.severity}
 
 
+def _meta(params: ValidationParams):
+    """The `meta` of an expectation: its check name and that check's severity."""
+    level = severities(params)
+    return lambda check: {"check": check, "severity": level[check]}
+
+
 def manifest_expectations(params: ValidationParams, expected: list[str]) -> list:
     import great_expectations.expectations as gxe
 
-    level = severities(params)
-
-    def meta(check: str) -> dict:
-        return {"check": check, "severity": level[check]}
-
+    meta = _meta(params)
     return [
         gxe.ExpectColumnValuesToNotBeNull(column="path", meta=meta("not_null")),
         gxe.ExpectColumnValuesToNotBeNull(column="category", meta=meta("not_null")),
@@ -80,14 +83,18 @@ def manifest_expectations(params: ValidationParams, expected: list[str]) -> list
     ]
 
 
+def skipped_expectations(params: ValidationParams) -> list:
+    """Files that prepare left out (data.on_undecodable: skip), listed by their path in the user's folder."""
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True],
+                                            meta=_meta(params)("skipped_undecodable"))]
+
+
 def count_expectations(params: ValidationParams) -> list:
     import great_expectations.expectations as gxe
 
-    level = severities(params)
-
-    def meta(check: str) -> dict:
-        return {"check": check, "severity": level[check]}
-
+    meta = _meta(params)
     return [
         gxe.ExpectColumnValuesToBeBetween(column="train", min_value=params.min_images_per_category,
                                           meta=meta("min_train_images")),

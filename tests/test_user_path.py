@@ -1,0 +1,127 @@
+"""The path every user takes first: their own image folder and their own VGG-16, through `dvc repro`
+from a fresh repository, exactly as README's "Bring your own VGG-16" and "Using your own data" say."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vgg2resnet.packaging import store
+
+from .conftest import make_project, run, user_params, write_params
+from .userdata import BROKEN_FILES, TEACHER_ORDER, content_hashes, shuffled
+
+pytestmark = pytest.mark.slow
+MODEL_NAME = "user-path"
+
+
+@pytest.fixture(scope="module")
+def user_project(tmp_path_factory, user_folder: Path, user_teacher: dict[str, Path]) -> dict:
+    """`dvc repro` of a fresh project on the user's folder and teacher, with the default gate policy."""
+    base = tmp_path_factory.mktemp("user-path")
+    project = make_project(base / "project", base / "remote")
+    defaults = yaml.safe_load((project / "params.yaml").read_text())["gate"]
+    write_params(project, {**user_params(user_folder, user_teacher, **{**defaults, "bootstrap_samples": 200}),
+                           "serving": {"model_name": MODEL_NAME}})
+    before = content_hashes(user_folder)
+    repro = run(["dvc", "repro"], project)
+    return {"project": project, "repro": repro.stdout, "before": before}
+
+
+def test_every_stage_runs_on_the_users_folder_and_teacher(user_project: dict, user_teacher: dict[str, Path]):
+    project = user_project["project"]
+    for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"]:
+        assert f"Running stage '{stage}'" in user_project["repro"], stage
+    assert "changed" not in run(["dvc", "status"], project).stdout.lower()
+
+    teacher = json.loads((project / "models/teacher.json").read_text())
+    assert teacher["init"] == f"user checkpoint {user_teacher['checkpoint']}" and teacher["arch"] == "vgg16"
+    # The data's categories follow the teacher's outputs, not the folder listing.
+    assert teacher["categories"] == TEACHER_ORDER != sorted(TEACHER_ORDER)
+    saved = torch.load(project / "models/teacher.pt", weights_only=True)["state_dict"]
+    given = torch.load(user_teacher["checkpoint"], weights_only=True)
+    assert saved.keys() == given.keys() and all(torch.equal(saved[k], given[k]) for k in given)
+    metrics = json.loads((project / "metrics/teacher/metrics.json").read_text())
+    assert metrics["val_accuracy"] == 100.0 and metrics["val_majority_baseline"] < 40.0
+    assert not (project / "metrics/teacher/plots").exists()  # imported: no curves, and none faked
+
+
+def test_broken_files_are_skipped_and_named_by_their_path_in_the_users_folder(
+        user_project: dict, user_folder: Path):
+    project = user_project["project"]
+    expected = {str(user_folder / name) for name in BROKEN_FILES}
+    assert {entry["path"] for entry in json.loads((project / "data/prepared/skipped.json").read_text())} == expected
+    result = json.loads((project / "reports/validation/result.json").read_text())
+    assert result["summary"]["passed"] and result["summary"]["warnings"] >= 1
+    [skipped] = [p for p in result["summary"]["problems"] if p["check"] == "skipped_undecodable"]
+    assert skipped["severity"] == "warn" and set(skipped["offending"]) == expected
+    docs = "".join(p.read_text(errors="replace") for p in (project / "reports/validation/docs").rglob("*.html"))
+    assert all(path in docs for path in expected)
+    raw = {p.relative_to(project / "data/raw").as_posix() for p in (project / "data/raw").rglob("*.jpg")}
+    assert not raw & BROKEN_FILES and len(raw) == 4 * 24
+
+
+def test_the_users_folder_is_unchanged(user_project: dict, user_folder: Path):
+    assert content_hashes(user_folder) == user_project["before"]
+
+
+def test_the_gate_decides_by_its_policy_and_says_why(user_project: dict):
+    project = user_project["project"]
+    gate = json.loads((project / "reports/gate.json").read_text())
+    checks = {c["name"]: c for c in gate["checks"]}
+    assert all(c["reason"] for c in gate["checks"])
+    failed = [c for c in gate["checks"] if not c["passed"]]
+    assert (gate["decision"] == "promote") == (not failed)
+    margin = next(c for name, c in checks.items() if name.endswith("teacher_margin"))
+    assert margin["passed"] and margin["value"] >= 50.0
+    package = json.loads((project / "reports/package.json").read_text())
+    assert package["packaged"] == (gate["decision"] == "promote")
+    promoted = [str(m.tag) for m in store.promoted_versions(MODEL_NAME)]
+    assert promoted == ([gate["promoted_tag"]] if gate["decision"] == "promote" else [])
+
+
+def _stage(project: Path, stage: str) -> tuple[dict, str]:
+    result = run(["vgg2resnet", stage], project)
+    return json.loads(result.stdout), result.stderr
+
+
+def test_a_categories_file_in_the_wrong_order_is_named_before_distillation(
+        user_project: dict, user_teacher: dict[str, Path], tmp_path: Path):
+    project = user_project["project"]
+    swapped = list(TEACHER_ORDER)
+    swapped[0], swapped[2] = swapped[2], swapped[0]
+    (tmp_path / "categories.json").write_text(json.dumps(swapped))
+    write_params(project, {"teacher": {"categories_file": str(tmp_path / "categories.json")}})
+    try:
+        _stage(project, "prepare")
+        result, log = _stage(project, "teacher")
+        assert set(result["val_at_or_below_chance"]) == {TEACHER_ORDER[0], TEACHER_ORDER[2]}
+        text = " ".join(log.split())  # the log handler wraps long lines
+        warning = text[text.index("at or below chance"):text.index("wrong order")]
+        assert set(re.findall(r"'(\w+)' [\d.]+%", warning)) == {TEACHER_ORDER[0], TEACHER_ORDER[2]}
+    finally:
+        write_params(project, {"teacher": {"categories_file": str(user_teacher["categories_file"])}})
+
+
+def test_a_teacher_that_knows_nothing_makes_the_gate_fail_closed(
+        user_project: dict, user_teacher: dict[str, Path], tmp_path: Path):
+    project = user_project["project"]
+    torch.save(shuffled(torch.load(user_teacher["checkpoint"], weights_only=True)), tmp_path / "shuffled.pt")
+    write_params(project, {"teacher": {"checkpoint": str(tmp_path / "shuffled.pt")}})
+    before = [str(m.tag) for m in store.promoted_versions(MODEL_NAME)]
+    try:
+        _stage(project, "prepare")
+        _, log = _stage(project, "teacher")
+        assert "the gate will refuse this teacher" in " ".join(log.split())
+        _stage(project, "evaluate")
+        result, _ = _stage(project, "gate")
+    finally:
+        write_params(project, {"teacher": {"checkpoint": str(user_teacher["checkpoint"])}})
+    assert result["decision"] == "reject" and "teacher_margin" in result["failed"]
+    gate = json.loads((project / "reports/gate.json").read_text())
+    reasons = [c["reason"] for c in gate["checks"] if c["name"].endswith("teacher_margin")]
+    assert reasons and all("majority-class baseline" in r and "teacher.categories_file" in r for r in reasons)
+    assert [str(m.tag) for m in store.promoted_versions(MODEL_NAME)] == before
