@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 from vgg2resnet.config import VARIANTS, load_params
+from vgg2resnet.data.categories import data_categories
 from vgg2resnet.stages.evaluate import evaluate_teacher, evaluate_variant
-from vgg2resnet.stages.training import data_categories
 
 
 def main() -> None:

@@ -15,13 +15,14 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import load_params
-from vgg2resnet.data.categories import read_categories
+from vgg2resnet.data.categories import data_categories
+from vgg2resnet.data.datasets import train_views
 from vgg2resnet.distill.loop import build_optimizer, build_scheduler, epoch_items, train_one_epoch
 from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, build_or_load_cache
 from vgg2resnet.models.builders import build_student, build_teacher
 from vgg2resnet.runtime import Runtime, select_device
-from vgg2resnet.stages.training import train_views
 
 
 def one_epoch(views, runtime, params, teacher, cache_views, num_classes) -> float:
@@ -52,7 +53,7 @@ if __name__ == "__main__":
     params = load_params()
     dparams = params.distill.model_copy(update={"image_size": args.image_size, "batch_size": args.batch_size,
                                                 "epochs": 1, "warmup_epochs": 0})
-    categories = read_categories(params.data.prepared_dir / "categories.json")
+    categories = data_categories(params)
     views = train_views(params, dparams, categories)
     views.images.paths = views.images.paths[: args.images]
     views.images.labels = views.images.labels[: args.images]
@@ -66,10 +67,10 @@ if __name__ == "__main__":
     kd_live = one_epoch(views, runtime, dparams, live, None, len(categories))
     print(f"KD, live VGG-16 teacher:      {kd_live:7.2f} img/s  {plain / kd_live:.2f}x time")
     start = time.perf_counter()
-    logits = build_or_load_cache(params.paths.state_dir / "bench-cache.pt", live, views, args.views,
-                                 args.batch_size, False)
+    cache = Artifacts(params).logit_cache("benchmark")
+    logits = build_or_load_cache(cache, live, views, args.views, args.batch_size, False)
     build = time.perf_counter() - start
-    (params.paths.state_dir / "bench-cache.pt").unlink()
+    cache.unlink()
     print(f"cache build ({args.views} views):     {build:7.2f} s      "
           f"{build / (len(views) / plain):.2f}x a plain epoch")
     cached = CachedTeacher(logits, live, 1e-3)

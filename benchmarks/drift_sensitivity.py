@@ -16,9 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vgg2resnet.config import load_params
-from vgg2resnet.monitoring.corruptions import CORRUPTIONS
 from vgg2resnet.monitoring.monitor import run_monitor
-from vgg2resnet.monitoring.traffic import send_traffic
+from vgg2resnet.monitoring.traffic import CORRUPTIONS, send_traffic
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.server import local_server
 

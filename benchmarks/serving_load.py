@@ -28,21 +28,21 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
-import pandas as pd
 import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from vgg2resnet.compress.onnx_export import export_onnx
+from vgg2resnet.artifacts import Artifacts, StoreLayout, sidecar
+from vgg2resnet.compress.onnx import export_onnx
 from vgg2resnet.config import Params, load_params
+from vgg2resnet.data.categories import data_categories
+from vgg2resnet.data.datasets import load_split
 from vgg2resnet.data.transforms import transform_from_meta
-from vgg2resnet.models.checkpoint import load_model, save_model, sidecar, write_sidecar
-from vgg2resnet.models.variants import variant_path
+from vgg2resnet.models.checkpoint import load_model, save_model, write_sidecar
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.classifier import Classifier
 from vgg2resnet.serving.server import local_server
 from vgg2resnet.stages.compress import quantize_on_train_sample
-from vgg2resnet.stages.training import data_categories
 
 BOUNDARY = "vgg2resnetbench"
 WRK_SCRIPT = f"""
@@ -87,21 +87,21 @@ def load_wrk(url: str, payloads: list[bytes], concurrency: int, duration: float)
 def bench_model(params: Params, image_size: int, variant: str) -> str:
     """The student at another input size, as `variant`, saved as its own model (never promoted)."""
     categories = data_categories(params)
-    model, meta = load_model(variant_path(params.paths.models_dir, "pytorch_fp32"), categories)
+    model, meta = load_model(Artifacts(params).student(), categories)
     meta["preprocessing"]["image_size"] = image_size
     promoted = store.current(params.serving.model_name)
     with tempfile.TemporaryDirectory() as scratch:
         if variant == "pytorch_fp32":
-            artifact = Path(scratch) / store.MODEL_FILE
+            artifact = Path(scratch) / StoreLayout.MODEL
             save_model(artifact, model, meta)
         else:
-            fp32, artifact = Path(scratch) / "fp32.onnx", Path(scratch) / store.ONNX_FILE
+            fp32, artifact = Path(scratch) / "fp32.onnx", Path(scratch) / StoreLayout.ONNX
             export_onnx(model, fp32, image_size, params.compress.opset)
             quantize_on_train_sample(params, fp32, artifact, categories, transform_from_meta(meta["preprocessing"]))
             write_sidecar(artifact, meta)
         return store.save_version(f"{params.serving.model_name}-bench{image_size}", {
-            artifact.name: artifact, sidecar(artifact).name: sidecar(artifact),
-            store.PROJECTION_FILE: Path(promoted.path_of(store.PROJECTION_FILE)),
+            artifact.name: artifact, StoreLayout.META: sidecar(artifact),
+            StoreLayout.PROJECTION: Path(promoted.path_of(StoreLayout.PROJECTION)),
         }, {"variant": variant, "image_size": image_size}, promoted=False)
 
 
@@ -165,8 +165,8 @@ def raw_throughput(model_dir: Path, images: list[Image.Image], batch: int, secon
 def run(args: argparse.Namespace, params: Params, model: bentoml.Model) -> None:
     print(f"model {model.tag} ({model.info.metadata.get('variant', 'pytorch_fp32')}); load from "
           f"{args.client}, {args.images_per_request} image(s) per request", flush=True)
-    manifest = pd.read_parquet(params.data.prepared_dir / "manifest.parquet")
-    paths = [params.data.raw_dir / p for p in manifest[manifest["split"] == "test"]["path"]]
+    layout = Artifacts(params)
+    paths = [layout.raw_dir / p for p in load_split(layout.manifest, "test")["path"]]
     payloads = [p.read_bytes() for p in paths[: args.images_per_request]]
     images = [Image.open(p).convert("RGB") for p in paths[: params.serving.max_batch_size]]
 

@@ -17,10 +17,16 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.deployments import run_deployment
 
+from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, load_params
-from vgg2resnet.orchestration.handoff import hand_off
-from vgg2resnet.orchestration.pipeline import StageFailed, gate_outcome, reproduce, stage_names
-from vgg2resnet.orchestration.scm import git
+from vgg2resnet.orchestration.pipeline import (
+    StageFailed,
+    gate_outcome,
+    git,
+    hand_off,
+    reproduce,
+    stage_names,
+)
 
 
 def _lock_contention(task, task_run, state) -> bool:
@@ -55,10 +61,11 @@ def run_stage_on_gpu(stage: str, project_dir: str, deployment: str, timeout_s: i
 
 
 def _publish(root: Path, params: Params) -> dict:
-    gate = gate_outcome(root, params.paths.reports_dir)
-    create_markdown_artifact(key="gate-report", markdown=(root / params.paths.reports_dir / "gate.md").read_text(),
+    layout = Artifacts(params)
+    gate = gate_outcome(root, params)
+    create_markdown_artifact(key="gate-report", markdown=(root / layout.gate_markdown).read_text(),
                              description=f"promotion gate: {gate['decision']}")
-    report = json.loads((root / params.paths.metrics_dir / "evaluate" / "report.json").read_text())
+    report = json.loads((root / layout.evaluation_report).read_text())
     models = {"teacher": report["teacher"], **report["candidates"]}
     create_table_artifact(key="migration-metrics", table=[
         {"model": name, "top1": m["top1"], "top5": m["top5"], "size_mb": m["size_mb"],
@@ -74,7 +81,7 @@ def migrate(project_dir: str = ".") -> dict[str, bool]:
     logger = get_run_logger()
     root = Path(project_dir).resolve()
     params = load_params(root / "params.yaml")
-    orchestration = params.orchestration
+    orchestration, layout = params.orchestration, Artifacts(params)
     ran: dict[str, bool] = {}
     # One stage at a time: DVC commands must never run concurrently on one repository.
     for stage in stage_names(root):
@@ -84,15 +91,21 @@ def migrate(project_dir: str = ".") -> dict[str, bool]:
         else:
             ran[stage] = run_stage(stage, str(root))
         if stage == "validate":
-            result = root / params.validation.report_dir / "result.json"
+            result = json.loads((root / layout.validation_result).read_text())
             create_markdown_artifact(key="validation-report", markdown=(
-                f"Validation passed: {json.loads(result.read_text())['summary']['expectations']} expectations; "
-                f"Data Docs at `{root / params.validation.report_dir / 'docs' / 'index.html'}`"))
+                f"Validation passed: {result['summary']['expectations']} expectations; "
+                f"Data Docs at `{root / layout.validation_docs_index}`"))
         if stage == "gate":
             gate = _publish(root, params)
             if gate["decision"] != "promote":
                 failed = "; ".join(c["reason"] for c in gate["checks"] if not c["passed"])
                 raise StageFailed(f"the gate rejected the student: {failed}")
+        if stage == "package":
+            package = json.loads((root / layout.package_json).read_text())
+            create_markdown_artifact(key="promoted-model", markdown=(
+                f"Serving `{package['model_tag']}` ({package['variant']}"
+                f"{', a new version' if package['new_version'] else ', already promoted'}); "
+                f"Bento `{package['bento']}`: `{package['serve']}`"))
     logger.info("stages run: %s; skipped (up to date): %s", [s for s, r in ran.items() if r],
                 [s for s, r in ran.items() if not r])
     return ran

@@ -13,8 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from vgg2resnet.config import load_params
-from vgg2resnet.monitoring.events import emit_drift_event
-from vgg2resnet.monitoring.monitor import run_monitor
+from vgg2resnet.monitoring.monitor import emit_drift_event, run_monitor
 
 
 @flow(name="monitor", log_prints=True)
@@ -34,7 +33,7 @@ def monitor(project_dir: str = ".", since: datetime | None = None) -> dict:
         f"predictions vs {summary['rows_compared']['reference']} reference rows; drifted: "
         f"{', '.join(summary.get('drifted_columns', [])) or 'none'}. Report: `{summary.get('report_html')}`"))
     if summary["drift_detected"]:
-        summary["event_id"] = emit_drift_event(summary, params.monitoring)
+        summary["event_id"] = emit_drift_event(summary, params)
     get_run_logger().info("drift: %s", summary["status"])
     return summary
 

@@ -30,21 +30,28 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return result
 
 
+def merge(base: dict, extra: dict) -> dict:
+    """Merge extra (nested dicts) into base, in place; return base."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
 def write_params(project: Path, overrides: dict) -> Path:
     """Merge overrides (nested dicts) into the project's params.yaml."""
     path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-
-    def merge(base: dict, extra: dict) -> None:
-        for key, value in extra.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = value
-
-    merge(params, overrides)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()), overrides), sort_keys=False))
     return path
+
+
+def repo_params(overrides: dict | None = None):
+    """The repository's params.yaml with overrides merged in: every setting given, as a stage sees it."""
+    from vgg2resnet.config import Params
+
+    return Params.model_validate(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides or {}))
 
 
 def make_project(dest: Path, remote: Path) -> Path:
@@ -127,28 +134,26 @@ def distilled_project(tmp_path_factory, tiny_images: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def promoted_project(distilled_project: Path) -> Path:
-    """The session project after `dvc repro gate`: evaluated, gated and promoted."""
-    run(["dvc", "repro", "gate"], distilled_project)
+    """The session project after the whole `dvc repro`: evaluated, gated, promoted and packaged."""
+    run(["dvc", "repro"], distilled_project)
     return distilled_project
 
 
-@pytest.fixture(scope="session")
-def packaged_project(promoted_project: Path) -> Path:
-    """The session project after the whole `dvc repro`: packaged as a Bento."""
-    run(["dvc", "repro"], promoted_project)
-    return promoted_project
+def promoted_tag(project: Path) -> str:
+    """The model-store tag that the project's `package` stage promoted."""
+    return json.loads((project / "reports/package.json").read_text())["model_tag"]
 
 
 @pytest.fixture(scope="session")
-def served(packaged_project: Path, tmp_path_factory):
+def served(promoted_project: Path, tmp_path_factory):
     """A real `bentoml serve` of the session's promoted model on 127.0.0.1; the inference log
     lands in the project's monitoring folder, where `vgg2resnet monitor` reads it."""
     from vgg2resnet.serving.server import local_server
 
-    gate = json.loads((packaged_project / "reports/gate.json").read_text())
-    with local_server(gate["promoted_tag"], cwd=packaged_project, project_root=ROOT,
-                      params_file=packaged_project / "params.yaml") as url:
-        yield {"url": url, "tag": gate["promoted_tag"], "project": packaged_project}
+    tag = promoted_tag(promoted_project)
+    with local_server(tag, cwd=promoted_project, project_root=ROOT,
+                      params_file=promoted_project / "params.yaml") as url:
+        yield {"url": url, "tag": tag, "project": promoted_project}
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,16 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-from vgg2resnet.compress.quantize import quantize_int8
-from vgg2resnet.config import VARIANTS, load_params
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.compress.onnx import quantize_int8
+from vgg2resnet.config import load_params
+from vgg2resnet.data.categories import data_categories
+from vgg2resnet.data.datasets import eval_loader
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import read_meta, write_sidecar
 from vgg2resnet.models.variants import load_runner, predict_logits
 from vgg2resnet.packaging import store
-from vgg2resnet.stages import evaluate, gate
-from vgg2resnet.stages.training import data_categories, eval_loader
+from vgg2resnet.stages import evaluate, gate, package
 
 
 def test_onnx_export_reproduces_pytorch(promoted_project: Path, monkeypatch):
@@ -39,15 +41,16 @@ def test_onnx_export_reproduces_pytorch(promoted_project: Path, monkeypatch):
 
 def test_int8_calibration_sees_only_train_images(promoted_project: Path):
     params = load_params(promoted_project / "params.yaml")
-    int8 = read_meta(promoted_project / "models" / VARIANTS["onnx_int8"])
+    layout = Artifacts(params)
+    int8 = read_meta(promoted_project / layout.student("onnx_int8"))
     manifest = pd.read_parquet(promoted_project / "data/prepared/manifest.parquet").set_index("path")
     calibration = int8["calibration"]["paths"]
     train = manifest.index[manifest["split"] == "train"]
     assert len(calibration) == min(params.compress.calibration_images, len(train)) > 0
     assert set(manifest.loc[calibration, "split"]) == {"train"}
     assert len(set(calibration)) == len(calibration)
-    assert Path(promoted_project / "models" / VARIANTS["onnx_int8"]).stat().st_size < \
-        0.3 * Path(promoted_project / "models" / VARIANTS["onnx_fp32"]).stat().st_size
+    assert (promoted_project / layout.student("onnx_int8")).stat().st_size < \
+        0.3 * (promoted_project / layout.student("onnx_fp32")).stat().st_size
 
 
 def test_a_broken_int8_variant_fails_the_gate_by_name_while_fp32_passes(promoted_project: Path, tmp_path: Path,
@@ -55,18 +58,18 @@ def test_a_broken_int8_variant_fails_the_gate_by_name_while_fp32_passes(promoted
     monkeypatch.chdir(promoted_project)
     models = tmp_path / "models"
     shutil.copytree(promoted_project / "models", models)
-    fp32, int8 = models / VARIANTS["onnx_fp32"], models / VARIANTS["onnx_int8"]
-    # Activation ranges calibrated on one constant image: every real image saturates them.
-    size = read_meta(fp32)["preprocessing"]["image_size"]
-    quantize_int8(fp32, int8, [np.zeros((1, 3, size, size), dtype=np.float32)])
-    meta = {k: v for k, v in read_meta(int8).items() if k not in ("sha256", "bytes")}
-    write_sidecar(int8, {**meta, "calibration": {"split": "constant zeros", "paths": []}})
     params = load_params(promoted_project / "params.yaml")
     params = params.model_copy(update={
         "paths": params.paths.model_copy(update={"models_dir": models, "metrics_dir": tmp_path / "metrics",
                                                  "reports_dir": tmp_path / "reports"}),
         "serving": params.serving.model_copy(update={"model_name": "vgg2resnet-broken-int8-check"}),
     })
+    fp32, int8 = Artifacts(params).student("onnx_fp32"), Artifacts(params).student("onnx_int8")
+    # Activation ranges calibrated on one constant image: every real image saturates them.
+    size = read_meta(fp32)["preprocessing"]["image_size"]
+    quantize_int8(fp32, int8, [np.zeros((1, 3, size, size), dtype=np.float32)])
+    meta = {k: v for k, v in read_meta(int8).items() if k not in ("sha256", "bytes")}
+    write_sidecar(int8, {**meta, "calibration": {"split": "constant zeros", "paths": []}})
     evaluate.run(params)
     result = gate.run(params)
     report = json.loads((tmp_path / "reports/gate.json").read_text())
@@ -76,6 +79,7 @@ def test_a_broken_int8_variant_fails_the_gate_by_name_while_fp32_passes(promoted
     assert "agreement with the fp32 student" in reason
     assert report["candidates"]["pytorch_fp32"]["passed"]
     assert result["decision"] == "promote" and result["variant"] in ("pytorch_fp32", "onnx_fp32")
+    package.promote(params)
     assert store.current("vgg2resnet-broken-int8-check").info.metadata["variant"] == result["variant"]
     assert "FAIL: " in (tmp_path / "reports/gate.md").read_text()
 
@@ -88,6 +92,5 @@ def test_the_policy_picks_the_preferred_passing_variant(promoted_project: Path, 
     params = params.model_copy(update={
         "gate": params.gate.model_copy(update={"prefer": prefer, "min_variant_agreement": 0.0}),
         "paths": params.paths.model_copy(update={"reports_dir": tmp_path / "reports"}),
-        "serving": params.serving.model_copy(update={"model_name": f"vgg2resnet-prefer-{prefer}"}),
     })
     assert gate.run(params)["variant"] == expected

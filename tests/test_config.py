@@ -1,18 +1,52 @@
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from vgg2resnet.config import Params, load_params
-from vgg2resnet.errors import UserError
+from vgg2resnet.config import Params, UserError, load_params
+from vgg2resnet.lineage import params_hash
 
-from .conftest import ROOT
+from .conftest import ROOT, repo_params
 
 
-def test_repository_params_load_and_match_defaults_where_unset():
-    params = load_params(ROOT / "params.yaml")
-    assert params.data.source == "demo"
-    assert params.teacher.arch == "vgg16_bn"
-    assert 0 < params.distill.alpha <= 1
+def _fields(model: type[BaseModel], prefix: str = ""):
+    """(dotted key, field) of every setting, sections included."""
+    for name, field in model.model_fields.items():
+        yield prefix + name, field
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _fields(field.annotation, f"{prefix}{name}.")
+
+
+def test_params_yaml_is_the_only_source_of_values():
+    """No setting has a second value in code that could disagree with params.yaml."""
+    with_defaults = [key for key, field in _fields(Params) if not field.is_required()]
+    assert with_defaults == []
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    loaded = load_params(ROOT / "params.yaml").model_dump(mode="json")
+
+    def leaves(tree: dict, prefix: str = "") -> set[str]:
+        return {k for key, value in tree.items()
+                for k in (leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value
+                          else {prefix + key})}
+
+    assert leaves(raw) == leaves(loaded)  # params.yaml sets every setting, and nothing else
+
+
+def test_a_key_missing_from_params_yaml_is_named(tmp_path: Path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del raw["gate"]["min_teacher_margin"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="missing key 'gate.min_teacher_margin'"):
+        load_params(path)
+
+
+def test_the_params_hash_is_of_the_loaded_settings(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the hash must not read one
+    base = repo_params()
+    assert params_hash(base) == params_hash(repo_params())
+    assert params_hash(base) != params_hash(repo_params({"gate": {"max_accuracy_drop": 3.0}}))
 
 
 def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path: Path):
@@ -53,4 +87,4 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
 
 def test_split_must_leave_training_data():
     with pytest.raises(ValueError, match="val \\+ test"):
-        Params.model_validate({"data": {"split": {"val": 0.45, "test": 0.45}}})
+        repo_params({"data": {"split": {"val": 0.45, "test": 0.45}}})

@@ -14,18 +14,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vgg2resnet.config import load_params
-from vgg2resnet.distill.loop import TrainingDiverged, build_optimizer, build_scheduler, train_one_epoch
+from vgg2resnet.config import UserError, load_params
+from vgg2resnet.data.categories import data_categories
+from vgg2resnet.data.datasets import train_views
+from vgg2resnet.distill.loop import (
+    TrainingDiverged,
+    build_optimizer,
+    build_scheduler,
+    train_one_epoch,
+)
 from vgg2resnet.distill.loss import kd_loss
-from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, StaleCacheError, build_or_load_cache
-from vgg2resnet.errors import UserError
+from vgg2resnet.distill.teacher_signal import (
+    CachedTeacher,
+    LiveTeacher,
+    StaleCacheError,
+    build_or_load_cache,
+)
 from vgg2resnet.models.builders import build_student, build_teacher
 from vgg2resnet.models.checkpoint import import_user_teacher, load_model
-from vgg2resnet.config import TrainParams
 from vgg2resnet.runtime import Runtime
-from vgg2resnet.stages.training import data_categories, train_views
 
-from .conftest import run, write_params
+from .conftest import repo_params, run, write_params
 
 CPU = Runtime(device=torch.device("cpu"))
 
@@ -137,7 +146,7 @@ def test_nan_loss_stops_training():
             return self.fc(x.flatten(1)[:, :4]) * float("nan")
 
     model = Broken()
-    params = TrainParams(epochs=1, batch_size=2, optimizer="sgd", lr=0.1)
+    params = repo_params().teacher.model_copy(update={"epochs": 1, "batch_size": 2, "optimizer": "sgd", "lr": 0.1})
     optimizer = build_optimizer(model, params)
     batch = [(torch.randn(2, 3, 4, 4), torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 0]))]
     with pytest.raises(TrainingDiverged, match="loss is nan"):

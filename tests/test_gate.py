@@ -8,15 +8,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
+from vgg2resnet.artifacts import Artifacts, StoreLayout
 from vgg2resnet.cli import app
-from vgg2resnet.config import VARIANTS, GateParams, load_params
-from vgg2resnet.gate.policy import accuracy_parity, evaluate_policy, paired_bootstrap, teacher_margin
+from vgg2resnet.config import GateParams, load_params
+from vgg2resnet.gate.policy import (
+    accuracy_parity,
+    evaluate_policy,
+    paired_bootstrap,
+    teacher_margin,
+)
 from vgg2resnet.packaging import store
-from vgg2resnet.stages import gate
+from vgg2resnet.stages import gate, package
 
-GATE = GateParams(bootstrap_samples=1000)
+from .conftest import ROOT, merge, promoted_tag, repo_params
+
+
+def gate_params(**overrides) -> GateParams:
+    """The repository's gate policy, with the drop limits these constructed cases were sized for."""
+    return repo_params({"gate": {"max_accuracy_drop": 1.0, "max_category_drop": 10.0, **overrides}}).gate
+
+
+GATE = gate_params(bootstrap_samples=1000)
 
 
 def _predictions(n: int, teacher_right: int, student_right: int) -> pd.DataFrame:
@@ -59,7 +74,7 @@ def test_bootstrap_bound_rejects_a_lucky_point_estimate_on_a_tiny_test_set():
     point, lower = paired_bootstrap((predictions.pytorch_fp32 == predictions.label).to_numpy(),
                                     (predictions.teacher == predictions.label).to_numpy(), 1000, 0.95, 0)
     assert point == pytest.approx(-5.0)
-    check = accuracy_parity(predictions, GateParams(max_accuracy_drop=10.0, bootstrap_samples=1000))
+    check = accuracy_parity(predictions, gate_params(max_accuracy_drop=10.0, bootstrap_samples=1000))
     assert lower < -10.0 and not check.passed
 
 
@@ -110,22 +125,22 @@ def test_a_meaningless_teacher_fails_every_candidate_and_null_turns_the_check_of
     predictions = _predictions(500, 255, 260)  # both at chance on two balanced categories
     checks = _by_name(evaluate_policy(report, predictions, GATE, promoted_top1=None))
     assert not checks["teacher_margin"].passed and checks["accuracy_parity"].passed
-    off = GateParams(bootstrap_samples=1000, min_teacher_margin=None)
+    off = gate_params(bootstrap_samples=1000, min_teacher_margin=None)
     assert "teacher_margin" not in _by_name(evaluate_policy(report, predictions, off, promoted_top1=None))
 
 
 def test_min_accuracy_and_regression_against_the_promoted_model():
-    gate_params = GateParams(min_accuracy=96.0, max_regression=1.0, bootstrap_samples=200)
-    checks = _by_name(evaluate_policy(_report(student_top1=95.0), _predictions(50, 45, 45), gate_params,
+    policy = gate_params(min_accuracy=96.0, max_regression=1.0, bootstrap_samples=200)
+    checks = _by_name(evaluate_policy(_report(student_top1=95.0), _predictions(50, 45, 45), policy,
                                       promoted_top1=97.0))
     assert not checks["min_accuracy"].passed
     assert not checks["no_regression"].passed and "promoted 97.00%" in checks["no_regression"].reason
-    checks = _by_name(evaluate_policy(_report(student_top1=96.5), _predictions(50, 45, 45), gate_params,
+    checks = _by_name(evaluate_policy(_report(student_top1=96.5), _predictions(50, 45, 45), policy,
                                       promoted_top1=97.0))
     assert checks["min_accuracy"].passed and checks["no_regression"].passed
 
 
-def test_dvc_repro_gate_promotes_with_lineage(promoted_project: Path):
+def test_dvc_repro_promotes_the_gates_choice_with_lineage(promoted_project: Path):
     report = json.loads((promoted_project / "reports/gate.json").read_text())
     assert report["decision"] == "promote"
     assert {c["name"] for c in report["checks"]} >= {"accuracy_parity", "category_drop", "size_mb",
@@ -135,8 +150,8 @@ def test_dvc_repro_gate_promotes_with_lineage(promoted_project: Path):
     assert set(report["candidates"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
     assert report["candidates"][report["variant"]]["passed"]
     promoted = store.current("vgg2resnet-classifier")
-    assert str(promoted.tag) == report["promoted_tag"]
-    artifact = promoted_project / "models" / VARIANTS[report["variant"]]
+    assert str(promoted.tag) == promoted_tag(promoted_project)
+    artifact = promoted_project / Artifacts(load_params(promoted_project / "params.yaml")).student(report["variant"])
     variant = json.loads(artifact.with_suffix(".json").read_text())
     meta = promoted.info.metadata
     assert meta["variant"] == report["variant"]
@@ -144,7 +159,7 @@ def test_dvc_repro_gate_promotes_with_lineage(promoted_project: Path):
     assert meta["categories"] == variant["categories"]
     assert meta["data_version"] == report["lineage"]["data_version"] and meta["data_version"].endswith(".dir")
     assert meta["git_revision"] == report["lineage"]["git_revision"] != "unknown"
-    stored = store.ONNX_FILE if artifact.suffix == ".onnx" else store.MODEL_FILE
+    stored = StoreLayout.model_file(artifact)
     assert Path(promoted.path_of(stored)).read_bytes() == artifact.read_bytes()
 
 
@@ -162,7 +177,7 @@ def test_rejected_candidate_leaves_the_store_unchanged(promoted_project: Path, t
     params = _gate_params(promoted_project, tmp_path, max_size_mb=1.0, min_variant_agreement=0.0)
     result = gate.run(params)
     assert result["decision"] == "reject" and result["failed"] == ["size_mb"]
-    assert result["promoted_tag"] is None
+    assert package.promote(params)[1] is None
     assert [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")] == before
     assert "REJECT" in (tmp_path / "reports/gate.md").read_text()
     with pytest.raises(gate.GateRejected, match="student size"):
@@ -187,7 +202,7 @@ def test_gate_fails_closed_on_bad_evaluation_results(promoted_project: Path, tmp
     params = _gate_params(promoted_project, tmp_path)
     params = params.model_copy(update={"paths": params.paths.model_copy(update={"metrics_dir": tmp_path / "metrics"})})
     result = gate.run(params)
-    assert result == {"decision": "reject", "variant": None, "failed": ["inputs"], "promoted_tag": None}
+    assert result == {"decision": "reject", "variant": None, "failed": ["inputs"]}
 
 
 def test_promoting_again_keeps_the_previous_version_and_rollback_restores_it(tmp_path: Path):
@@ -195,8 +210,8 @@ def test_promoting_again_keeps_the_previous_version_and_rollback_restores_it(tmp
     first, second = tmp_path / "first.pt", tmp_path / "second.pt"
     first.write_bytes(b"first weights")
     second.write_bytes(b"second weights")
-    tag1 = store.save_version(name, {store.MODEL_FILE: first}, {"model_sha256": "one"})
-    tag2 = store.save_version(name, {store.MODEL_FILE: second}, {"model_sha256": "two"})
+    tag1 = store.save_version(name, {StoreLayout.MODEL: first}, {"model_sha256": "one"})
+    tag2 = store.save_version(name, {StoreLayout.MODEL: second}, {"model_sha256": "two"})
     assert [str(m.tag) for m in store.promoted_versions(name)] == [tag2, tag1]
 
     result = CliRunner().invoke(app, ["rollback", "--params", str(_params_with_name(tmp_path, name))])
@@ -204,16 +219,17 @@ def test_promoting_again_keeps_the_previous_version_and_rollback_restores_it(tmp
     restored = store.current(name)
     assert str(restored.tag) not in (tag1, tag2)
     assert restored.info.metadata["restored_from"] == tag1
-    assert Path(restored.path_of(store.MODEL_FILE)).read_bytes() == b"first weights"
+    assert Path(restored.path_of(StoreLayout.MODEL)).read_bytes() == b"first weights"
     assert len(store.promoted_versions(name)) == 3  # nothing deleted or overwritten
 
     store.rollback(name, tag2)
-    assert Path(store.current(name).path_of(store.MODEL_FILE)).read_bytes() == b"second weights"
+    assert Path(store.current(name).path_of(StoreLayout.MODEL)).read_bytes() == b"second weights"
 
 
 def _params_with_name(tmp_path: Path, name: str) -> Path:
     path = tmp_path / "params.yaml"
-    path.write_text(f"serving:\n  model_name: {name}\n")
+    raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {"serving": {"model_name": name}})
+    path.write_text(yaml.safe_dump(raw))
     return path
 
 
@@ -222,9 +238,11 @@ def test_rollback_with_nothing_promoted_is_a_clear_error(tmp_path: Path):
     assert result.exit_code == 2 and "nothing to roll back" in result.output
 
 
-def test_gating_the_promoted_student_again_saves_nothing_new(promoted_project: Path, tmp_path: Path, monkeypatch):
+def test_promoting_the_promoted_student_again_saves_nothing_new(promoted_project: Path, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(promoted_project)
     before = [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")]
-    result = gate.run(_gate_params(promoted_project, tmp_path))
-    assert result["decision"] == "promote" and result["promoted_tag"] == before[0]
+    params = _gate_params(promoted_project, tmp_path)
+    assert gate.run(params)["decision"] == "promote"
+    _, tag, new_version = package.promote(params)
+    assert tag == before[0] and not new_version
     assert [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")] == before

@@ -8,13 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vgg2resnet.config import load_params
-from vgg2resnet.errors import UserError
-from vgg2resnet.monitoring.corruptions import CORRUPTIONS, corrupt
-from vgg2resnet.monitoring.logs import read_inference_log
-from vgg2resnet.monitoring.monitor import run_monitor
-from vgg2resnet.monitoring.traffic import send_traffic
-from vgg2resnet.serving.classifier import REFERENCE_FILE
+from vgg2resnet.artifacts import StoreLayout
+from vgg2resnet.config import UserError, load_params
+from vgg2resnet.monitoring.monitor import read_inference_log, run_monitor
+from vgg2resnet.monitoring.traffic import CORRUPTIONS, corrupt, send_traffic
+
+from .conftest import promoted_tag
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ def test_the_reference_is_stored_with_the_promoted_version(served):
     import bentoml
 
     version = bentoml.models.get(served["tag"])
-    reference = pd.read_parquet(Path(version.path) / REFERENCE_FILE)
+    reference = pd.read_parquet(Path(version.path) / StoreLayout.REFERENCE)
     manifest = pd.read_parquet(served["project"] / "data/prepared/manifest.parquet")
     assert len(reference) == (manifest["split"] == "val").sum()
     assert {"brightness", "contrast", "sharpness", "saturation", "emb_0", "prediction", "confidence"} <= set(reference)
@@ -102,13 +101,13 @@ def test_traffic_is_judged_against_the_reference_of_the_version_that_served_it(
     loaded = load_params("params.yaml")
     params = loaded.model_copy(update={"monitoring": loaded.monitoring.model_copy(update={
         "log_dir": tmp_path / "logs", "report_dir": tmp_path / "drift"})})
-    tag = json.loads(Path("reports/gate.json").read_text())["promoted_tag"]
+    tag = promoted_tag(promoted_project)
     files = {p.name: p for p in Path(bentoml.models.get(tag).path).iterdir()
              if p.is_file() and not p.name.startswith("model.yaml")}
-    reference = pd.read_parquet(files[REFERENCE_FILE])
-    reference.assign(brightness=reference["brightness"] - 100).to_parquet(tmp_path / REFERENCE_FILE)
+    reference = pd.read_parquet(files[StoreLayout.REFERENCE])
+    reference.assign(brightness=reference["brightness"] - 100).to_parquet(tmp_path / StoreLayout.REFERENCE)
     plain = store.save_version("monitor-versions", files, {"model_sha256": "plain"})
-    darker = store.save_version("monitor-versions", {**files, REFERENCE_FILE: tmp_path / REFERENCE_FILE},
+    darker = store.save_version("monitor-versions", {**files, StoreLayout.REFERENCE: tmp_path / StoreLayout.REFERENCE},
                                 {"model_sha256": "darker"})
     restored = store.rollback("monitor-versions", plain)
 

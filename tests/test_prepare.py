@@ -1,6 +1,7 @@
 """The prepare stage: demo data, user ImageFolders, determinism, splits and bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -8,15 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from vgg2resnet.cli import app
-from vgg2resnet.config import Params
-from vgg2resnet.errors import UserError
+from vgg2resnet.config import Params, UserError
 from vgg2resnet.stages import prepare
 
-from .conftest import make_image_folder
+from .conftest import ROOT, make_image_folder, repo_params, write_params
 
 
 def _params(tmp_path: Path, source: str, **data) -> Params:
-    return Params.model_validate({"data": {
+    return repo_params({"data": {
         "source": source, "raw_dir": str(tmp_path / "raw"),
         "prepared_dir": str(tmp_path / "prepared"), **data,
     }})
@@ -120,7 +120,8 @@ def test_skip_leaves_every_undecodable_file_out_and_lists_it_by_its_source_path(
 
 def test_cli_exits_2_with_the_message_not_a_traceback(tmp_path: Path):
     params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  source: {tmp_path / 'missing'}\n")
+    shutil.copy(ROOT / "params.yaml", params)
+    write_params(tmp_path, {"data": {"source": str(tmp_path / "missing")}})
     result = CliRunner().invoke(app, ["prepare", "--params", str(params)])
     assert result.exit_code == 2
     assert "data folder not found" in result.output

@@ -11,9 +11,9 @@ import pytest
 import requests
 from PIL import Image
 
+from vgg2resnet.artifacts import StoreLayout
 from vgg2resnet.config import VARIANTS, load_params
-from vgg2resnet.packaging import store
-from vgg2resnet.stages import gate
+from vgg2resnet.stages import gate, package
 
 from .conftest import ROOT
 
@@ -94,9 +94,10 @@ def test_each_variant_serves_what_it_scored_offline(served, variant: str, tmp_pa
     })
     result = gate.run(params)
     assert result["variant"] == variant, result
-    model_file = Path(bentoml.models.get(result["promoted_tag"]).path)
-    assert (model_file / store.ONNX_FILE).is_file() == variant.startswith("onnx")
-    with local_server(result["promoted_tag"], cwd=tmp_path, project_root=ROOT,
+    _, tag, _ = package.promote(params)
+    model_file = Path(bentoml.models.get(tag).path)
+    assert (model_file / StoreLayout.ONNX).is_file() == variant.startswith("onnx")
+    with local_server(tag, cwd=tmp_path, project_root=ROOT,
                       params_file=project / "params.yaml") as url:
         _assert_http_equals_offline(url, project, variant)
 

@@ -80,7 +80,7 @@ def test_the_gate_decides_by_its_policy_and_says_why(user_project: dict):
     package = json.loads((project / "reports/package.json").read_text())
     assert package["packaged"] == (gate["decision"] == "promote")
     promoted = [str(m.tag) for m in store.promoted_versions(MODEL_NAME)]
-    assert promoted == ([gate["promoted_tag"]] if gate["decision"] == "promote" else [])
+    assert promoted == ([package["model_tag"]] if gate["decision"] == "promote" else [])
 
 
 def _stage(project: Path, stage: str) -> tuple[dict, str]:
@@ -118,9 +118,11 @@ def test_a_teacher_that_knows_nothing_makes_the_gate_fail_closed(
         assert "the gate will refuse this teacher" in " ".join(log.split())
         _stage(project, "evaluate")
         result, _ = _stage(project, "gate")
+        packaged, _ = _stage(project, "package")
     finally:
         write_params(project, {"teacher": {"checkpoint": str(user_teacher["checkpoint"])}})
     assert result["decision"] == "reject" and "teacher_margin" in result["failed"]
+    assert not packaged["packaged"] and packaged["model_tag"] is None
     gate = json.loads((project / "reports/gate.json").read_text())
     reasons = [c["reason"] for c in gate["checks"] if c["name"].endswith("teacher_margin")]
     assert reasons and all("majority-class baseline" in r and "teacher.categories_file" in r for r in reasons)

@@ -7,17 +7,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vgg2resnet.config import Params
-from vgg2resnet.errors import UserError
+from vgg2resnet.config import Params, UserError
 from vgg2resnet.stages import prepare, validate
 
-from .conftest import make_image_folder
+from .conftest import make_image_folder, repo_params
 
 CATEGORIES = ["zero", "one", "two", "three"]
 
 
 def _params(tmp_path: Path, source: Path, categories=CATEGORIES, **validation) -> Params:
-    return Params.model_validate({
+    return repo_params({
         "data": {"source": str(source), "raw_dir": str(tmp_path / "raw"),
                  "prepared_dir": str(tmp_path / "prepared"), "categories": categories,
                  "on_undecodable": "record"},

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from vgg2resnet.errors import UserError
+from vgg2resnet.config import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help=__doc__.splitlines()[0])
@@ -105,7 +105,7 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
 @command
 def gate(params: ParamsOption = Path("params.yaml"),
          strict: Annotated[bool, typer.Option(help="exit 3 when the student is rejected")] = False) -> None:
-    """Apply the promotion policy; promote the student to the BentoML store if it passes."""
+    """Apply the promotion policy to every student variant; write reports/gate.json and gate.md."""
     from vgg2resnet.config import load_params
     from vgg2resnet.stages import gate as stage
 
@@ -114,7 +114,7 @@ def gate(params: ParamsOption = Path("params.yaml"),
 
 @command
 def package(params: ParamsOption = Path("params.yaml")) -> None:
-    """Build a Bento of the promoted model (skipped, with the reason, when the gate rejected it)."""
+    """Promote the gate's choice to the BentoML store and build its Bento (skipped on a rejection)."""
     _print_json(_run_stage("package", params))
 
 
@@ -152,7 +152,7 @@ def simulate_traffic(
 def demo(params: ParamsOption = Path("params.yaml")) -> None:
     """After `dvc repro`: serve the promoted model, send clean then drifted traffic, report drift."""
     from vgg2resnet.config import load_params
-    from vgg2resnet.monitoring.demo import run_demo
+    from vgg2resnet.orchestration.demo import run_demo
 
     _print_json(run_demo(load_params(params), params))
 

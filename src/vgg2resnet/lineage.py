@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
-from vgg2resnet.errors import UserError
+from vgg2resnet.artifacts import DVC_LOCK, Artifacts
+from vgg2resnet.config import Params, UserError
 
 
 def data_version(raw_dir: Path, repo_root: Path | None = None) -> str:
@@ -22,7 +24,7 @@ def data_version(raw_dir: Path, repo_root: Path | None = None) -> str:
     raise UserError(f"{raw_dir}: not tracked by DVC; it must be an output in dvc.yaml or a .dvc file")
 
 
-def recorded_data_version(raw_dir: Path, lock_file: Path = Path("dvc.lock")) -> str | None:
+def recorded_data_version(raw_dir: Path, lock_file: Path = DVC_LOCK) -> str | None:
     """The data version dvc.lock records for raw_dir (what the running pipeline was given), if any."""
     import yaml
 
@@ -55,3 +57,20 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# The settings that make a model and the gate's verdict on it: what a params_hash covers.
+LINEAGE_SECTIONS = ("data", "augment", "teacher", "distill", "compress", "evaluate", "gate")
+
+
+def params_hash(params: Params) -> str:
+    """A short hash of the settings in LINEAGE_SECTIONS, as loaded (not of a file that may have
+    changed since): the same hash means the same recipe, whatever serving or monitoring say."""
+    text = json.dumps({name: getattr(params, name).model_dump(mode="json") for name in LINEAGE_SECTIONS},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def manifest_hash(params: Params) -> str:
+    """The sha256 of the manifest: which images, splits and facts a model was made from."""
+    return file_sha256(Artifacts(params).manifest)

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from vgg2resnet.config import RuntimeParams
-from vgg2resnet.errors import UserError
+from vgg2resnet.config import RuntimeParams, UserError
 
 log = logging.getLogger(__name__)
 

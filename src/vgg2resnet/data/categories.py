@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vgg2resnet.config import Params
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.demo import DEMO_CATEGORIES
-from vgg2resnet.errors import UserError
 
 
 def read_categories(path: Path) -> list[str]:
@@ -45,3 +45,11 @@ def order_categories(found: list[str], expected: list[str] | None) -> list[str]:
     if expected is None:
         return sorted(found)
     return [c for c in expected if c in found] + sorted(set(found) - set(expected))
+
+
+def data_categories(params: Params) -> list[str]:
+    """The data's categories in model-output order, as `prepare` wrote them."""
+    path = Artifacts(params).categories
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run `vgg2resnet prepare` (or `dvc repro`) first")
+    return read_categories(path)

@@ -1,4 +1,5 @@
-"""Datasets over the manifest: plain (eval) and seeded augmented views (training, logit cache)."""
+"""Datasets and loaders over the manifest: plain (eval) and seeded augmented views (training,
+logit cache), for any split."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.config import Params, TrainParams
+from vgg2resnet.data.transforms import eval_transform, train_transform
 
 
-def load_split(prepared_dir: Path, split: str) -> pd.DataFrame:
-    manifest = pd.read_parquet(Path(prepared_dir) / "manifest.parquet")
+def load_split(manifest_path: Path, split: str) -> pd.DataFrame:
+    """The decodable rows of one split, sorted by path."""
+    manifest = pd.read_parquet(manifest_path)
     rows = manifest[(manifest["split"] == split) & manifest["decodes"]]
     return rows.sort_values("path").reset_index(drop=True)
 
@@ -68,6 +74,20 @@ class SeededViews(Dataset):
         return tensor, self.images.labels[i], i, view
 
 
-def split_dataset(prepared_dir: Path, raw_dir: Path, split: str, categories: list[str],
-                  transform=None) -> ImageDataset:
-    return ImageDataset(load_split(prepared_dir, split), raw_dir, categories, transform)
+def split_dataset(params: Params, split: str, categories: list[str], transform=None) -> ImageDataset:
+    layout = Artifacts(params)
+    return ImageDataset(load_split(layout.manifest, split), layout.raw_dir, categories, transform)
+
+
+def train_views(params: Params, train: TrainParams, categories: list[str]) -> SeededViews:
+    """The train split as seeded augmented views at the training stage's image size."""
+    return SeededViews(split_dataset(params, "train", categories), train_transform(train.image_size, params.augment),
+                       params.runtime.seed)
+
+
+def eval_loader(params: Params, split: str, categories: list[str], batch_size: int,
+                transform=None, image_size: int | None = None) -> DataLoader:
+    """A split in manifest order, through `transform` or the eval preset at image_size."""
+    if transform is None:
+        transform = eval_transform(image_size, params.augment.mean, params.augment.std)
+    return DataLoader(split_dataset(params, split, categories, transform), batch_size=batch_size, shuffle=False)

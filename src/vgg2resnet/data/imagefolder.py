@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vgg2resnet.config import DataParams
+from vgg2resnet.config import DataParams, UserError
 from vgg2resnet.data.manifest import image_facts
-from vgg2resnet.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -77,11 +76,6 @@ def source_root(data: DataParams) -> Path:
     """Where the user's images live, for naming a file by the path its owner knows: the folder
     in data.source, or data.raw_dir for the generated demo."""
     return data.raw_dir if data.source == "demo" else Path(data.source).expanduser()
-
-
-def skipped_list(data: DataParams) -> Path:
-    """The files that data.on_undecodable: skip left out, by their path in the user's folder."""
-    return data.prepared_dir / "skipped.json"
 
 
 def read_images(scan: ScanResult, root: Path, max_pixels: int, copy_to: Path | None = None,

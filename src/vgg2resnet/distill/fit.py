@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -17,12 +19,24 @@ from torch.utils.data import DataLoader
 from vgg2resnet.config import RuntimeParams, TrainParams
 from vgg2resnet.data.datasets import SeededViews
 from vgg2resnet.distill.loop import (
-    TeacherFn, build_ema, build_optimizer, build_scheduler, epoch_items, evaluate, load_state,
-    save_state, train_one_epoch,
+    TeacherFn,
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    epoch_items,
+    evaluate,
+    load_state,
+    save_state,
+    train_one_epoch,
 )
 from vgg2resnet.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+def fingerprint(*parts) -> str:
+    """Identifies a training run by everything that shapes its result, for safe resume."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass

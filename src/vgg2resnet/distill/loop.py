@@ -17,9 +17,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vgg2resnet import atomic
-from vgg2resnet.config import TrainParams
+from vgg2resnet.config import TrainParams, UserError
 from vgg2resnet.distill.loss import kd_loss
-from vgg2resnet.errors import UserError
 from vgg2resnet.models.builders import head_parameters
 from vgg2resnet.runtime import Runtime
 

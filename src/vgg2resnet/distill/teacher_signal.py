@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vgg2resnet import atomic
+from vgg2resnet.config import UserError
 from vgg2resnet.data.datasets import SeededViews
-from vgg2resnet.errors import UserError
 from vgg2resnet.runtime import Runtime
 
 log = logging.getLogger(__name__)

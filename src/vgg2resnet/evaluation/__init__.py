@@ -1,1 +1,1 @@
-"""Held-out evaluation: accuracy, per-category accuracy, agreement, calibration, size and latency."""
+"""Held-out evaluation: accuracy, per-category accuracy, calibration, the teacher's margin over chance, latency."""

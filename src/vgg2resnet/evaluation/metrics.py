@@ -1,10 +1,26 @@
-"""Classification metrics computed from logits and labels."""
+"""What the evaluation measures: classification metrics from logits and labels; whether a
+teacher is worth comparing with at all; and latency and throughput of any model.
+
+A wrong checkpoint, a categories file in the wrong order, the wrong input size or
+normalisation all make a good teacher look near chance once it is inside the pipeline, and
+accuracy parity with such a teacher proves nothing: `majority_baseline` and `margin_verdict`
+are what the teacher stage warns with and the gate fails closed on.
+"""
 
 from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import f1_score
+
+LIKELY_CAUSES = ("check that teacher.checkpoint is the model you meant, that teacher.categories_file lists "
+                 "its categories in the order of its outputs, and that teacher.image_size and augment.mean/std "
+                 "are the input size and normalisation it was trained with")
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -41,4 +57,56 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, categories
                                            labels=list(range(len(categories))), zero_division=0)),
         "ece": expected_calibration_error(logits.softmax(dim=1), labels, calibration_bins),
         "per_category": per_category_accuracy(predicted.numpy(), labels.numpy(), categories),
+    }
+
+
+def majority_baseline(labels: np.ndarray) -> float:
+    """Top-1 (%) of always answering the most common category: what a model must clearly beat."""
+    labels = np.asarray(labels)
+    return float(100.0 * np.bincount(labels).max() / len(labels)) if len(labels) else math.nan
+
+
+def at_or_below_chance(per_category: dict[str, float]) -> list[str]:
+    """Categories whose top-1 is no better than guessing uniformly among all of them."""
+    chance = 100.0 / len(per_category)
+    return [name for name, accuracy in per_category.items() if accuracy <= chance]
+
+
+def margin_verdict(top1: float, baseline: float, min_margin: float, split: str) -> tuple[bool, str]:
+    """(passed, reason) of `top1 - baseline >= min_margin`; the reason names the likely causes of a failure."""
+    margin = top1 - baseline
+    passed = margin >= min_margin
+    reason = (f"teacher {split} top-1 {top1:.2f}% is {margin:+.2f} pt over the majority-class baseline "
+              f"{baseline:.2f}% ({'>=' if passed else '<'} {min_margin:.3g} pt)")
+    if not passed:
+        reason += f": comparing a student with this teacher proves nothing; {LIKELY_CAUSES}"
+    return passed, reason
+
+
+@torch.no_grad()
+def measure_latency(model: Callable[[torch.Tensor], Any], image_size: int, device: torch.device, *,
+                    batch_size: int, warmup: int, runs: int) -> dict[str, float]:
+    """`model` must already be on `device` (and in eval mode)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timings(batch: int, count: int) -> np.ndarray:
+        x = torch.randn(batch, 3, image_size, image_size, device=device)
+        for _ in range(warmup):
+            model(x)
+        sync()
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - start)
+        return np.array(times)
+
+    single = timings(1, runs) * 1000
+    batched = timings(batch_size, max(1, runs // 4))
+    return {
+        "latency_ms_p50": float(np.percentile(single, 50)),
+        "latency_ms_p95": float(np.percentile(single, 95)),
+        "throughput_img_s": float(batch_size / np.median(batched)),
+        "throughput_batch_size": batch_size,
     }

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from vgg2resnet.config import GateParams
-from vgg2resnet.evaluation.sanity import majority_baseline, margin_verdict
+from vgg2resnet.evaluation.metrics import majority_baseline, margin_verdict
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,4 @@ def render_markdown(report: dict) -> str:
                      f"| {check['reason']} |")
     lines += ["", "## Lineage", ""]
     lines += [f"- {key}: `{value}`" for key, value in report["lineage"].items()]
-    if report.get("promoted_tag"):
-        lines += ["", f"Promoted as `{report['promoted_tag']}`."]
     return "\n".join(lines) + "\n"

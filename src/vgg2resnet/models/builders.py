@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from vgg2resnet.errors import UserError
+from vgg2resnet.config import UserError
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,27 @@ import torch
 from torch import nn
 
 from vgg2resnet import atomic
-from vgg2resnet.errors import UserError
-from vgg2resnet.lineage import file_sha256
+from vgg2resnet.artifacts import sidecar
+from vgg2resnet.config import Params, UserError
+from vgg2resnet.data.transforms import preprocessing_meta
+from vgg2resnet.lineage import file_sha256, git_revision, manifest_hash, recorded_data_version
 from vgg2resnet.models.builders import build_model, load_state_dict
 
 
-def sidecar(path: Path) -> Path:
-    return Path(path).with_suffix(".json")
+def model_meta(params: Params, arch: str, categories: list[str], image_size: int, init: str,
+               **extra) -> dict:
+    """What a trained model file records: how to use it and where it came from."""
+    return {
+        "arch": arch,
+        "categories": categories,
+        "preprocessing": preprocessing_meta(image_size, params.augment),
+        "init": init,
+        "data_version": recorded_data_version(params.data.raw_dir),
+        "manifest_sha256": manifest_hash(params),
+        "git_revision": git_revision(),
+        "torch": str(torch.__version__),
+        **extra,
+    }
 
 
 def weights_sha256(state: dict[str, torch.Tensor]) -> str:

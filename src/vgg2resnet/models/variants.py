@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
-from vgg2resnet.config import VARIANTS
-from vgg2resnet.errors import UserError
+from vgg2resnet.config import UserError
 from vgg2resnet.models.checkpoint import check_categories, load_model, read_meta
-from vgg2resnet.monitoring.features import penultimate_features
 
 ONNX_INPUT = "images"
 ONNX_OUTPUTS = ["logits", "features"]
@@ -26,8 +25,15 @@ class Runner(Protocol):
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def variant_path(models_dir: Path, variant: str) -> Path:
-    return Path(models_dir) / VARIANTS[variant]
+def penultimate_features(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, pooled features before the classifier) of a torchvision ResNet in one forward pass."""
+    features: list[torch.Tensor] = []
+    handle = model.fc.register_forward_hook(lambda module, inputs, output: features.append(inputs[0]))
+    try:
+        logits = model(images)
+    finally:
+        handle.remove()
+    return logits, features[0]
 
 
 class TorchRunner:

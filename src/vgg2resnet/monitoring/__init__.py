@@ -1,1 +1,1 @@
-"""Turning images into table columns for drift monitoring, and (later) the drift reports."""
+"""Drift monitoring: Evidently reports of logged traffic against a version's reference, the drift event, simulated traffic, teacher agreement."""

@@ -1,4 +1,5 @@
-"""Evidently drift report of logged traffic against the reference profile.
+"""Evidently drift report of logged traffic against the reference profile, and the trend page
+of the drift share over past monitor runs.
 
 Columns: image statistics and prediction confidence (numerical, per-column tests), the
 predicted category (categorical), and the embedding (Evidently's model-based embedding drift).
@@ -7,10 +8,14 @@ The verdict: the share of drifted columns reaches `drift_share`, or the embeddin
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 
+from vgg2resnet import atomic
 from vgg2resnet.config import MonitoringParams
-from vgg2resnet.monitoring.features import IMAGE_STAT_COLUMNS
+from vgg2resnet.serving.classifier import IMAGE_STAT_COLUMNS
 
 NUMERICAL = [*IMAGE_STAT_COLUMNS, "confidence"]
 CATEGORICAL = ["prediction"]
@@ -77,3 +82,23 @@ def summarise(result: dict, columns: list[str]) -> dict:
         "embedding_drift": embedding,
         "columns_tested": columns,
     }
+
+
+def write_trend(report_dir: Path, target: Path) -> Path:
+    """Plot the share of drifted columns of every finished monitor run in report_dir."""
+    import plotly.graph_objects as go
+
+    runs = []
+    for path in sorted(Path(report_dir).glob("*.json")):
+        summary = json.loads(path.read_text())
+        if summary.get("status") in ("drift", "no_drift"):
+            runs.append(summary)
+    figure = go.Figure(go.Scatter(
+        x=[r["created"] for r in runs], y=[r["share_drifted_columns"] for r in runs], mode="lines+markers",
+        marker={"color": ["crimson" if r["drift_detected"] else "seagreen" for r in runs], "size": 10},
+        text=[", ".join(r["drifted_columns"]) or "no drift" for r in runs], name="share of drifted columns",
+    ))
+    figure.update_layout(title="Drift share per monitor run (red: drift detected)",
+                         yaxis={"title": "share of drifted columns", "range": [0, 1]}, xaxis={"title": "run"})
+    atomic.write_text(target, figure.to_html(include_plotlyjs=True, full_html=True))
+    return target

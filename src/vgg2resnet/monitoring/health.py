@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import load_model
@@ -25,14 +26,15 @@ def teacher_agreement(rows: pd.DataFrame, params: Params) -> dict | None:
     present = [i for i, p in enumerate(paths) if Path(p).is_file()]
     if not present:
         return None
-    teacher, meta = load_model(params.paths.models_dir / "teacher.pt")
+    layout = Artifacts(params)
+    teacher, meta = load_model(layout.teacher)
     transform = transform_from_meta(meta["preprocessing"])
     with torch.no_grad():
         batch = torch.stack([transform(Image.open(paths[i]).convert("RGB")) for i in present])
         predicted = [meta["categories"][i] for i in teacher(batch).argmax(1).tolist()]
     logged = kept["prediction"].iloc[present].tolist()
     agreement = 100.0 * sum(t == s for t, s in zip(predicted, logged)) / len(present)
-    report = params.paths.metrics_dir / "evaluate" / "report.json"
+    report = layout.evaluation_report
     baseline = _test_split_agreement(report, kept) if report.is_file() else None
     drop = None if baseline is None else baseline - agreement
     return {"sampled": len(present), "agreement": agreement, "test_split_agreement": baseline,

@@ -1,30 +1,63 @@
 """`vgg2resnet monitor`: logged traffic of a time window vs the reference of the model version
-that served it -> drift report + summary.
+that served it -> drift report + summary; and the drift event that starts retraining.
 
     vgg2resnet monitor                       # the last monitoring.window_hours
     vgg2resnet monitor --since 2026-11-24T09:00:00+00:00
     vgg2resnet monitor --model-tag NAME:VERSION   # another version's traffic
+
+The inference log is the service's JSON lines (bentoml.monitor), read tolerantly: a corrupt
+line is skipped and counted. A drift event has a cool-down, so one drift episode starts one
+retraining run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pandas as pd
 
 from vgg2resnet import atomic
-from vgg2resnet.config import Params
-from vgg2resnet.errors import UserError
-from vgg2resnet.monitoring.drift import build_report
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.config import Params, UserError
+from vgg2resnet.monitoring.drift import build_report, write_trend
 from vgg2resnet.monitoring.health import teacher_agreement
-from vgg2resnet.monitoring.logs import read_inference_log
-from vgg2resnet.monitoring.reference import read_reference
-from vgg2resnet.monitoring.trend import write_trend
 from vgg2resnet.packaging import store
 
 log = logging.getLogger(__name__)
+EVENT = "vgg2resnet.drift.detected"
+
+
+@dataclass
+class LogWindow:
+    rows: pd.DataFrame
+    skipped_lines: int
+    files: int
+
+
+def read_inference_log(log_dir: Path, since: datetime, until: datetime | None = None) -> LogWindow:
+    """Records logged at or after `since` (and before `until`); corrupt lines are skipped and counted."""
+    records, skipped, files = [], 0, 0
+    for path in sorted(Path(log_dir).glob("*.log")) if Path(log_dir).is_dir() else []:
+        files += 1
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                stamp = pd.Timestamp(record["logged_at"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                skipped += 1
+                continue
+            if stamp >= pd.Timestamp(since) and (until is None or stamp < pd.Timestamp(until)):
+                records.append(record)
+    if skipped:
+        log.warning("skipped %d unreadable line(s) in %s", skipped, log_dir)
+    return LogWindow(pd.DataFrame.from_records(records), skipped, files)
 
 
 def served_version(params: Params, rows: pd.DataFrame, model_tag: str | None = None):
@@ -51,7 +84,7 @@ def served_version(params: Params, rows: pd.DataFrame, model_tag: str | None = N
 
 def run_monitor(params: Params, since: datetime | None = None, until: datetime | None = None,
                 model_tag: str | None = None) -> dict:
-    m = params.monitoring
+    m, layout = params.monitoring, Artifacts(params)
     now = datetime.now(timezone.utc)
     since = since or now - timedelta(hours=m.window_hours)
     started = time.perf_counter()
@@ -59,7 +92,7 @@ def run_monitor(params: Params, since: datetime | None = None, until: datetime |
     current = window.rows
     version = served_version(params, current, model_tag)
     model_tag = str(version.tag)
-    reference = read_reference(version)
+    reference = store.read_reference(version)
     if len(current):
         other = current["model_tag"] != model_tag
         if other.any():
@@ -83,16 +116,38 @@ def run_monitor(params: Params, since: datetime | None = None, until: datetime |
         snapshot, drift = build_report(reference, current, embedding, m)
         summary.update(drift)
         summary["status"] = "drift" if drift["drift_detected"] else "no_drift"
-        html = m.report_dir / f"{stamp}.html"
+        html = layout.drift_report(stamp, ".html")
         with atomic.atomic_path(html) as tmp:
             snapshot.save_html(str(tmp))
         summary["report_html"] = str(html)
     if len(current):
         summary["teacher_agreement"] = teacher_agreement(current, params)
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    atomic.write_json(m.report_dir / f"{stamp}.json", summary)
-    write_trend(m.report_dir)
+    atomic.write_json(layout.drift_report(stamp, ".json"), summary)
+    write_trend(layout.drift_dir, layout.drift_trend)
     log.info("monitor: %s (%d current rows vs %d reference rows; drifted: %s) -> %s", summary["status"],
              len(current), len(reference), ", ".join(summary.get("drifted_columns", [])) or "none",
-             m.report_dir / f"{stamp}.json")
+             layout.drift_report(stamp, ".json"))
     return summary
+
+
+def emit_drift_event(summary: dict, params: Params) -> str | None:
+    """Emit the Prefect event unless one was emitted within the cool-down; return its id."""
+    from prefect.events import emit_event
+
+    marker, cooldown = Artifacts(params).last_drift_event, params.monitoring.event_cooldown_hours
+    now = datetime.now(timezone.utc)
+    if marker.is_file():
+        last = datetime.fromisoformat(json.loads(marker.read_text())["emitted"])
+        if now - last < timedelta(hours=cooldown):
+            log.info("drift event suppressed: the last one (%s) is within the %.0f h cool-down", last, cooldown)
+            return None
+    payload = {k: summary[k] for k in ("model_tag", "share_drifted_columns", "drifted_columns", "window",
+                                       "rows_compared", "report_html") if k in summary}
+    event = emit_event(event=EVENT, resource={"prefect.resource.id": f"vgg2resnet.model.{summary['model_tag']}"},
+                       payload=payload)
+    if event is None:
+        return None
+    atomic.write_json(marker, {"emitted": now.isoformat(), "event_id": str(event.id)})
+    log.info("emitted %s (%s)", EVENT, event.id)
+    return str(event.id)

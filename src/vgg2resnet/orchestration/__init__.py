@@ -1,1 +1,1 @@
-"""What the Prefect flows call: DVC stages in dvc.yaml's order, reproduced through DVC's API."""
+"""What the Prefect flows and the demo call: DVC stages through DVC's API, the GPU hand-off, ingest."""

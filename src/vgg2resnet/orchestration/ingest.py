@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from vgg2resnet.data.imagefolder import scan_image_folder
-from vgg2resnet.orchestration.scm import git
+from vgg2resnet.orchestration.pipeline import git
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,25 @@
 """Reproducing dvc.yaml stages through DVC's Python API, so DVC decides what is stale and
-dvc.lock records every run; the flows add scheduling, retries and reporting on top."""
+dvc.lock records every run; the flows add scheduling, retries and reporting on top.
+
+A stage bound for a GPU worker is first handed off: the worker sees only what the git remote
+and the DVC remote hold, so the upstream stages' cached outputs go to the DVC remote, and
+dvc.lock with their uncached ones (metrics) is committed (and pushed, when the repository has
+a git remote).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import subprocess
 from pathlib import Path
 
 import yaml
 
-from vgg2resnet.errors import UserError
+from vgg2resnet.artifacts import DVC_LOCK, Artifacts, read_json
+from vgg2resnet.config import DEFAULT_PARAMS, Params, UserError, load_params
+from vgg2resnet.lineage import git_revision
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +51,56 @@ def reproduce(stage: str, root: Path, force: bool = False, pull: bool = False) -
 
 def explain_failure(stage: str, root: Path) -> str:
     """The reason a stage left behind (validation's result.json), or a pointer to its output."""
-    result = root / "reports" / "validation" / "result.json"
+    result = root / Artifacts(load_params(root / DEFAULT_PARAMS)).validation_result
     if stage == "validate" and result.is_file():
         problems = json.loads(result.read_text())["summary"]["problems"]
         return "; ".join(p["message"] for p in problems if p["severity"] == "fail") or "see " + str(result)
     return f"see the output of `vgg2resnet {stage}`"
 
 
-def gate_outcome(root: Path, reports_dir: Path) -> dict:
-    path = Path(root) / reports_dir / "gate.json"
-    if not path.is_file():
-        raise UserError(f"{path}: no gate report")
-    return json.loads(path.read_text())
+def gate_outcome(root: Path, params: Params) -> dict:
+    return read_json(Path(root) / Artifacts(params).gate_json, "gate")
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in root; a failure is a UserError carrying git's own message."""
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"git {' '.join(args)} failed in {root}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def is_ignored(root: Path, path: str) -> bool:
+    return subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0
+
+
+def hand_off(stage: str, root: Path) -> str:
+    """The revision (a commit) holding everything `stage` needs; return its hash."""
+    from dvc.repo import Repo
+
+    names = stage_names(root)
+    upstream = names[:names.index(stage)]
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        records = [str(DVC_LOCK)] + [out.def_path for s in repo.index.stages if s.name in upstream
+                                  for out in s.outs if not out.use_cache]
+        changed = [line[3:] for line in git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
+                   if not any(line[3:] == r or line[3:].startswith(f"{r}/") for r in records)]
+        if changed:
+            raise StageFailed(f"stage '{stage}' runs on a GPU worker, which checks out a git revision, but "
+                              f"{', '.join(changed)} have uncommitted changes; commit them (or unset "
+                              "orchestration.gpu_work_pool to run it here)")
+        if upstream:
+            repo.push(targets=upstream)
+    for record in records:
+        if (root / record).exists() and not is_ignored(root, record):
+            git(root, "add", record)
+    if git(root, "diff", "--cached", "--name-only"):
+        git(root, "commit", "--quiet", "-m",
+            f"dvc.lock and metrics of {', '.join(upstream)} before '{stage}' on the GPU pool")
+        if git(root, "remote"):
+            try:
+                git(root, "push", "--quiet")
+            except UserError as exc:
+                raise StageFailed(f"stage '{stage}' runs on a GPU worker, which fetches the revision from "
+                                  f"the git remote, but {exc}") from None
+    return git_revision(root)

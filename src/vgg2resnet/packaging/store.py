@@ -1,23 +1,38 @@
-"""Promotion in the BentoML model store.
+"""Promotion in the BentoML model store: the only code that writes to it.
 
 Every version saved under the model name is a promoted one (candidates that fail the gate
 are never saved), labelled `stage: promoted`; the newest is the one in production. Labels
 are immutable and nothing is overwritten: a rollback saves the older version's files again
 as a new version, so the history keeps every step.
+
+A promoted version's folder (`StoreLayout`) holds the model file and its metadata, the
+projection of its drift embedding (a PCA of its penultimate features over the train split),
+and its drift reference: the service's own features and predictions over the val split of the
+data it was trained on. The reference is computed when the version is promoted and stored
+with it, so a run that promotes nothing never replaces it, a rollback restores it with its
+model, and the monitor compares traffic with the reference of the version that served it.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from vgg2resnet.errors import UserError
-from vgg2resnet.serving.classifier import MODEL_FILE, ONNX_FILE, PROJECTION_FILE
+import pandas as pd
+import torch
+from PIL import Image
+
+from vgg2resnet.artifacts import Artifacts, StoreLayout, sidecar
+from vgg2resnet.config import Params, UserError
+from vgg2resnet.data.datasets import eval_loader, load_split
+from vgg2resnet.data.transforms import transform_from_meta
+from vgg2resnet.models.variants import load_runner
+from vgg2resnet.serving.classifier import Classifier, fit_projection
 
 log = logging.getLogger(__name__)
-__all__ = ["MODEL_FILE", "ONNX_FILE", "PROJECTION_FILE", "current", "promoted_versions", "rollback", "save_version"]
 PROMOTED = {"stage": "promoted"}
 
 
@@ -71,3 +86,67 @@ def rollback(name: str, tag: str | None = None) -> str:
     files = {p.name: p for p in Path(target.path).iterdir() if p.is_file() and not p.name.startswith("model.yaml")}
     metadata = {**target.info.metadata, "restored_from": str(target.tag)}
     return save_version(name, files, metadata)
+
+
+def is_promoted(version, weights_sha256: str, variant: str) -> bool:
+    """Whether a store version holds these weights in this form (what makes promotion idempotent)."""
+    metadata = version.info.metadata
+    return metadata.get("weights_sha256") == weights_sha256 and metadata.get("variant", "pytorch_fp32") == variant
+
+
+def promote(params: Params, artifact: Path, metadata: dict[str, Any]) -> tuple[str, bool]:
+    """Save a models/ artifact, with its drift projection and reference, as the new promoted
+    version; (its tag, True) or, when the current version already holds the same weights in the
+    same form, (that tag, False)."""
+    name = params.serving.model_name
+    promoted = current(name)
+    if promoted is not None and is_promoted(promoted, metadata["weights_sha256"], metadata["variant"]):
+        log.info("%s is already the promoted model %s", metadata["variant"], promoted.tag)
+        return str(promoted.tag), False
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        shutil.copyfile(artifact, folder / StoreLayout.model_file(artifact))
+        shutil.copyfile(sidecar(artifact), folder / StoreLayout.META)
+        torch.save(_fit_projection(params, artifact, metadata["categories"]), folder / StoreLayout.PROJECTION)
+        _write_reference(params, folder)
+        return save_version(name, {p.name: p for p in folder.iterdir()}, metadata), True
+
+
+def _fit_projection(params: Params, artifact: Path, categories: list[str]) -> dict[str, torch.Tensor]:
+    """The drift embedding: PCA of the variant's penultimate features over the training split."""
+    runner, meta = load_runner(artifact, categories)
+    loader = eval_loader(params, "train", categories, params.evaluate.batch_size,
+                         transform_from_meta(meta["preprocessing"]))
+    features = torch.cat([runner(images)[1] for images, *_ in loader])
+    return fit_projection(features, params.serving.embedding_dims)
+
+
+def profile(classifier: Classifier, paths: list[Path], batch_size: int, top_k: int) -> pd.DataFrame:
+    """One row per image: the drift features, the prediction and its confidence, as the service logs them."""
+    rows = []
+    for start in range(0, len(paths), batch_size):
+        images = [Image.open(p).convert("RGB") for p in paths[start:start + batch_size]]
+        for result in classifier.predict(images, top_k):
+            rows.append({**result["features"], "prediction": result["category"],
+                         "confidence": result["confidence"]})
+    return pd.DataFrame(rows)
+
+
+def _write_reference(params: Params, folder: Path) -> None:
+    """Profile the val split with the folder's own classifier; write it into that folder."""
+    layout = Artifacts(params)
+    rows = load_split(layout.manifest, "val")
+    table = profile(Classifier(folder), [layout.raw_dir / p for p in rows["path"]],
+                    params.evaluate.batch_size, params.serving.top_k)
+    table.to_parquet(folder / StoreLayout.REFERENCE, index=False)
+    log.info("drift reference: %d validation images profiled", len(table))
+
+
+def read_reference(version) -> pd.DataFrame:
+    """The drift reference stored with a model-store version (a `bentoml.Model`)."""
+    path = Path(version.path) / StoreLayout.REFERENCE
+    if not path.is_file():
+        raise UserError(f"{version.tag} has no drift reference ({path} is missing): it was promoted before "
+                        "references were stored with their model; run the pipeline to promote a new version, "
+                        "or monitor another one with --model-tag")
+    return pd.read_parquet(path)

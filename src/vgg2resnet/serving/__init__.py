@@ -1,1 +1,1 @@
-"""Inference for the BentoML service: safe decoding of uploads and the promoted classifier."""
+"""Inference for the BentoML service: the promoted classifier with its drift features, and upload decoding."""

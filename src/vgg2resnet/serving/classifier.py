@@ -1,30 +1,62 @@
-"""The promoted student, loaded from a model-store folder in whichever variant was promoted
-(PyTorch or ONNX Runtime), with its own preprocessing and the drift features logged beside
-every prediction."""
+"""The promoted student as the service runs it, and the columns it logs for drift monitoring.
+
+The model is loaded from a model-store folder in whichever variant was promoted (PyTorch or
+ONNX Runtime), with its own preprocessing. Beside every prediction it logs cheap image
+statistics and a low-dimensional embedding of the student's penultimate features (a PCA fitted
+on the training split, saved with the model). The reference profile computed at promotion and
+the monitor use the same functions, so the columns compared are computed by the same code.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
+from vgg2resnet.artifacts import StoreLayout
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.variants import Runner, load_runner
-from vgg2resnet.monitoring.features import embedding_columns, image_statistics, project
 
-MODEL_FILE = "model.pt"      # a PyTorch checkpoint
-ONNX_FILE = "model.onnx"     # or an ONNX export (fp32 or int8), with model.json beside it
-PROJECTION_FILE = "projection.pt"
-REFERENCE_FILE = "reference.parquet"  # the drift baseline of this version (monitoring.reference)
+IMAGE_STAT_COLUMNS = ["width", "height", "brightness", "contrast", "sharpness", "saturation"]
+
+
+def image_statistics(image: Image.Image) -> dict[str, float]:
+    """Size, mean and spread of luminance, edge energy and mean saturation, each in [0, 255] units."""
+    luminance = image.convert("L")
+    grey = np.asarray(luminance, dtype=np.float32)
+    edges = np.asarray(luminance.filter(ImageFilter.FIND_EDGES), dtype=np.float32)
+    saturation = np.asarray(image.convert("HSV"), dtype=np.float32)[..., 1]
+    return {
+        "width": float(image.width),
+        "height": float(image.height),
+        "brightness": float(grey.mean()),
+        "contrast": float(grey.std()),
+        "sharpness": float(edges.mean()),
+        "saturation": float(saturation.mean()),
+    }
+
+
+def fit_projection(features: torch.Tensor, dims: int) -> dict[str, torch.Tensor]:
+    """PCA by SVD: the mean and the top `dims` principal axes."""
+    mean = features.mean(dim=0)
+    _, _, vh = torch.linalg.svd(features - mean, full_matrices=False)
+    return {"mean": mean.contiguous(), "components": vh[:dims].contiguous()}
+
+
+def project(features: torch.Tensor, projection: dict[str, torch.Tensor]) -> torch.Tensor:
+    return (features - projection["mean"]) @ projection["components"].T
+
+
+def embedding_columns(dims: int) -> list[str]:
+    return [f"emb_{i}" for i in range(dims)]
 
 
 def open_model_dir(model_dir: Path, device: torch.device | None = None) -> tuple[Runner, dict[str, Any]]:
     """The runner and metadata of a promoted version's folder."""
-    model_dir = Path(model_dir)
-    onnx = model_dir / ONNX_FILE
-    return load_runner(onnx if onnx.is_file() else model_dir / MODEL_FILE, device=device)
+    return load_runner(StoreLayout.model_in(Path(model_dir)), device=device)
 
 
 class Classifier:
@@ -34,7 +66,7 @@ class Classifier:
         self.runner, self.meta = open_model_dir(model_dir, self.device)
         self.categories: list[str] = self.meta["categories"]
         self.transform = transform_from_meta(self.meta["preprocessing"])
-        self.projection = torch.load(model_dir / PROJECTION_FILE, map_location="cpu", weights_only=True)
+        self.projection = torch.load(model_dir / StoreLayout.PROJECTION, map_location="cpu", weights_only=True)
         self.embedding_columns = embedding_columns(self.projection["components"].shape[0])
 
     def predict(self, images: list[Image.Image], top_k: int) -> list[dict]:

@@ -1,21 +1,44 @@
 """Images uploaded as files: form fields checked before BentoML parses the form, and each file
-decoded while the request is parsed."""
+decoded while the request is parsed, its size checked from the header before any pixel is
+decoded, and a truncated file refused instead of classifying whatever part of it decoded."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Annotated, Any
 
 from bentoml import IODescriptor
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from vgg2resnet.serving.decode import InvalidImage, decode_image
-
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+class InvalidImage(ValueError):
+    """The upload is not an image this service can classify; the message says why."""
+
+
+def decode_image(payload: bytes, max_pixels: int) -> Image.Image:
+    if not payload:
+        raise InvalidImage("the upload is empty: send an image file (png, jpeg, webp, bmp)")
+    try:
+        image = Image.open(io.BytesIO(payload))
+    except UnidentifiedImageError:
+        raise InvalidImage("the upload is not a recognised image (png, jpeg, webp, bmp)") from None
+    except Image.DecompressionBombError:
+        raise InvalidImage(f"the image has more than {max_pixels} pixels") from None
+    if image.width * image.height > max_pixels:
+        raise InvalidImage(f"the image is {image.width}x{image.height} = {image.width * image.height} "
+                           f"pixels; the limit is {max_pixels}")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError):
+        raise InvalidImage("the image is truncated or corrupt") from None
+    return image.convert("RGB")
 
 
 def image_file(max_pixels: int) -> Any:

@@ -18,15 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from vgg2resnet.compress.onnx_export import export_onnx, parity
-from vgg2resnet.compress.quantize import quantize_int8
-from vgg2resnet.config import Params
-from vgg2resnet.data.datasets import split_dataset
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.compress.onnx import export_onnx, parity, quantize_int8
+from vgg2resnet.config import VARIANTS, Params, UserError
+from vgg2resnet.data.categories import data_categories
+from vgg2resnet.data.datasets import eval_loader, split_dataset
 from vgg2resnet.data.transforms import transform_from_meta
-from vgg2resnet.errors import UserError
 from vgg2resnet.models.checkpoint import load_model, read_meta, write_sidecar
-from vgg2resnet.models.variants import OnnxRunner, TorchRunner, predict_logits, variant_path
-from vgg2resnet.stages.training import data_categories, eval_loader
+from vgg2resnet.models.variants import OnnxRunner, TorchRunner, predict_logits
 
 log = logging.getLogger(__name__)
 CALIBRATION_SPLIT = "train"
@@ -50,7 +49,7 @@ def quantize_on_train_sample(params: Params, fp32: Path, int8: Path, categories:
     """Quantize an fp32 export to int8, calibrated on the seeded train sample; return what it was
     calibrated on (split, method and image paths)."""
     c = params.compress
-    train = split_dataset(params.data.prepared_dir, params.data.raw_dir, CALIBRATION_SPLIT, categories, transform)
+    train = split_dataset(params, CALIBRATION_SPLIT, categories, transform)
     sample = calibration_sample(params, train)
     log.info("quantizing to int8 (%s calibration on %d %s images) -> %s", c.calibration_method, len(sample),
              CALIBRATION_SPLIT, int8)
@@ -68,13 +67,14 @@ def _sidecar_meta(student: dict, variant: str, **extra) -> dict:
 def run(params: Params) -> dict:
     c = params.compress
     categories = data_categories(params)
-    source = variant_path(params.paths.models_dir, "pytorch_fp32")
+    layout = Artifacts(params)
+    source = layout.student("pytorch_fp32")
     model, meta = load_model(source, categories)
     student = read_meta(source)
     transform = transform_from_meta(meta["preprocessing"])
     size = meta["preprocessing"]["image_size"]
 
-    fp32 = variant_path(params.paths.models_dir, "onnx_fp32")
+    fp32 = layout.student("onnx_fp32")
     log.info("exporting %s to ONNX (opset %d) -> %s", source, c.opset, fp32)
     export_onnx(model, fp32, size, c.opset)
 
@@ -90,13 +90,12 @@ def run(params: Params) -> dict:
             f"{c.parity_min_agreement}%); try another compress.opset")
     write_sidecar(fp32, _sidecar_meta(student, "onnx_fp32", opset=c.opset, parity=fp32_parity))
 
-    int8 = variant_path(params.paths.models_dir, "onnx_int8")
+    int8 = layout.student("onnx_int8")
     calibration = quantize_on_train_sample(params, fp32, int8, categories, transform)
     int8_parity = parity(reference, predict_logits(OnnxRunner(int8, CPU), val))
     write_sidecar(int8, _sidecar_meta(student, "onnx_int8", opset=c.opset, calibration=calibration,
                                       parity=int8_parity))
-    sizes = {v: variant_path(params.paths.models_dir, v).stat().st_size / 1e6
-             for v in ("pytorch_fp32", "onnx_fp32", "onnx_int8")}
+    sizes = {v: layout.student(v).stat().st_size / 1e6 for v in VARIANTS}
     log.info("val parity vs PyTorch: fp32 ONNX max |dlogit| %.2g, agreement %.2f%%; int8 max |dlogit| %.2g, "
              "agreement %.2f%%; sizes %s MB", fp32_parity["max_abs_logit"], fp32_parity["agreement"],
              int8_parity["max_abs_logit"], int8_parity["agreement"],

@@ -11,16 +11,22 @@ import logging
 import torch
 import torch.distributed as dist
 
+from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params
-from vgg2resnet.distill.fit import Distillation, fit
+from vgg2resnet.data.categories import data_categories
+from vgg2resnet.data.datasets import eval_loader, train_views
+from vgg2resnet.distill.fit import Distillation, fingerprint, fit
 from vgg2resnet.distill.loop import evaluate
-from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, build_or_load_cache, cache_key
-from vgg2resnet.models.builders import STUDENT_ARCH, build_student
-from vgg2resnet.models.checkpoint import load_model, read_meta, save_model
-from vgg2resnet.runtime import Runtime, ranks_agree, start, stop
-from vgg2resnet.stages.training import (
-    data_categories, eval_loader, fingerprint, manifest_hash, model_meta, state_path, train_views,
+from vgg2resnet.distill.teacher_signal import (
+    CachedTeacher,
+    LiveTeacher,
+    build_or_load_cache,
+    cache_key,
 )
+from vgg2resnet.lineage import manifest_hash
+from vgg2resnet.models.builders import STUDENT_ARCH, build_student
+from vgg2resnet.models.checkpoint import load_model, model_meta, read_meta, save_model
+from vgg2resnet.runtime import Runtime, ranks_agree, start, stop
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ def _distillation(params: Params, runtime: Runtime, teacher: torch.nn.Module, te
         return Distillation(live, d.temperature, d.alpha)
     key = cache_key(teacher=teacher_weights, manifest=manifest_hash(params), augment=params.augment,
                     image_size=d.image_size, views=d.cache_views, seed=params.runtime.seed)
-    path = params.paths.state_dir / "distill" / f"teacher-logits-{key}.pt"
+    path = Artifacts(params).logit_cache(key)
     logits = None
     if runtime.is_main:  # one rank builds, the others wait and read it
         logits = build_or_load_cache(path, live, views, d.cache_views, params.evaluate.batch_size, True)
@@ -54,7 +60,8 @@ def run(params: Params) -> dict:
     d = params.distill
     runtime = start(params.runtime)
     categories = data_categories(params)
-    teacher_path = params.paths.models_dir / "teacher.pt"
+    layout = Artifacts(params)
+    teacher_path, state = layout.teacher, layout.training_state("distill")
     teacher, _ = load_model(teacher_path, categories)
     teacher_meta = read_meta(teacher_path)
     # Weights, not file bytes: the file also carries the git revision, which must not invalidate
@@ -74,8 +81,7 @@ def run(params: Params) -> dict:
                          manifest_hash(params), runtime.world_size)
     student, metrics = fit(
         student, views, val, d, runtime, params.runtime,
-        state_path=state_path(params, "distill"), fingerprint=run_id,
-        live_dir=params.paths.metrics_dir / "distill", distillation=distillation,
+        state_path=state, fingerprint=run_id, live_dir=layout.training_metrics("distill"), distillation=distillation,
         freeze_epochs=d.freeze_epochs, backbone_lr_mult=d.backbone_lr_mult, ema_decay=d.ema_decay,
     )
     result = {"val_accuracy": metrics.get("val_accuracy"), "teacher_val_accuracy": teacher_val, "init": init}
@@ -85,7 +91,7 @@ def run(params: Params) -> dict:
         if runtime.is_main:
             log.info("all %d ranks hold identical weights", runtime.world_size)
     if runtime.is_main:
-        out = params.paths.models_dir / "student.pt"
+        out = layout.student()
         meta = save_model(out, student, model_meta(
             params, STUDENT_ARCH, categories, d.image_size, init, teacher_sha256=teacher_meta["sha256"],
             val_accuracy=metrics["val_accuracy"], ema=d.ema_decay is not None,
@@ -93,6 +99,6 @@ def run(params: Params) -> dict:
         log.info("student: val accuracy %.2f%% (teacher %.2f%%), %s (%.1f MB)", metrics["val_accuracy"],
                  teacher_val, out, meta["bytes"] / 1e6)
         # Training state is only for resuming an interrupted run; this one finished.
-        (state_path(params, "distill")).unlink(missing_ok=True)
+        state.unlink(missing_ok=True)
     stop(runtime)
     return result

@@ -16,25 +16,22 @@ import pandas as pd
 import torch
 
 from vgg2resnet import atomic
+from vgg2resnet.artifacts import CONFUSION_MODELS, Artifacts
 from vgg2resnet.config import VARIANTS, Params
+from vgg2resnet.data.categories import data_categories
+from vgg2resnet.data.datasets import eval_loader
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.distill.loop import predict
-from vgg2resnet.evaluation.latency import measure_latency
-from vgg2resnet.evaluation.metrics import classification_report
+from vgg2resnet.evaluation.metrics import classification_report, measure_latency
+from vgg2resnet.lineage import manifest_hash
 from vgg2resnet.models.builders import count_parameters
 from vgg2resnet.models.checkpoint import load_model, read_meta
-from vgg2resnet.models.variants import TorchRunner, load_runner, predict_logits, variant_path
+from vgg2resnet.models.variants import TorchRunner, load_runner, predict_logits
 from vgg2resnet.runtime import Runtime, select_device
-from vgg2resnet.stages.training import data_categories, eval_loader, manifest_hash
 
 log = logging.getLogger(__name__)
 SPLIT = "test"
 CPU = torch.device("cpu")
-
-
-def evaluation_paths(params: Params) -> dict:
-    root = params.paths.metrics_dir / "evaluate"
-    return {"live": root, "report": root / "report.json", "predictions": root / "predictions.parquet"}
 
 
 def _latency(params: Params, forward: Callable, size: int, device: torch.device) -> dict[str, float]:
@@ -53,7 +50,7 @@ def _report(params: Params, path: Path, sidecar: dict, logits: torch.Tensor, lab
 
 
 def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    path = params.paths.models_dir / "teacher.pt"
+    path = Artifacts(params).teacher
     model, meta = load_model(path, categories)
     loader = eval_loader(params, SPLIT, categories, params.evaluate.batch_size,
                          transform_from_meta(meta["preprocessing"]))
@@ -70,7 +67,7 @@ def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, torch
 
 
 def evaluate_variant(params: Params, variant: str, categories: list[str]) -> tuple[dict, torch.Tensor]:
-    path = variant_path(params.paths.models_dir, variant)
+    path = Artifacts(params).student(variant)
     runner, meta = load_runner(path, categories, CPU)
     loader = eval_loader(params, SPLIT, categories, params.evaluate.batch_size,
                          transform_from_meta(meta["preprocessing"]))
@@ -108,25 +105,25 @@ def run(params: Params) -> dict:
         })
     report = {"split": SPLIT, "images": len(labels), "categories": categories,
               "manifest_sha256": manifest_hash(params), "teacher": teacher, "candidates": candidates}
-    paths = evaluation_paths(params)
-    atomic.write_json(paths["report"], report)
+    layout = Artifacts(params)
+    atomic.write_json(layout.evaluation_report, report)
     names = [categories[i] for i in labels.tolist()]
     columns = {"label": labels.numpy(), "category": names, "teacher": teacher_logits.argmax(1).numpy()}
     for variant, values in logits.items():
         columns[variant] = values.argmax(1).numpy()
         columns[f"{variant}_confidence"] = values.softmax(1).max(1).values.numpy()
     predictions = pd.DataFrame(columns)
-    with atomic.atomic_path(paths["predictions"]) as tmp:
+    with atomic.atomic_path(layout.predictions) as tmp:
         predictions.to_parquet(tmp, index=False)
-    with Live(str(paths["live"]), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with Live(str(layout.evaluation_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         for name, model in (("teacher", teacher), *candidates.items()):
             live.summary[name] = {k: model[k] for k in ("top1", "top5", "macro_f1", "ece", "size_mb")}
             live.summary[name]["cpu_latency_ms_p50"] = model["cpu"]["latency_ms_p50"]
             if name != "teacher":
                 live.summary[name].update({k: model[k] for k in ("agreement", "size_ratio", "cpu_latency_ratio")})
-            if name in ("teacher", "pytorch_fp32", "onnx_int8"):
+            if name in CONFUSION_MODELS:
                 live.log_sklearn_plot("confusion_matrix", names, [categories[i] for i in predictions[name]],
-                                      name=f"confusion_{name}.json")
+                                      name=layout.confusion(name).name)
     log.info("test top-1: teacher %.2f%% (%.1f MB, %.1f ms); %s", teacher["top1"], teacher["size_mb"],
              teacher["cpu"]["latency_ms_p50"],
              "; ".join(f"{v} {c['top1']:.2f}% ({c['size_mb']:.1f} MB, {c['cpu']['latency_ms_p50']:.1f} ms)"

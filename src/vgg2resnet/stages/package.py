@@ -1,56 +1,97 @@
-"""Stage `package`: build a Bento (service + pinned promoted model) when the gate promoted one.
+"""Stage `package`: promote what the gate chose to the BentoML model store, then build a Bento
+(service + pinned promoted model). Every write to the model store happens here.
 
     vgg2resnet package           # or: dvc repro package
 
-A rejected student is never packaged: the stage says so, records it in reports/package.json
-and exits 0, so that `dvc repro` keeps the gate's record (see `vgg2resnet gate --strict`).
+The promoted version carries the variant's file and metadata, its drift projection and drift
+reference, and the gate's results and lineage as metadata. Promotion is idempotent: when the
+version in production already holds the same weights in the same form, nothing new is saved.
+A rejected student is never promoted or packaged: the stage says so, records it in
+reports/package.json and exits 0, so that `dvc repro` keeps the gate's record (see
+`vgg2resnet gate --strict`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from vgg2resnet import atomic
-from vgg2resnet.config import Params
-from vgg2resnet.errors import UserError
-from vgg2resnet.stages.gate import gate_paths
+from vgg2resnet.artifacts import BENTOFILE, Artifacts, read_json
+from vgg2resnet.config import Params, UserError
+from vgg2resnet.models.checkpoint import read_meta
+from vgg2resnet.packaging import store
 
 log = logging.getLogger(__name__)
-BENTOFILE = Path("services/classifier/bentofile.yaml")
 
 
-def package_path(params: Params) -> Path:
-    return params.paths.reports_dir / "package.json"
+def _metadata(gate: dict, student: dict) -> dict:
+    """What the store records with a promoted version: the model, the gate's verdict, the lineage."""
+    lineage = gate["lineage"]
+    return {
+        "variant": gate["variant"],
+        "model_sha256": student["sha256"],
+        "weights_sha256": student["weights_sha256"],
+        "arch": student["arch"],
+        "categories": student["categories"],
+        "preprocessing": student["preprocessing"],
+        "init": student["init"],
+        "data_version": lineage["data_version"] or "",
+        "git_revision": lineage["git_revision"],
+        "params_hash": lineage["params_hash"],
+        "teacher_sha256": student["teacher_sha256"],
+        "gate": {c["name"]: {"value": c["value"], "passed": c["passed"]} for c in gate["checks"]},
+        "summary": gate["summary"],
+    }
+
+
+def promote(params: Params) -> tuple[dict, str | None, bool]:
+    """(the gate's report, the promoted tag or None when the gate rejected the student, whether
+    a new version was saved)."""
+    layout = Artifacts(params)
+    gate = read_json(layout.gate_json, "gate")
+    if gate.get("decision") != "promote":
+        served = store.current(params.serving.model_name)
+        log.info("no model promoted: %s", f"{served.tag} stays in production with its own drift reference"
+                 if served is not None else "nothing is served or monitored yet")
+        return gate, None, False
+    artifact = layout.student(gate["variant"])
+    student = read_meta(artifact)
+    if student["sha256"] != gate["lineage"]["student_sha256"]:
+        raise UserError(f"{artifact} is not the file the gate judged ({layout.gate_json}); "
+                        "run `vgg2resnet evaluate` and `vgg2resnet gate` again (or `dvc repro`)")
+    return gate, *store.promote(params, artifact, _metadata(gate, student))
+
+
+def build_bento(model_tag: str) -> str:
+    """`bentoml build` of the service pinned to model_tag; the Bento's tag."""
+    log.info("building a Bento serving %s", model_tag)
+    build = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-f", str(BENTOFILE), "--arg", f"model_tag={model_tag}",
+         "--output", "tag", "."],
+        capture_output=True, text=True,
+    )
+    if build.returncode != 0:
+        raise RuntimeError(f"bentoml build failed:\n{build.stdout}\n{build.stderr}")
+    match = re.search(r"__tag__:(\S+)", build.stdout)
+    return match.group(1) if match else build.stdout.strip().splitlines()[-1]
 
 
 def run(params: Params) -> dict:
-    gate_file = gate_paths(params)["json"]
-    if not gate_file.is_file():
-        raise UserError(f"{gate_file}: not found; run `vgg2resnet gate` first")
-    gate = json.loads(gate_file.read_text())
-    if gate.get("decision") != "promote" or not gate.get("promoted_tag"):
+    layout = Artifacts(params)
+    gate, model_tag, new_version = promote(params)
+    if model_tag is None:
         failed = [c["name"] for c in gate.get("checks", []) if not c.get("passed")]
-        result = {"packaged": False, "reason": f"the gate rejected the student (failed: {', '.join(failed)})"}
-        log.warning("package: nothing packaged: %s; see %s", result["reason"], gate_paths(params)["markdown"])
+        result = {"packaged": False, "model_tag": None,
+                  "reason": f"the gate rejected the student (failed: {', '.join(failed)})"}
+        log.warning("package: nothing promoted or packaged: %s; see %s", result["reason"], layout.gate_markdown)
     else:
-        model_tag = gate["promoted_tag"]
-        log.info("building a Bento serving %s", model_tag)
-        build = subprocess.run(
-            [sys.executable, "-m", "bentoml", "build", "-f", str(BENTOFILE), "--arg", f"model_tag={model_tag}",
-             "--output", "tag", "."],
-            capture_output=True, text=True,
-        )
-        if build.returncode != 0:
-            raise RuntimeError(f"bentoml build failed:\n{build.stdout}\n{build.stderr}")
-        match = re.search(r"__tag__:(\S+)", build.stdout)
-        bento = match.group(1) if match else build.stdout.strip().splitlines()[-1]
-        result = {"packaged": True, "bento": bento, "model_tag": model_tag,
+        bento = build_bento(model_tag)
+        result = {"packaged": True, "bento": bento, "model_tag": model_tag, "variant": gate["variant"],
+                  "new_version": new_version,
                   "serve": f"bentoml serve {bento}", "containerize": f"bentoml containerize {bento}"}
         log.info("built Bento %s: `bentoml serve %s`", bento, bento)
-    atomic.write_json(package_path(params), result)
+    atomic.write_json(layout.package_json, result)
     return result

@@ -14,12 +14,12 @@ import logging
 from pathlib import Path
 
 from vgg2resnet import atomic
-from vgg2resnet.config import Params
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.categories import expected_categories, order_categories
 from vgg2resnet.data.demo import write_demo_images
-from vgg2resnet.data.imagefolder import ScanResult, read_images, scan_image_folder, skipped_list, source_root
+from vgg2resnet.data.imagefolder import ScanResult, read_images, scan_image_folder, source_root
 from vgg2resnet.data.manifest import build_manifest
-from vgg2resnet.errors import UserError
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 20
@@ -58,8 +58,8 @@ def _import_source(params: Params, staging: Path) -> tuple[ScanResult, list[dict
 
 
 def run(params: Params) -> dict:
-    data = params.data
-    with atomic.atomic_dir(data.raw_dir) as staging:
+    data, layout = params.data, Artifacts(params)
+    with atomic.atomic_dir(layout.raw_dir) as staging:
         scan, rows, skipped = _import_source(params, staging)
         broken = [(source_root(data) / r["path"], r["decode_error"]) for r in rows if not r["decodes"]]
         if broken and data.on_undecodable == "error":
@@ -69,14 +69,13 @@ def run(params: Params) -> dict:
         log.warning("skipped %s: %s", entry["path"], entry["error"])
     if skipped:
         log.warning("skipped %d file(s) that do not decode (data.on_undecodable: skip); listed in %s",
-                    len(skipped), skipped_list(data))
+                    len(skipped), layout.skipped)
     expected, _ = expected_categories(params)
     categories = order_categories(sorted(scan.files), expected)
-    out = data.prepared_dir
-    with atomic.atomic_path(out / "manifest.parquet") as tmp:
+    with atomic.atomic_path(layout.manifest) as tmp:
         manifest.to_parquet(tmp, index=False)
-    atomic.write_json(out / "categories.json", categories)
-    atomic.write_json(skipped_list(data), skipped)
+    atomic.write_json(layout.categories, categories)
+    atomic.write_json(layout.skipped, skipped)
     counts = manifest["split"].value_counts()
     summary = {
         "images": len(manifest),

@@ -17,19 +17,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vgg2resnet.config import Params
-from vgg2resnet.data.categories import read_categories
-from vgg2resnet.distill.fit import fit, record_summary
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.config import Params, UserError
+from vgg2resnet.data.categories import data_categories, read_categories
+from vgg2resnet.data.datasets import eval_loader, train_views
+from vgg2resnet.distill.fit import fingerprint, fit, record_summary
 from vgg2resnet.distill.loop import predict
-from vgg2resnet.errors import UserError
-from vgg2resnet.evaluation.metrics import per_category_accuracy
-from vgg2resnet.evaluation.sanity import LIKELY_CAUSES, at_or_below_chance, majority_baseline, margin_verdict
-from vgg2resnet.models.builders import build_teacher
-from vgg2resnet.models.checkpoint import check_categories, import_user_teacher, save_model
-from vgg2resnet.runtime import Runtime, start, stop
-from vgg2resnet.stages.training import (
-    data_categories, eval_loader, fingerprint, manifest_hash, model_meta, state_path, train_views,
+from vgg2resnet.evaluation.metrics import (
+    LIKELY_CAUSES,
+    at_or_below_chance,
+    majority_baseline,
+    margin_verdict,
+    per_category_accuracy,
 )
+from vgg2resnet.lineage import manifest_hash
+from vgg2resnet.models.builders import build_teacher
+from vgg2resnet.models.checkpoint import (
+    check_categories,
+    import_user_teacher,
+    model_meta,
+    save_model,
+)
+from vgg2resnet.runtime import Runtime, start, stop
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +87,8 @@ def run(params: Params) -> dict:
     tparams = params.teacher
     runtime = start(params.runtime)
     categories = data_categories(params)
-    out = params.paths.models_dir / "teacher.pt"
-    live_dir = params.paths.metrics_dir / "teacher"
+    layout = Artifacts(params)
+    out, live_dir, state = layout.teacher, layout.training_metrics("teacher"), layout.training_state("teacher")
     val = eval_loader(params, "val", categories, params.evaluate.batch_size, image_size=tparams.image_size)
     imported = tparams.checkpoint is not None
     if imported:
@@ -95,7 +104,7 @@ def run(params: Params) -> dict:
         run_id = fingerprint("teacher", tparams, params.augment, params.runtime.seed, manifest_hash(params))
         model, _ = fit(
             model, train_views(params, tparams, categories), val, tparams, runtime, params.runtime,
-            state_path=state_path(params, "teacher"), fingerprint=run_id, live_dir=live_dir,
+            state_path=state, fingerprint=run_id, live_dir=live_dir,
         )
     result = {"init": init}
     if runtime.is_main:
@@ -108,6 +117,6 @@ def run(params: Params) -> dict:
         log.info("teacher: val accuracy %.2f%% (majority-class baseline %.2f%%), %s (%.1f MB)",
                  result["val_accuracy"], result["val_majority_baseline"], out, meta["bytes"] / 1e6)
         # Training state is only for resuming an interrupted run; this one finished.
-        state_path(params, "teacher").unlink(missing_ok=True)
+        state.unlink(missing_ok=True)
     stop(runtime)
     return result

@@ -12,13 +12,18 @@ from dataclasses import asdict
 import pandas as pd
 
 from vgg2resnet import atomic
-from vgg2resnet.config import Params
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.categories import expected_categories, read_categories
-from vgg2resnet.errors import UserError
-from vgg2resnet.data.imagefolder import skipped_list, source_root
+from vgg2resnet.data.imagefolder import source_root
 from vgg2resnet.validation.frames import category_counts, manifest_frame, skipped_frame
 from vgg2resnet.validation.suite import (
-    CheckResult, count_expectations, manifest_expectations, run_checkpoint, skipped_expectations, summarise,
+    CheckResult,
+    count_expectations,
+    manifest_expectations,
+    run_checkpoint,
+    skipped_expectations,
+    summarise,
 )
 
 log = logging.getLogger(__name__)
@@ -39,12 +44,12 @@ def _describe(check: CheckResult, expected: list[str], found: list[str]) -> str:
 
 
 def run(params: Params) -> dict:
-    prepared = params.data.prepared_dir
-    manifest_path = prepared / "manifest.parquet"
+    layout = Artifacts(params)
+    manifest_path = layout.manifest
     if not manifest_path.is_file():
         raise UserError(f"{manifest_path}: manifest not found; run `vgg2resnet prepare` first")
     manifest = pd.read_parquet(manifest_path)
-    found = read_categories(prepared / "categories.json")
+    found = read_categories(layout.categories)
     expected, origin = expected_categories(params)
     if expected is None:
         log.warning("no teacher categories or data.categories configured: the categories are taken "
@@ -52,15 +57,14 @@ def run(params: Params) -> dict:
         expected = found
 
     vparams = params.validation
-    skipped = json.loads(skipped_list(params.data).read_text()) if skipped_list(params.data).is_file() else []
+    skipped = json.loads(layout.skipped.read_text()) if layout.skipped.is_file() else []
     tables = {
         "manifest": (manifest_frame(manifest, vparams.near_duplicate_max_distance, source_root(params.data)),
                      "path", manifest_expectations(vparams, expected)),
         "category_counts": (category_counts(manifest), "category", count_expectations(vparams)),
         "skipped_files": (skipped_frame(skipped), "path", skipped_expectations(vparams)),
     }
-    report_dir = vparams.report_dir
-    checks = summarise(run_checkpoint(tables, report_dir / "docs"))
+    checks = summarise(run_checkpoint(tables, layout.validation_docs))
 
     failed = [c for c in checks if not c.success and c.severity == "fail"]
     warned = [c for c in checks if not c.success and c.severity == "warn"]
@@ -73,9 +77,9 @@ def run(params: Params) -> dict:
         "warnings": len(warned),
         "problems": [{**asdict(c), "offending": c.offending[:MAX_LISTED], "message": _describe(c, expected, found)}
                      for c in failed + warned],
-        "data_docs": str(report_dir / "docs" / "index.html"),
+        "data_docs": str(layout.validation_docs_index),
     }
-    atomic.write_json(report_dir / "result.json", {
+    atomic.write_json(layout.validation_result, {
         "summary": summary, "checks": [asdict(c) for c in checks],
     })
     for check in warned:
@@ -85,5 +89,5 @@ def run(params: Params) -> dict:
     if failed:
         lines = "\n".join(f"  FAIL {c.check}: {_describe(c, expected, found)}" for c in failed)
         raise UserError(f"data validation failed ({manifest_path}):\n{lines}\n"
-                        f"details: {report_dir / 'result.json'}, {summary['data_docs']}")
+                        f"details: {layout.validation_result}, {summary['data_docs']}")
     return {k: summary[k] for k in ("passed", "images", "expectations", "failed", "warnings")}

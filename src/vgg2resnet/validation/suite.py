@@ -13,8 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from vgg2resnet.config import ValidationParams
-from vgg2resnet.errors import UserError
+from vgg2resnet.config import UserError, ValidationParams
 
 DEFAULT_SEVERITY = {
     "not_null": "fail",

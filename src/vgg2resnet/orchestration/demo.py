@@ -7,8 +7,8 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vgg2resnet.config import Params
-from vgg2resnet.errors import UserError
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.config import Params, UserError
 from vgg2resnet.monitoring.monitor import run_monitor
 from vgg2resnet.monitoring.traffic import send_traffic
 from vgg2resnet.packaging import store
@@ -36,4 +36,4 @@ def run_demo(params: Params, params_file: Path, corruption: str = "brightness", 
         log.info("%s traffic: %s, drifted columns %s, report %s", name, phase["status"],
                  phase["drifted_columns"], phase["report_html"])
     return {"model_tag": str(promoted.tag), **phases,
-            "trend": str(params.monitoring.report_dir / "trend.html")}
+            "trend": str(Artifacts(params).drift_trend)}

@@ -1,0 +1,176 @@
+"""Where every artifact lives: the one module that writes an artifact's file name.
+
+`Artifacts(params)` maps the settings (`paths`, `data`, `validation`, `monitoring`) to each file
+a stage reads or writes, so stages, flows, benchmarks and tests ask it instead of joining
+names themselves. dvc.yaml spells the same paths with `${...}` templating;
+tests/test_dvc_yaml.py checks that the two agree. The folder layout of one version in the
+BentoML model store is here too (`StoreLayout`), for the code that writes it (packaging) and
+the code that reads it (serving, monitoring).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vgg2resnet.config import VARIANTS, Params
+
+# The student's forms, each a file in paths.models_dir, with `<name>.json` metadata beside it.
+VARIANT_FILES: dict[str, str] = {"pytorch_fp32": "student.pt", "onnx_fp32": "student-fp32.onnx",
+                                 "onnx_int8": "student-int8.onnx"}
+assert set(VARIANT_FILES) == set(VARIANTS)
+TRAINING_STAGES = ("teacher", "distill")
+# Confusion matrices that the evaluate stage draws (dvc plots): the teacher's and two student forms.
+CONFUSION_MODELS = ("teacher", "pytorch_fp32", "onnx_int8")
+BENTOFILE = Path("services/classifier/bentofile.yaml")
+DVC_LOCK = Path("dvc.lock")
+
+
+def sidecar(path: Path) -> Path:
+    """The metadata file beside a model file: `<name>.json`."""
+    return Path(path).with_suffix(".json")
+
+
+class StoreLayout:
+    """The files of one promoted version's folder in the BentoML model store."""
+
+    MODEL = "model.pt"            # a PyTorch checkpoint
+    ONNX = "model.onnx"           # or an ONNX export (fp32 or int8)
+    META = "model.json"           # the model's metadata, beside either
+    PROJECTION = "projection.pt"  # PCA of penultimate features: the logged drift embedding
+    REFERENCE = "reference.parquet"  # the drift baseline of this version
+
+    @classmethod
+    def model_file(cls, artifact: Path) -> str:
+        """Where a models/ artifact goes in the folder: model.onnx for an export, else model.pt."""
+        return cls.ONNX if Path(artifact).suffix == ".onnx" else cls.MODEL
+
+    @classmethod
+    def model_in(cls, folder: Path) -> Path:
+        """The model file of a version's folder, whichever form was promoted."""
+        onnx = Path(folder) / cls.ONNX
+        return onnx if onnx.is_file() else Path(folder) / cls.MODEL
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Every path a stage reads or writes, from the settings."""
+
+    params: Params
+
+    # data
+    @property
+    def raw_dir(self) -> Path:
+        return self.params.data.raw_dir
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.params.data.prepared_dir
+
+    @property
+    def manifest(self) -> Path:
+        return self.prepared_dir / "manifest.parquet"
+
+    @property
+    def categories(self) -> Path:
+        return self.prepared_dir / "categories.json"
+
+    @property
+    def skipped(self) -> Path:
+        """Files that data.on_undecodable: skip left out, by their path in the user's folder."""
+        return self.prepared_dir / "skipped.json"
+
+    # validation
+    @property
+    def validation_dir(self) -> Path:
+        return self.params.validation.report_dir
+
+    @property
+    def validation_result(self) -> Path:
+        return self.validation_dir / "result.json"
+
+    @property
+    def validation_docs(self) -> Path:
+        return self.validation_dir / "docs"
+
+    @property
+    def validation_docs_index(self) -> Path:
+        return self.validation_docs / "index.html"
+
+    # models
+    @property
+    def teacher(self) -> Path:
+        return self.params.paths.models_dir / "teacher.pt"
+
+    def student(self, variant: str = "pytorch_fp32") -> Path:
+        return self.params.paths.models_dir / VARIANT_FILES[variant]
+
+    def training_metrics(self, stage: str) -> Path:
+        """metrics/<stage>/: metrics.json, and learning curves under plots/ when the stage trained."""
+        return self.params.paths.metrics_dir / stage
+
+    def training_state(self, stage: str) -> Path:
+        """A training stage's resumable state (deleted once the stage finishes)."""
+        return self.params.paths.state_dir / stage / "last.pt"
+
+    def logit_cache(self, key: str) -> Path:
+        return self.params.paths.state_dir / "distill" / f"teacher-logits-{key}.pt"
+
+    # evaluation, gate, package
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.params.paths.metrics_dir / "evaluate"
+
+    @property
+    def evaluation_report(self) -> Path:
+        return self.evaluation_dir / "report.json"
+
+    @property
+    def evaluation_metrics(self) -> Path:
+        return self.evaluation_dir / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.evaluation_dir / "predictions.parquet"
+
+    def confusion(self, model: str) -> Path:
+        return self.evaluation_dir / "plots" / "sklearn" / f"confusion_{model}.json"
+
+    @property
+    def gate_json(self) -> Path:
+        return self.params.paths.reports_dir / "gate.json"
+
+    @property
+    def gate_markdown(self) -> Path:
+        return self.params.paths.reports_dir / "gate.md"
+
+    @property
+    def package_json(self) -> Path:
+        return self.params.paths.reports_dir / "package.json"
+
+    # monitoring
+    @property
+    def drift_dir(self) -> Path:
+        return self.params.monitoring.report_dir
+
+    @property
+    def drift_trend(self) -> Path:
+        return self.drift_dir / "trend.html"
+
+    @property
+    def last_drift_event(self) -> Path:
+        return self.drift_dir / "last_event.json"
+
+    def drift_report(self, stamp: str, suffix: str) -> Path:
+        """One monitor run's report: `<stamp>.html` (Evidently) or `<stamp>.json` (summary)."""
+        return self.drift_dir / f"{stamp}{suffix}"
+
+
+def read_json(path: Path, produced_by: str) -> dict:
+    """A stage's JSON output, or a UserError naming the stage to run first."""
+    from vgg2resnet.config import UserError
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: not found; run `vgg2resnet {produced_by}` (or `dvc repro {produced_by}`) first")
+    return json.loads(Path(path).read_text())
