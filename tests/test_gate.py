@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from vgg2resnet.artifacts import Artifacts, StoreLayout
 from vgg2resnet.cli import app
-from vgg2resnet.config import GateParams, load_params
+from vgg2resnet.config import GateParams, UserError, load_params
 from vgg2resnet.gate.policy import (
     accuracy_parity,
     evaluate_policy,
@@ -245,4 +245,20 @@ def test_promoting_the_promoted_student_again_saves_nothing_new(promoted_project
     assert gate.run(params)["decision"] == "promote"
     _, tag, new_version = package.promote(params)
     assert tag == before[0] and not new_version
+    assert [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")] == before
+
+
+def test_package_refuses_a_model_file_other_than_the_one_the_gate_judged(promoted_project: Path, tmp_path: Path,
+                                                                         monkeypatch):
+    """A student retrained (or replaced) after the gate ran is not promoted on the old verdict."""
+    monkeypatch.chdir(promoted_project)
+    params = _gate_params(promoted_project, tmp_path)
+    before = [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")]
+    assert gate.run(params)["decision"] == "promote"
+    judged = Artifacts(params).gate_json
+    report = json.loads(judged.read_text())
+    report["lineage"]["student_sha256"] = "0" * 64
+    judged.write_text(json.dumps(report))
+    with pytest.raises(UserError, match="is not the file the gate judged"):
+        package.promote(params)
     assert [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")] == before
