@@ -3,12 +3,12 @@ into a real BentoML model store (the test session's own BENTOML_HOME)."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from vgg2resnet.artifacts import Artifacts, StoreLayout
@@ -23,7 +23,7 @@ from vgg2resnet.gate.policy import (
 from vgg2resnet.packaging import store
 from vgg2resnet.stages import gate, package
 
-from .conftest import ROOT, merge, promoted_tag, repo_params
+from .conftest import ROOT, promoted_tag, repo_params, write_params
 
 
 def gate_params(**overrides) -> GateParams:
@@ -227,10 +227,8 @@ def test_promoting_again_keeps_the_previous_version_and_rollback_restores_it(tmp
 
 
 def _params_with_name(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / "params.yaml"
-    raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {"serving": {"model_name": name}})
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return write_params(tmp_path, {"serving": {"model_name": name}})
 
 
 def test_rollback_with_nothing_promoted_is_a_clear_error(tmp_path: Path):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from vgg2resnet.artifacts import CONFUSION_MODELS, TRAINING_STAGES, Artifacts
-from vgg2resnet.config import load_params
+from vgg2resnet.artifacts import CONFUSION_MODELS, TRAINING_STAGES, VARIANT_FILES, Artifacts
+from vgg2resnet.config import VARIANTS, load_params
 
 from .conftest import ROOT, repo_params, write_params
 
@@ -190,6 +190,7 @@ def test_dvc_yaml_names_the_artifacts_where_vgg2resnet_artifacts_puts_them():
     def str_(*items: Path) -> set[str]:
         return {Path(p).as_posix() for p in items}
 
+    assert set(VARIANT_FILES) == set(VARIANTS)  # every form of the student has its file
     layout = Artifacts(params)
     outs = {name: paths(s.get("outs")) | paths(s.get("metrics")) | paths(s.get("plots"))
             for name, s in STAGES.items()}

@@ -14,12 +14,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from vgg2resnet.config import VARIANTS, Params
+from vgg2resnet.config import Params, UserError
 
-# The student's forms, each a file in paths.models_dir, with `<name>.json` metadata beside it.
+# The student's forms (config.VARIANTS), each a file in paths.models_dir, with `<name>.json`
+# metadata beside it.
 VARIANT_FILES: dict[str, str] = {"pytorch_fp32": "student.pt", "onnx_fp32": "student-fp32.onnx",
                                  "onnx_int8": "student-int8.onnx"}
-assert set(VARIANT_FILES) == set(VARIANTS)
 TRAINING_STAGES = ("teacher", "distill")
 # Confusion matrices that the evaluate stage draws (dvc plots): the teacher's and two student forms.
 CONFUSION_MODELS = ("teacher", "pytorch_fp32", "onnx_int8")
@@ -167,10 +167,13 @@ class Artifacts:
         return self.drift_dir / f"{stamp}{suffix}"
 
 
-def read_json(path: Path, produced_by: str) -> dict:
-    """A stage's JSON output, or a UserError naming the stage to run first."""
-    from vgg2resnet.config import UserError
-
+def require(path: Path, produced_by: str) -> Path:
+    """A stage's output file, or a UserError naming the stage to run first."""
     if not Path(path).is_file():
         raise UserError(f"{path}: not found; run `vgg2resnet {produced_by}` (or `dvc repro {produced_by}`) first")
-    return json.loads(Path(path).read_text())
+    return Path(path)
+
+
+def read_json(path: Path, produced_by: str) -> dict:
+    """A stage's JSON output (see `require`)."""
+    return json.loads(require(path, produced_by).read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.artifacts import Artifacts, require
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.demo import DEMO_CATEGORIES
 
@@ -49,7 +49,4 @@ def order_categories(found: list[str], expected: list[str] | None) -> list[str]:
 
 def data_categories(params: Params) -> list[str]:
     """The data's categories in model-output order, as `prepare` wrote them."""
-    path = Artifacts(params).categories
-    if not path.is_file():
-        raise UserError(f"{path}: not found; run `vgg2resnet prepare` (or `dvc repro`) first")
-    return read_categories(path)
+    return read_categories(require(Artifacts(params).categories, "prepare"))

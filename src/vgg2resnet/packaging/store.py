@@ -15,9 +15,10 @@ model, and the monitor compares traffic with the reference of the version that s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,22 @@ def current(name: str):
     return versions[0] if versions else None
 
 
-def save_version(name: str, files: dict[str, Path], metadata: dict[str, Any], promoted: bool = True) -> str:
-    """Save files as a new version (promoted unless told otherwise); return its tag."""
+@contextlib.contextmanager
+def new_version(name: str, metadata: dict[str, Any], promoted: bool = True) -> Iterator[Any]:
+    """A new version (promoted unless told otherwise) whose files are written into `ref.path`:
+    saved on a clean exit, discarded if the block raises."""
     import bentoml
 
     with bentoml.models.create(name, labels=dict(PROMOTED) if promoted else {}, metadata=metadata) as ref:
+        yield ref
+    log.info("saved %s to the BentoML model store", ref.tag)
+
+
+def save_version(name: str, files: dict[str, Path], metadata: dict[str, Any], promoted: bool = True) -> str:
+    """Save files as a new version (promoted unless told otherwise); return its tag."""
+    with new_version(name, metadata, promoted) as ref:
         for target, source in files.items():
             shutil.copyfile(source, ref.path_of(target))
-    log.info("saved %s to the BentoML model store", ref.tag)
     return str(ref.tag)
 
 
@@ -103,13 +112,15 @@ def promote(params: Params, artifact: Path, metadata: dict[str, Any]) -> tuple[s
     if promoted is not None and is_promoted(promoted, metadata["weights_sha256"], metadata["variant"]):
         log.info("%s is already the promoted model %s", metadata["variant"], promoted.tag)
         return str(promoted.tag), False
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
+    # Written straight into the new version's folder: the model file is copied once, and the
+    # reference is profiled by the very classifier the service will load from there.
+    with new_version(name, metadata) as ref:
+        folder = Path(ref.path)
         shutil.copyfile(artifact, folder / StoreLayout.model_file(artifact))
         shutil.copyfile(sidecar(artifact), folder / StoreLayout.META)
         torch.save(_fit_projection(params, artifact, metadata["categories"]), folder / StoreLayout.PROJECTION)
         _write_reference(params, folder)
-        return save_version(name, {p.name: p for p in folder.iterdir()}, metadata), True
+    return str(ref.tag), True
 
 
 def _fit_projection(params: Params, artifact: Path, categories: list[str]) -> dict[str, torch.Tensor]:

@@ -12,9 +12,9 @@ from dataclasses import asdict
 import pandas as pd
 
 from vgg2resnet import atomic
-from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.artifacts import Artifacts, require
 from vgg2resnet.config import Params, UserError
-from vgg2resnet.data.categories import expected_categories, read_categories
+from vgg2resnet.data.categories import data_categories, expected_categories
 from vgg2resnet.data.imagefolder import source_root
 from vgg2resnet.validation.frames import category_counts, manifest_frame, skipped_frame
 from vgg2resnet.validation.suite import (
@@ -45,11 +45,9 @@ def _describe(check: CheckResult, expected: list[str], found: list[str]) -> str:
 
 def run(params: Params) -> dict:
     layout = Artifacts(params)
-    manifest_path = layout.manifest
-    if not manifest_path.is_file():
-        raise UserError(f"{manifest_path}: manifest not found; run `vgg2resnet prepare` first")
+    manifest_path = require(layout.manifest, "prepare")
     manifest = pd.read_parquet(manifest_path)
-    found = read_categories(layout.categories)
+    found = data_categories(params)
     expected, origin = expected_categories(params)
     if expected is None:
         log.warning("no teacher categories or data.categories configured: the categories are taken "
