@@ -37,10 +37,12 @@ from vgg2resnet.compress.onnx import export_onnx
 from vgg2resnet.config import Params, load_params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import load_split
+from vgg2resnet.data.images import decode
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import load_model, save_model, write_sidecar
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.classifier import Classifier
+from vgg2resnet.serving.http import auth_headers
 from vgg2resnet.serving.server import local_server
 from vgg2resnet.stages.compress import quantize_on_train_sample
 
@@ -51,6 +53,8 @@ wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
 wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"
+local auth = os.getenv("BENCH_AUTH")
+if auth then wrk.headers["Authorization"] = auth end
 """
 
 
@@ -60,7 +64,7 @@ def multipart_body(payloads: list[bytes]) -> bytes:
     return b"".join(part + p + b"\r\n" for p in payloads) + f"--{BOUNDARY}--\r\n".encode()
 
 
-def load_wrk(url: str, payloads: list[bytes], concurrency: int, duration: float) -> dict:
+def load_wrk(url: str, payloads: list[bytes], concurrency: int, duration: float, headers: dict) -> dict:
     """The same request (these images) from wrk, a separate process."""
     body = multipart_body(payloads)
     with tempfile.TemporaryDirectory() as scratch:
@@ -69,7 +73,8 @@ def load_wrk(url: str, payloads: list[bytes], concurrency: int, duration: float)
         out = subprocess.run(["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{int(duration)}s",
                               "--latency", "--timeout", "60s", "-s", str(Path(scratch) / "post.lua"),
                               f"{url}/classify_batch"], capture_output=True, text=True, check=True,
-                             env={"BENCH_BODY": str(Path(scratch) / "body"), "PATH": "/usr/bin:/bin"}).stdout
+                             env={"BENCH_BODY": str(Path(scratch) / "body"), "PATH": "/usr/bin:/bin",
+                                  **({"BENCH_AUTH": headers["Authorization"]} if headers else {})}).stdout
 
     def ms(label: str) -> float:
         value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out).groups()
@@ -105,7 +110,7 @@ def bench_model(params: Params, image_size: int, variant: str) -> str:
         }, {"variant": variant, "image_size": image_size}, promoted=False)
 
 
-def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: float) -> dict:
+def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: float, headers: dict) -> dict:
     """The same request (these images) from Python threads in this process."""
     files = [("images", ("x.png", p, "image/png")) for p in payloads]
     latencies: list[float] = []
@@ -116,6 +121,7 @@ def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: fl
     def worker() -> None:
         nonlocal errors
         session = requests.Session()
+        session.headers.update(headers)
         while time.monotonic() < stop:
             start = time.perf_counter()
             try:
@@ -168,7 +174,7 @@ def run(args: argparse.Namespace, params: Params, model: bentoml.Model) -> None:
     layout = Artifacts(params)
     paths = [layout.raw_dir / p for p in load_split(layout.manifest, "test")["path"]]
     payloads = [p.read_bytes() for p in paths[: args.images_per_request]]
-    images = [Image.open(p).convert("RGB") for p in paths[: params.serving.max_batch_size]]
+    images = [decode(p) for p in paths[: params.serving.max_batch_size]]
 
     ceiling = raw_throughput(Path(model.path), images, params.serving.max_batch_size, 10.0)
     print(f"raw batched model throughput (batch {params.serving.max_batch_size}): {ceiling:.1f} img/s", flush=True)
@@ -177,7 +183,7 @@ def run(args: argparse.Namespace, params: Params, model: bentoml.Model) -> None:
         for level in args.concurrency:
             wait_until_idle(url)
             load = load_wrk if args.client == "wrk" else load_threads
-            r = load(url, payloads, level, args.duration)
+            r = load(url, payloads, level, args.duration, auth_headers(params.serving))
             print(f"concurrency {level:3d}: {r['req_s']:7.1f} req/s {r['img_s']:7.1f} img/s  "
                   f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  "
                   f"({r['requests']} requests)  {r['img_s'] / ceiling:.2f}x raw", flush=True)

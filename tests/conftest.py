@@ -12,10 +12,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
 
 import vgg2resnet  # noqa: F401 - importing it turns the libraries' telemetry off
 
 ROOT = Path(__file__).resolve().parents[1]
+# Generated inputs, reproducible and bounded: the same examples on every run, no example
+# database written into the checkout, no per-example deadline on a loaded 2-core machine.
+settings.register_profile("vgg2resnet", derandomize=True, database=None, deadline=None)
+settings.load_profile("vgg2resnet")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # A BentoML model store of the test session's own, never the developer's (set before bentoml loads).
 # Removed at exit: each session's store holds hundreds of MB of models.

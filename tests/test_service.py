@@ -1,21 +1,38 @@
-"""The BentoML service through a real `bentoml serve` on 127.0.0.1, spoken to over HTTP."""
+"""The BentoML service through a real `bentoml serve` on 127.0.0.1, spoken to over HTTP: known
+answers first, then generated inputs (every byte offset, hypothesis, schemathesis), each of
+which must get a 200 with a prediction per image or a 4xx in the error shape that the
+service's own OpenAPI document declares: never a 5xx, never a dropped connection."""
 
 import io
 import json
+import random
+import secrets
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bentoml
+import jsonschema
+import numpy as np
 import pandas as pd
 import pytest
 import requests
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from vgg2resnet.artifacts import StoreLayout
-from vgg2resnet.config import VARIANTS, load_params
+from vgg2resnet.config import VARIANTS, UserError, load_params
+from vgg2resnet.monitoring.traffic import send_traffic
+from vgg2resnet.serving.http import service_token
+from vgg2resnet.serving.server import local_server
 from vgg2resnet.stages import gate, package
 
-from .conftest import ROOT
+from .conftest import ROOT, merge
+from .imagefiles import FORMATS, encoded, noise, pixels_end, with_orientation
 
 pytestmark = pytest.mark.slow
 
@@ -103,15 +120,47 @@ def test_each_variant_serves_what_it_scored_offline(served, variant: str, tmp_pa
 
 
 def _png(size=(32, 32)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, "white").save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encoded(Image.new("RGB", size, "white"), "PNG")
 
 
-@pytest.mark.parametrize("case", ["not_an_image", "empty", "truncated", "decompression_bomb",
+@pytest.fixture(scope="module")
+def spec(server) -> dict:
+    return requests.get(f"{server['url']}/docs.json", timeout=30).json()
+
+
+def _schema(spec: dict, schema: dict) -> dict:
+    """A schema from the OpenAPI document, its references resolvable."""
+    return {**schema, "components": spec["components"]}
+
+
+def check_answer(answer: requests.Response, spec: dict, images: int | None = None) -> None:
+    """What every request must get: a 200 with one valid prediction per image, or a 4xx whose
+    body is the error shape the service's OpenAPI document declares for every error."""
+    assert answer.status_code < 500, (answer.status_code, answer.text)
+    body = answer.json()
+    if answer.status_code == 200:
+        predictions = body if isinstance(body, list) else [body]
+        assert images is None or len(predictions) == images
+        declared = spec["paths"]["/classify"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+        for prediction in predictions:
+            jsonschema.validate(prediction, _schema(spec, declared))
+            assert 0 <= prediction["confidence"] <= 1
+            assert prediction["top_k"][0]["category"] == prediction["category"]
+        return
+    assert 400 <= answer.status_code < 500 and answer.headers["content-type"] == "application/json"
+    jsonschema.validate(body, _schema(spec, {"$ref": "#/components/schemas/ErrorBody"}))
+    assert "Traceback" not in answer.text and "/site-packages/" not in answer.text
+
+
+def _still_serving(url: str) -> None:
+    good = requests.post(f"{url}/classify", files={"image": ("ok.png", _png(), "image/png")}, timeout=60)
+    assert good.status_code == 200, good.text
+
+
+@pytest.mark.parametrize("case", ["not_an_image", "empty", "truncated", "decompression_bomb", "gif",
                                   "wrong_content_type", "too_many_files", "text_instead_of_file",
-                                  "malformed_form", "unknown_field"])
-def test_bad_input_gets_a_4xx_with_a_reason_and_the_server_keeps_serving(server, case):
+                                  "malformed_form", "unknown_field", "no_body"])
+def test_bad_input_gets_a_400_saying_what_was_wrong_and_the_server_keeps_serving(server, spec, case):
     url = f"{server['url']}/classify"
     if case == "not_an_image":
         answer = requests.post(url, files={"image": ("notes.txt", b"hello", "text/plain")}, timeout=30)
@@ -121,6 +170,8 @@ def test_bad_input_gets_a_4xx_with_a_reason_and_the_server_keeps_serving(server,
         answer = requests.post(url, files={"image": ("cut.png", _png()[:60], "image/png")}, timeout=30)
     elif case == "decompression_bomb":
         answer = requests.post(url, files={"image": ("huge.png", _png((8000, 8000)), "image/png")}, timeout=60)
+    elif case == "gif":
+        answer = requests.post(url, files={"image": ("cat.png", encoded(noise(), "GIF"), "image/png")}, timeout=30)
     elif case == "wrong_content_type":
         answer = requests.post(url, json={"image": "cat.png"}, timeout=30)
     elif case == "text_instead_of_file":  # `curl -F image=digit.png`, the @ forgotten
@@ -129,19 +180,263 @@ def test_bad_input_gets_a_4xx_with_a_reason_and_the_server_keeps_serving(server,
         answer = requests.post(url, data=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}, timeout=30)
     elif case == "unknown_field":
         answer = requests.post(url, files={"picture": ("ok.png", _png(), "image/png")}, timeout=30)
+    elif case == "no_body":
+        answer = requests.post(url, timeout=30)
     else:
         files = [("images", (f"{i}.png", _png(), "image/png")) for i in range(33)]
         answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
-    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
-    text = answer.text
-    assert "Traceback" not in text and "/site-packages/" not in text
-    expected = {"not_an_image": "not a recognised image", "empty": "empty", "truncated": "truncated",
-                "decompression_bomb": "limit is", "wrong_content_type": "image",
-                "too_many_files": "at most 32", "text_instead_of_file": "not a file",
-                "malformed_form": "not a valid form", "unknown_field": "unknown field 'picture'"}[case]
-    assert expected in text
-    good = requests.post(url, files={"image": ("ok.png", _png(), "image/png")}, timeout=60)
-    assert good.status_code == 200
+    assert answer.status_code == 400, (answer.status_code, answer.text)
+    check_answer(answer, spec)
+    expected = {"not_an_image": "not a PNG, JPEG, WEBP or BMP image", "empty": "empty", "truncated": "truncated",
+                "decompression_bomb": "the limit is", "gif": "not a PNG, JPEG, WEBP or BMP image",
+                "wrong_content_type": "not multipart/form-data", "too_many_files": "at most 32",
+                "text_instead_of_file": "not a file", "malformed_form": "not a valid form",
+                "unknown_field": "unknown field", "no_body": "not multipart/form-data"}[case]
+    body = answer.json()
+    assert expected in body["error"] and any(expected in p["reason"] for p in body["problems"])
+    if case in ("not_an_image", "empty", "truncated", "decompression_bomb", "gif"):
+        assert body["problems"][0]["field"] == "image" and body["problems"][0]["filename"] in body["error"]
+    _still_serving(server["url"])
+
+
+def test_routing_errors_and_the_openapi_document_share_one_error_shape(server, spec):
+    answers = [requests.get(f"{server['url']}/no-such-endpoint", timeout=30),
+               requests.get(f"{server['url']}/classify", timeout=30),
+               requests.delete(f"{server['url']}/classify_batch", timeout=30)]
+    assert [a.status_code for a in answers] == [404, 405, 405]
+    for answer in answers:
+        check_answer(answer, spec)
+    assert "POST" in answers[1].json()["error"]
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["ErrorBody"]["properties"]) == {"error", "problems"}
+    assert set(schemas["Problem"]["properties"]) == {"field", "index", "filename", "reason"}
+    for path in ("/classify", "/classify_batch"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert {"400", "429", "500", "503", "504", "default"} <= set(responses)
+        assert "401" not in responses and "security" not in spec["paths"][path]["post"]  # no token set
+        for code, response in responses.items():
+            if code != "200":
+                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_a_batch_with_bad_files_names_each_by_index_and_filename_and_classifies_nothing(server, spec):
+    jpeg = encoded(noise(), "JPEG")
+    files = [("images", ("good-0.png", _png(), "image/png")), ("images", ("cut.jpg", jpeg[:300], "image/jpeg")),
+             ("images", ("good-2.png", _png(), "image/png")), ("images", ("notes.txt", b"hello", "text/plain"))]
+    answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
+    assert answer.status_code == 400
+    check_answer(answer, spec)
+    problems = answer.json()["problems"]
+    assert [(p["field"], p["index"], p["filename"]) for p in problems] == [("images", 1, "cut.jpg"),
+                                                                           ("images", 3, "notes.txt")]
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_file_cut_at_every_byte_offset_is_refused_until_its_last_pixel(server, spec, fmt: str):
+    data = encoded(noise(), fmt)
+    extension, mime = FORMATS[fmt]
+    end = pixels_end(fmt, data)
+    with requests.Session() as session:
+        for offset in range(len(data) + 1):
+            name = f"cut-{offset}.{extension}"
+            answer = session.post(f"{server['url']}/classify", files={"image": (name, data[:offset], mime)}, timeout=30)
+            check_answer(answer, spec, 1)
+            if offset < end:
+                assert answer.status_code == 400, (offset, answer.text)
+                assert answer.json()["problems"][0]["filename"] == name
+    assert answer.status_code == 200  # the whole file
+    _still_serving(server["url"])
+
+
+def _file_strategy():
+    """A whole image in one of the formats, or one cut at some offset."""
+    return st.tuples(st.sampled_from(list(FORMATS)), st.none() | st.integers(0, 10**6))
+
+
+@settings(max_examples=60)
+@given(files=st.lists(_file_strategy(), min_size=1, max_size=8))
+def test_a_generated_batch_is_classified_whole_or_refused_naming_every_cut_file(server, spec, files):
+    sample = {fmt: encoded(noise(seed=1), fmt) for fmt in FORMATS}
+    upload, must_fail = [], set()
+    for index, (fmt, cut) in enumerate(files):
+        data = sample[fmt] if cut is None else sample[fmt][:cut % len(sample[fmt])]
+        if len(data) < pixels_end(fmt, sample[fmt]):
+            must_fail.add(index)
+        upload.append(("images", (f"{index}.{FORMATS[fmt][0]}", data, FORMATS[fmt][1])))
+    answer = requests.post(f"{server['url']}/classify_batch", files=upload, timeout=60)
+    check_answer(answer, spec, len(files))
+    if must_fail:
+        assert answer.status_code == 400
+        named = {p["index"] for p in answer.json()["problems"]}
+        assert must_fail <= named
+        assert all(p["filename"] == upload[p["index"]][1][0] for p in answer.json()["problems"])
+
+
+@settings(max_examples=150)
+@given(fmt=st.sampled_from(list(FORMATS)),
+       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8))
+def test_flipped_bytes_get_a_prediction_or_a_400(server, spec, fmt: str, flips):
+    data = bytearray(encoded(noise(), fmt))
+    for position, value in flips:
+        data[position % len(data)] = value
+    answer = requests.post(f"{server['url']}/classify", files={"image": ("flipped", bytes(data))}, timeout=30)
+    check_answer(answer, spec, 1)
+
+
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=24).map(str.strip)
+PART = st.fixed_dictionaries({
+    "name": st.sampled_from(["image", "images"]) | st.text(max_size=8),
+    "filename": st.none() | st.text(max_size=16),
+    "type": st.none() | st.sampled_from(["image/png", "image/jpeg", "text/plain"]) | HEADER_TEXT,
+    "content": st.binary(max_size=64) | st.sampled_from([_png(), encoded(noise(), "JPEG")]),
+})
+
+
+@st.composite
+def multipart_requests(draw) -> tuple[bytes, dict[str, str]]:
+    """A multipart body of random parts, well or badly framed, with random headers."""
+    boundary = draw(st.text(st.sampled_from("abcXYZ019-_'+"), min_size=1, max_size=20))
+    body = b""
+    for part in draw(st.lists(PART, max_size=5)):
+        disposition = f'form-data; name="{part["name"]}"'
+        if part["filename"] is not None:
+            disposition += f'; filename="{part["filename"]}"'
+        head = "\r\n".join([f"Content-Disposition: {disposition}",
+                            *([f"Content-Type: {part['type']}"] if part["type"] else [])])
+        body += f"--{boundary}\r\n{head}\r\n\r\n".encode() + part["content"] + b"\r\n"
+    if draw(st.booleans()):
+        body += f"--{boundary}--\r\n".encode()
+    content_type = draw(st.sampled_from([f"multipart/form-data; boundary={boundary}", "multipart/form-data",
+                                         "multipart/mixed; boundary=x", "application/x-www-form-urlencoded",
+                                         "application/json", "text/plain", ""]) | HEADER_TEXT)
+    headers = {"Content-Type": content_type} if content_type else {}
+    headers.update(draw(st.dictionaries(st.sampled_from(["Accept", "Content-Encoding", "Expect", "X-Request-Id",
+                                                         "Authorization"]), HEADER_TEXT, max_size=3)))
+    if draw(st.booleans()):
+        body = draw(st.binary(max_size=200))  # not framed at all
+    return body, headers
+
+
+@settings(max_examples=200)
+@given(request=multipart_requests(), endpoint=st.sampled_from(["classify", "classify_batch"]))
+def test_random_multipart_bodies_and_headers_never_get_a_5xx(server, spec, request, endpoint):
+    body, headers = request
+    answer = requests.post(f"{server['url']}/{endpoint}", data=body, headers=headers, timeout=30)
+    check_answer(answer, spec)
+
+
+def test_schemathesis_finds_no_failure_with_all_checks(server, tmp_path: Path):
+    _schemathesis(server["url"], tmp_path)
+
+
+def _schemathesis(url: str, workdir: Path, *options: str) -> None:
+    """schemathesis against the live server, from its own /docs.json; bounded and seeded for CI."""
+    st_cli = Path(sys.executable).with_name("st")
+    result = subprocess.run([str(st_cli), "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run",
+                             f"{url}/docs.json", "--checks", "all", "--max-examples", "100", "--seed", "1",
+                             "--workers", "1", *options], cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_64_clients_mixing_good_and_bad_uploads_get_no_5xx_and_no_good_request_fails(server):
+    good, batch = _png(), [("images", (f"{i}.png", _png(), "image/png")) for i in range(4)]
+    bad = [b"", b"not an image", encoded(noise(), "JPEG")[:200], _png()[:60], encoded(noise(), "GIF")]
+    deadline = time.monotonic() + 4
+
+    def client(seed: int) -> list[tuple[str, int]]:
+        rng, seen = random.Random(seed), []
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                kind = rng.choice(["good", "good_batch", "bad", "bad_batch"])
+                if kind == "good":
+                    files = {"image": ("ok.png", good, "image/png")}
+                elif kind == "good_batch":
+                    files = batch
+                elif kind == "bad":
+                    files = {"image": ("bad.png", rng.choice(bad), "image/png")}
+                else:
+                    files = [*batch, ("images", ("bad.png", rng.choice(bad), "image/png"))]
+                endpoint = "classify" if kind in ("good", "bad") else "classify_batch"
+                answer = session.post(f"{server['url']}/{endpoint}", files=files, timeout=120)
+                seen.append((kind, answer.status_code))
+        return seen
+
+    with ThreadPoolExecutor(64) as pool:
+        seen = [pair for client_seen in pool.map(client, range(64)) for pair in client_seen]
+    assert len(seen) >= 64
+    assert [pair for pair in seen if pair[1] >= 500] == []
+    assert {status for kind, status in seen if kind.startswith("good")} == {200}
+    assert {status for kind, status in seen if kind.startswith("bad")} == {400}
+
+
+def test_an_exif_rotated_jpeg_gets_the_prediction_of_its_upright_twin(server):
+    """A phone photo stored sideways (EXIF orientation 6), and the upright picture it shows."""
+    rotated = with_orientation(np.asarray(noise(width=40, height=24)), 6, "JPEG")
+    stored = np.asarray(Image.open(io.BytesIO(rotated)).convert("RGB"))  # plain Pillow: no EXIF applied
+    upright = encoded(Image.fromarray(np.rot90(stored, -1)), "PNG")  # turned 90 degrees clockwise
+    sideways = encoded(Image.fromarray(stored), "PNG")
+    answers = [requests.post(f"{server['url']}/classify", files={"image": (name, data)}, timeout=60).json()
+               for name, data in (("rotated.jpg", rotated), ("upright.png", upright), ("sideways.png", sideways))]
+    assert answers[0] == answers[1]
+    assert answers[0]["top_k"] != answers[2]["top_k"]  # the orientation matters to the model
+
+
+TOKEN_ENV = "VGG2RESNET_TEST_TOKEN"
+
+
+@pytest.fixture(scope="module")
+def secured(served, tmp_path_factory):
+    """The same model served with serving.auth_token_env set and its variable exported."""
+    workdir = tmp_path_factory.mktemp("secured")
+    settings_file = workdir / "params.yaml"
+    settings_file.write_text(yaml.safe_dump(merge(yaml.safe_load((served["project"] / "params.yaml").read_text()),
+                                                  {"serving": {"auth_token_env": TOKEN_ENV}})))
+    token = secrets.token_urlsafe(24)
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv(TOKEN_ENV, token)
+        with local_server(served["tag"], cwd=workdir, project_root=ROOT, params_file=settings_file) as url:
+            yield {"url": url, "token": token, "params_file": settings_file}
+
+
+def test_with_a_token_set_only_the_right_one_is_served_and_health_stays_open(secured):
+    spec = requests.get(f"{secured['url']}/docs.json", timeout=30).json()
+    image = {"image": ("ok.png", _png(), "image/png")}
+    for endpoint, files in (("classify", image), ("classify_batch", {"images": image["image"]})):
+        answers = [requests.post(f"{secured['url']}/{endpoint}", files=files, headers=headers, timeout=60)
+                   for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": secured["token"]},
+                                   {"Authorization": f"Bearer {secured['token']}"})]
+        assert [a.status_code for a in answers] == [401, 401, 401, 200], [a.text for a in answers]
+        for answer in answers[:3]:
+            check_answer(answer, spec)
+            assert answer.headers["www-authenticate"] == "Bearer"
+            assert answer.json()["problems"][0]["field"] == "Authorization"
+            assert secured["token"] not in answer.text
+    for path in ("/livez", "/readyz", "/metrics", "/docs.json"):
+        assert requests.get(f"{secured['url']}{path}", timeout=30).status_code == 200
+    post = spec["paths"]["/classify"]["post"]
+    assert post["security"] == [{"bearer": []}] and "401" in post["responses"]
+    assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert "security" not in spec["paths"]["/livez"]["get"]
+
+
+def test_schemathesis_with_the_token_finds_no_failure(secured, tmp_path: Path):
+    _schemathesis(secured["url"], tmp_path, "--header", f"Authorization: Bearer {secured['token']}")
+
+
+def test_simulated_traffic_sends_the_token_and_says_when_it_is_missing(secured, served, monkeypatch):
+    monkeypatch.chdir(served["project"])
+    params = load_params(secured["params_file"])
+    monkeypatch.setenv(TOKEN_ENV, secured["token"])
+    assert send_traffic(params, secured["url"], 8)["failed"] == 0
+    monkeypatch.setenv(TOKEN_ENV, "wrong")
+    with pytest.raises(UserError, match="answered 401: Authorization: the bearer token is not valid"):
+        send_traffic(params, secured["url"], 8)
+    monkeypatch.delenv(TOKEN_ENV)
+    with pytest.raises(UserError, match=f"serving.auth_token_env names \\${TOKEN_ENV}, which is not set"):
+        service_token(params.serving)
+    unsecured = load_params(served["project"] / "params.yaml")
+    with pytest.raises(UserError, match="answered 401"):
+        send_traffic(unsecured, secured["url"], 8)
 
 
 def test_every_prediction_is_logged_with_its_drift_features(server):

@@ -3,8 +3,10 @@
     bentoml serve services.classifier.service:Classifier                       # development
     bentoml serve services.classifier.service:Classifier --arg model_tag=TAG   # pin a version
 
-Everything but the HTTP surface lives in vgg2resnet.serving: decoding of untrusted uploads,
-the model and its preprocessing (read from the model's metadata), and the drift features.
+The endpoints are declared here; the rest lives in vgg2resnet.serving: decoding of untrusted
+uploads (uploads), one error shape for every 4xx/5xx and the optional bearer token (http), and
+the model with its preprocessing, read from the model's metadata, and its drift features
+(classifier).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from vgg2resnet.config import load_params
 from vgg2resnet.serving.classifier import Classifier as Model
+from vgg2resnet.serving.http import BearerToken, ErrorShape, service_token
 from vgg2resnet.serving.uploads import Uploads, image_file
 
 _ALL = load_params(os.environ.get("VGG2RESNET_PARAMS", "params.yaml"))
@@ -74,6 +77,7 @@ class Classifier:
     model_ref = bentoml.models.BentoModel(args.model_tag)
 
     def __init__(self) -> None:
+        service_token(PARAMS)  # the token's variable named but unset: the server stops here, at start
         self.model = Model(Path(self.model_ref.path))
         self.tag = str(self.model_ref.tag)
 
@@ -118,3 +122,11 @@ class Classifier:
         """Classify images (multipart field `images`, repeated, at most serving.max_batch_size);
         concurrent requests are batched adaptively."""
         return self._predict(images)
+
+
+ENDPOINTS = [api.route for api in Classifier.apis.values()]
+SECURED = PARAMS.auth_token_env is not None
+# Added first, so outermost of the two: the 401 below is answered in the error shape too.
+Classifier.add_asgi_middleware(ErrorShape, endpoints=ENDPOINTS, secured=SECURED)
+if SECURED:
+    Classifier.add_asgi_middleware(BearerToken, serving=PARAMS, endpoints=ENDPOINTS)

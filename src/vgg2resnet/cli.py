@@ -134,13 +134,14 @@ def monitor(params: ParamsOption = Path("params.yaml"),
 
 @command
 def simulate_traffic(
-    url: Annotated[str, typer.Option(help="the running service")] = "http://127.0.0.1:3000",
+    url: Annotated[str, typer.Option(help="the running service, on this machine (a loopback address)")] = "http://127.0.0.1:3000",
     corruption: Annotated[str | None, typer.Option(help="brightness|contrast|blur|noise|rotation|occlusion")] = None,
     severity: Annotated[int, typer.Option(min=1, max=5)] = 3,
     requests: Annotated[int | None, typer.Option(help="images to send (default monitoring.traffic_requests)")] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Send test-split images, clean or corrupted, to a service on this machine."""
+    """Send test-split images, clean or corrupted, to a service on this machine (with the
+    bearer token when serving.auth_token_env is set)."""
     from vgg2resnet.config import load_params
     from vgg2resnet.monitoring.traffic import send_traffic
 

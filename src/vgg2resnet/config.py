@@ -172,6 +172,7 @@ class ServingParams(Section):
     max_pixels: int = Field(ge=1)
     top_k: int = Field(ge=1)
     embedding_dims: int = Field(ge=2, le=64)
+    auth_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class MonitoringParams(Section):

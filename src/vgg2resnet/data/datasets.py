@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, TrainParams
+from vgg2resnet.data.images import decode
 from vgg2resnet.data.transforms import eval_transform, train_transform
 
 
@@ -43,8 +44,7 @@ class ImageDataset(Dataset):
 
     def image(self, i: int) -> Image.Image:
         if i not in self._images:
-            with Image.open(self.paths[i]) as picture:
-                self._images[i] = picture.convert("RGB")
+            self._images[i] = decode(self.paths[i])
         return self._images[i]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:

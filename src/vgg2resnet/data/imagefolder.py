@@ -6,9 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vgg2resnet.config import DataParams, UserError
+from vgg2resnet.data.images import SUFFIXES
 from vgg2resnet.data.manifest import image_facts
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 @dataclass
@@ -52,14 +51,14 @@ def scan_image_folder(root: Path) -> ScanResult:
                 continue
             if _is_hidden(path.relative_to(root)):
                 result.skipped_hidden += 1
-            elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            elif path.suffix.lower() not in SUFFIXES:
                 result.skipped_non_image += 1
             else:
                 images.append(path)
         if not images:
             raise UserError(
                 f"{folder}: category '{folder.name}' has no images "
-                f"({', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder"
+                f"({', '.join(sorted(SUFFIXES))}); add images or remove the folder"
             )
         result.files[folder.name] = images
     # Also count hidden/non-image files lying directly in the root.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from vgg2resnet.config import SplitParams
+from vgg2resnet.data.images import UndecodableImage, open_image
 
 MANIFEST_COLUMNS = [
     "path", "category", "split", "sha256", "dhash", "width", "height", "mode", "bytes",
@@ -39,17 +39,14 @@ def difference_hash(image: Image.Image, size: int = 8) -> str:
 
 
 def image_facts(payload: bytes, max_pixels: int) -> ImageFacts:
-    """Hash and fully decode one file's bytes, so no later stage decodes it again."""
+    """Hash and fully decode one file's bytes, so no later stage decodes it again. Size and mode
+    are the upright image's, as every model sees it."""
     digest = hashlib.sha256(payload).hexdigest()
     try:
-        with Image.open(io.BytesIO(payload)) as image:
-            if image.width * image.height > max_pixels:
-                raise ValueError(f"{image.width}x{image.height} exceeds {max_pixels} pixels")
-            image.load()  # a full decode: catches truncated files that open() alone accepts
-            return ImageFacts(digest, difference_hash(image), image.width, image.height,
-                              image.mode, len(payload), True, "")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        return ImageFacts(digest, "", 0, 0, "", len(payload), False, f"{type(exc).__name__}: {exc}")
+        image = open_image(payload, max_pixels)
+    except UndecodableImage as exc:
+        return ImageFacts(digest, "", 0, 0, "", len(payload), False, str(exc))
+    return ImageFacts(digest, difference_hash(image), image.width, image.height, image.mode, len(payload), True, "")
 
 
 def assign_splits(frame: pd.DataFrame, split: SplitParams, seed: int) -> pd.Series:

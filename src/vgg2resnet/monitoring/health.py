@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image
 
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params
+from vgg2resnet.data.images import decode
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import load_model
 
@@ -30,7 +30,7 @@ def teacher_agreement(rows: pd.DataFrame, params: Params) -> dict | None:
     teacher, meta = load_model(layout.teacher)
     transform = transform_from_meta(meta["preprocessing"])
     with torch.no_grad():
-        batch = torch.stack([transform(Image.open(paths[i]).convert("RGB")) for i in present])
+        batch = torch.stack([transform(decode(paths[i])) for i in present])
         predicted = [meta["categories"][i] for i in teacher(batch).argmax(1).tolist()]
     logged = kept["prediction"].iloc[present].tolist()
     agreement = 100.0 * sum(t == s for t, s in zip(predicted, logged)) / len(present)

@@ -5,8 +5,10 @@ Loopback only."""
 from __future__ import annotations
 
 import io
+import ipaddress
 import logging
-from urllib.parse import urlparse
+import socket
+from urllib.parse import urlsplit
 
 import numpy as np
 import requests
@@ -15,9 +17,10 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.datasets import load_split
+from vgg2resnet.data.images import decode
+from vgg2resnet.serving.http import auth_headers
 
 log = logging.getLogger(__name__)
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 CORRUPTIONS = ("brightness", "contrast", "blur", "noise", "rotation", "occlusion")
 
 
@@ -45,11 +48,27 @@ def corrupt(image: Image.Image, name: str, severity: int, seed: int = 0) -> Imag
     raise ValueError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
 
 
+def loopback_url(url: str) -> str:
+    """The URL with its host resolved to a loopback address, or a UserError. Requests then go
+    to that address, so a name cannot resolve elsewhere between this check and the request."""
+    parts = urlsplit(url)
+    refuse = f"{url}: simulated traffic goes to this machine only (127.0.0.1, ::1 or localhost)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"{refuse}; give a URL such as http://127.0.0.1:3000")
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)}
+    except (socket.gaierror, UnicodeError):
+        raise UserError(f"{refuse}; {parts.hostname!r} does not resolve") from None
+    addresses = sorted((ipaddress.ip_address(a.split("%")[0]) for a in found), key=lambda a: (a.version, int(a)))
+    if not all(address.is_loopback for address in addresses):
+        raise UserError(f"{refuse}; {parts.hostname!r} resolves to {', '.join(map(str, addresses))}")
+    host = f"[{addresses[0]}]" if addresses[0].version == 6 else str(addresses[0])
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl().rstrip("/")
+
+
 def send_traffic(params: Params, url: str, requests_count: int, corruption: str | None = None,
                  severity: int = 3, batch: int = 8, timeout: float = 120.0, seed: int = 0) -> dict:
-    host = urlparse(url).hostname
-    if host not in LOOPBACK and not (host or "").startswith("127."):
-        raise UserError(f"{url}: simulated traffic goes to this machine only (127.0.0.1 or localhost)")
+    target = loopback_url(url)
     layout = Artifacts(params)
     rows = load_split(layout.manifest, "test")
     # A seeded shuffle: the manifest is sorted by category, and any prefix of the traffic should
@@ -58,16 +77,20 @@ def send_traffic(params: Params, url: str, requests_count: int, corruption: str 
     paths = [layout.raw_dir / rows["path"].iloc[i] for i in order]
     sent = failed = 0
     with requests.Session() as session:
+        session.headers.update(auth_headers(params.serving))
         while sent < requests_count:
             files = []
             for n in range(min(batch, requests_count - sent)):
-                image = Image.open(paths[(sent + n) % len(paths)]).convert("RGB")
+                image = decode(paths[(sent + n) % len(paths)])
                 if corruption:
                     image = corrupt(image, corruption, severity, seed=sent + n)
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")
                 files.append(("images", (f"{sent + n}.png", buffer.getvalue(), "image/png")))
-            answer = session.post(f"{url.rstrip('/')}/classify_batch", files=files, timeout=timeout)
+            answer = session.post(f"{target}/classify_batch", files=files, timeout=timeout)
+            if answer.status_code == 401:
+                raise UserError(f"{url} answered 401: {answer.json()['error']}. Set serving.auth_token_env to "
+                                "the name of the variable holding the service's token, and export it")
             failed += 0 if answer.status_code == 200 else len(files)
             sent += len(files)
     log.info("sent %d images (%s) to %s, %d failed", sent, f"{corruption} x{severity}" if corruption else "clean",

@@ -24,11 +24,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from PIL import Image
 
 from vgg2resnet.artifacts import Artifacts, StoreLayout, sidecar
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.datasets import eval_loader, load_split
+from vgg2resnet.data.images import decode
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.variants import load_runner
 from vgg2resnet.serving.classifier import Classifier, fit_projection
@@ -136,7 +136,7 @@ def profile(classifier: Classifier, paths: list[Path], batch_size: int, top_k: i
     """One row per image: the drift features, the prediction and its confidence, as the service logs them."""
     rows = []
     for start in range(0, len(paths), batch_size):
-        images = [Image.open(p).convert("RGB") for p in paths[start:start + batch_size]]
+        images = [decode(p) for p in paths[start:start + batch_size]]
         for result in classifier.predict(images, top_k):
             rows.append({**result["features"], "prediction": result["category"],
                          "confidence": result["confidence"]})

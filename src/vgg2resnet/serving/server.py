@@ -14,6 +14,9 @@ from pathlib import Path
 
 import requests
 
+from vgg2resnet.config import load_params
+from vgg2resnet.serving.http import service_token
+
 SERVICE = "services.classifier.service:Classifier"
 
 
@@ -27,6 +30,7 @@ def free_port() -> int:
 def local_server(model_tag: str, *, cwd: Path, project_root: Path, params_file: Path,
                  ready_timeout: float = 180.0) -> Iterator[str]:
     """Yield the URL of a ready server; the inference log lands under `cwd`."""
+    service_token(load_params(params_file).serving)  # a missing token fails here, not after a timeout
     port = free_port()
     env = {**os.environ, "VGG2RESNET_PARAMS": str(Path(params_file).resolve()),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(project_root).resolve()),

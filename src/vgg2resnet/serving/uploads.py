@@ -1,44 +1,24 @@
 """Images uploaded as files: form fields checked before BentoML parses the form, and each file
-decoded while the request is parsed, its size checked from the header before any pixel is
-decoded, and a truncated file refused instead of classifying whatever part of it decoded."""
+decoded (vgg2resnet.data.images.decode) while the request is parsed. Every problem found is
+reported with its field, index and filename, and the request answers 400: a batch holding
+one bad file classifies nothing."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Annotated, Any
 
 from bentoml import IODescriptor
-from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError, ValidatorFunctionWrapHandler, WrapValidator
-from starlette.datastructures import UploadFile
+from pydantic_core import PydanticCustomError
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from vgg2resnet.data.images import UndecodableImage, decode
+from vgg2resnet.serving.http import Problem, report
+
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-
-
-class InvalidImage(ValueError):
-    """The upload is not an image this service can classify; the message says why."""
-
-
-def decode_image(payload: bytes, max_pixels: int) -> Image.Image:
-    if not payload:
-        raise InvalidImage("the upload is empty: send an image file (png, jpeg, webp, bmp)")
-    try:
-        image = Image.open(io.BytesIO(payload))
-    except UnidentifiedImageError:
-        raise InvalidImage("the upload is not a recognised image (png, jpeg, webp, bmp)") from None
-    except Image.DecompressionBombError:
-        raise InvalidImage(f"the image has more than {max_pixels} pixels") from None
-    if image.width * image.height > max_pixels:
-        raise InvalidImage(f"the image is {image.width}x{image.height} = {image.width * image.height} "
-                           f"pixels; the limit is {max_pixels}")
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError):
-        raise InvalidImage("the image is truncated or corrupt") from None
-    return image.convert("RGB")
 
 
 def image_file(max_pixels: int) -> Any:
@@ -48,14 +28,13 @@ def image_file(max_pixels: int) -> Any:
     merges its request with other clients' (which must not fail with it), and the endpoint
     receives decoded images, so nothing is decoded twice."""
 
-    def decoded(upload: Any, _file_schema: ValidatorFunctionWrapHandler) -> Image.Image:
+    def decoded(upload: Any, _file_schema: ValidatorFunctionWrapHandler) -> Any:
         if not isinstance(upload, UploadFile):
-            # A ValueError, not a TypeError: pydantic turns only the former into a 400.
-            raise ValueError("send the image as a multipart/form-data file upload")  # noqa: TRY004
+            raise PydanticCustomError("not_a_file", "send the image as a multipart/form-data file upload")
         try:
-            return decode_image(upload.file.read(), max_pixels)
-        except InvalidImage as exc:
-            raise ValueError(str(exc)) from None
+            return decode(upload.file.read(), max_pixels)
+        except UndecodableImage as exc:
+            raise PydanticCustomError("undecodable_image", "{reason}", {"reason": str(exc)}) from None
 
     return Annotated[Path, WrapValidator(decoded)]
 
@@ -64,29 +43,56 @@ class Uploads(IODescriptor):
     """An endpoint's input that takes its images as uploaded files, checked before BentoML parses
     the form: BentoML answers 500 to a malformed form or a file under an unknown name, and
     fetches a text value of a file field as a URL, a request made on the client's behalf (as
-    after `curl -F image=digit.png`, without the @). Each of those is a 400 here, like any other
-    bad upload."""
+    after `curl -F image=digit.png`, without the @). Each of those is a 400 here, like a body
+    that is not a form at all and any other bad upload."""
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> IODescriptor:
-        if request.headers.get("content-type", "").startswith(FORM_TYPES):
-            try:
-                form = await request.form()  # parsed once: starlette keeps it for BentoML's parser
-            except HTTPException as exc:
-                raise _invalid(cls, [((), f"the body is not a valid form: {exc.detail}")]) from None
-            fields = " and ".join(repr(name) for name in cls.model_fields)
-            problems = [((name,), f"unknown field {name!r}: this endpoint takes {fields}")
-                        for name in form if name not in cls.model_fields]
-            text = "this part is text, not a file: send the image as a file (curl -F {}=@image.png)"
-            problems += [((name, number), text.format(name)) for name in cls.multipart_fields
-                         for number, value in enumerate(form.getlist(name)) if isinstance(value, str)]
-            if problems:
-                raise _invalid(cls, problems)
-        return await super().from_http_request(request, serde)
+        content_type = request.headers.get("content-type", "")
+        example = " ".join(f"-F {name}=@photo.jpg" for name in cls.multipart_fields)
+        if not content_type.startswith(FORM_TYPES):
+            raise _refuse(request, cls, [_problem(None, f"the body is {content_type or 'untyped'}, not "
+                                                  f"multipart/form-data: upload the image as a file (curl {example})")])
+        try:
+            form = await request.form()  # parsed once: starlette keeps it for BentoML's parser
+        except HTTPException as exc:
+            raise _refuse(request, cls, [_problem(None, f"the body is not a valid form: {exc.detail}")]) from None
+        fields = " and ".join(repr(name) for name in cls.model_fields)
+        problems = [_problem(name, f"unknown field: this endpoint takes {fields}")
+                    for name in form if name not in cls.model_fields]
+        text = f"this part is text, not a file: upload the image as a file (curl {example})"
+        problems += [_problem(name, text, number) for name in cls.multipart_fields
+                     for number, value in enumerate(form.getlist(name)) if isinstance(value, str)]
+        if problems:
+            raise _refuse(request, cls, problems)
+        try:
+            return await super().from_http_request(request, serde)
+        except ValidationError as exc:
+            raise _refuse(request, cls, [_from_pydantic(error, form) for error in exc.errors()]) from None
 
 
-def _invalid(model: type, problems: list[tuple[tuple, str]]) -> ValidationError:
-    """The error BentoML answers with a 400 listing each problem, as for a failed validator."""
+def _problem(field: str | None, reason: str, index: int | None = None, filename: str | None = None) -> Problem:
+    return Problem(field=field, index=index, filename=filename, reason=reason)
+
+
+def _from_pydantic(error: dict, form: FormData) -> Problem:
+    """A validation error as a problem, naming the file it is about."""
+    loc = error["loc"]
+    field = str(loc[0]) if loc else None
+    index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    files = form.getlist(field) if field is not None else []
+    # A single-file field's error has no index: the file is the field's only one.
+    upload = files[index] if index is not None else files[0] if len(files) == 1 else None
+    filename = upload.filename if isinstance(upload, UploadFile) else None
+    reason = error["msg"]
+    if error["type"] == "missing":
+        reason = f"missing: send the image as a file in the multipart field {field!r}"
+    return _problem(field, reason, index, filename)
+
+
+def _refuse(request: Request, model: type, problems: list[Problem]) -> ValidationError:
+    """Report the problems and return the error BentoML answers with a 400."""
+    report(request, problems)
     return ValidationError.from_exception_data(model.__name__, [
-        {"type": "value_error", "loc": loc, "input": None, "ctx": {"error": ValueError(message)}}
-        for loc, message in problems])
+        {"type": "value_error", "loc": (p.field or "request",), "input": None,
+         "ctx": {"error": ValueError(p.describe())}} for p in problems])

@@ -1,0 +1,102 @@
+"""The one image decoder that prepare, training, the drift reference and the service share,
+checked against the formats' specifications (tests/imagefiles.py), not against its own output."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from vgg2resnet.data.datasets import ImageDataset
+from vgg2resnet.data.imagefolder import scan_image_folder
+from vgg2resnet.data.images import SUFFIXES, UndecodableImage, decode
+from vgg2resnet.data.manifest import image_facts
+from vgg2resnet.data.transforms import eval_transform
+
+from .conftest import ROOT
+from .imagefiles import FORMATS, encoded, noise, pixels_end, with_orientation
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_each_allowed_format_decodes_to_its_pixels(fmt: str):
+    image = noise()
+    lossless = {"WEBP": {"lossless": True}}.get(fmt, {})
+    decoded = decode(encoded(image, fmt, **lossless))
+    assert decoded.mode == "RGB" and decoded.size == image.size
+    if fmt != "JPEG":
+        assert np.array_equal(np.asarray(decoded), np.asarray(image))
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF", "ICO", "PPM", "TGA"])
+def test_formats_outside_the_allow_list_are_refused_whatever_their_name(fmt: str):
+    with pytest.raises(UndecodableImage, match="not a PNG, JPEG, WEBP or BMP image"):
+        decode(encoded(noise(), fmt))
+
+
+def test_readme_and_the_image_folder_name_the_formats_the_decoder_takes(tmp_path: Path):
+    assert "PNG, JPEG, WebP and BMP" in (ROOT / "README.md").read_text()
+    for suffix in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif"):
+        (tmp_path / "cat" / f"a{suffix}").parent.mkdir(exist_ok=True)
+        (tmp_path / "cat" / f"a{suffix}").write_bytes(b"")
+    listed = {p.suffix for p in scan_image_folder(tmp_path).files["cat"]}
+    assert listed == set(SUFFIXES) == {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_file_cut_before_its_last_pixel_never_decodes(fmt: str):
+    data = encoded(noise(), fmt)
+    end = pixels_end(fmt, data)
+    assert 0 < end <= len(data)
+    for offset in range(end):
+        with pytest.raises(UndecodableImage):
+            decode(data[:offset])
+    assert decode(data).size == noise().size
+
+
+@settings(max_examples=300)
+@given(fmt=st.sampled_from(list(FORMATS)),
+       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8))
+def test_flipped_bytes_give_an_image_or_undecodable_never_another_error(fmt: str, flips):
+    data = bytearray(encoded(noise(), fmt))
+    for position, value in flips:
+        data[position % len(data)] = value
+    try:
+        image = decode(bytes(data), max_pixels=10**6)
+    except UndecodableImage as exc:
+        assert str(exc)
+    else:
+        assert image.mode == "RGB" and image.width * image.height <= 10**6
+
+
+def test_the_pixel_limit_is_checked_from_the_header():
+    data = encoded(Image.new("RGB", (4000, 4000)), "PNG")
+    with pytest.raises(UndecodableImage, match="4000x4000 = 16000000 pixels; the limit is 1000000"):
+        decode(data, max_pixels=10**6)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_decodes_upright(fmt: str, orientation: int):
+    upright = np.asarray(noise(width=16, height=12))
+    data = with_orientation(upright, orientation, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    assert np.array_equal(np.asarray(decode(data)), upright)
+
+
+def test_an_exif_rotated_jpeg_is_the_same_tensor_in_training_as_its_upright_twin(tmp_path: Path):
+    """A phone photo stored sideways with orientation 6, and the upright picture it shows."""
+    rotated = with_orientation(np.asarray(noise(width=40, height=24)), 6, "JPEG")
+    stored = np.asarray(Image.open(io.BytesIO(rotated)).convert("RGB"))  # plain Pillow: no EXIF applied
+    assert stored.shape[:2] == (40, 24)
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "rotated.jpg").write_bytes(rotated)
+    Image.fromarray(np.rot90(stored, -1)).save(tmp_path / "cat" / "upright.png")  # turned 90 degrees clockwise
+    rows = pd.DataFrame({"path": ["cat/rotated.jpg", "cat/upright.png"], "category": ["cat", "cat"]})
+    dataset = ImageDataset(rows, tmp_path, ["cat"], eval_transform(32, (0.5,) * 3, (0.25,) * 3))
+    assert torch.equal(dataset[0][0], dataset[1][0])
+    facts = image_facts(rotated, max_pixels=10**6)
+    assert (facts.width, facts.height) == (40, 24) and facts.decodes
