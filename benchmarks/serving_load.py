@@ -41,8 +41,8 @@ from vgg2resnet.data.images import decode
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import load_model, save_model, write_sidecar
 from vgg2resnet.packaging import store
+from vgg2resnet.serving.auth import auth_headers
 from vgg2resnet.serving.classifier import Classifier
-from vgg2resnet.serving.http import auth_headers
 from vgg2resnet.serving.server import local_server
 from vgg2resnet.stages.compress import quantize_on_train_sample
 

@@ -1,6 +1,6 @@
 """Small valid image files and facts about them read from the formats' own specifications, not
-from the decoder under test: where the last pixel byte lies, and how an EXIF orientation turns
-the stored pixels upright."""
+from the decoder under test: how much of a file must be there, and how an EXIF orientation
+turns the stored pixels upright."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import struct
 import numpy as np
 from PIL import Image
 
-FORMATS = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp"),
+FILE_TYPES = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp"),
            "BMP": ("bmp", "image/bmp")}
 EXIF_ORIENTATION = 0x0112
 
@@ -26,30 +26,21 @@ def encoded(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
-def pixels_end(fmt: str, data: bytes) -> int:
-    """The offset just past the last byte that carries pixels: a file cut before it cannot
-    decode completely. After it come only checksums and trailers (PNG's zlib Adler-32, chunk
-    CRC and IEND chunk; JPEG's end marker). For PNG this holds for incompressible pixels
-    (`noise`), which zlib stores verbatim, with no end-of-block code after the last pixel."""
-    if fmt == "PNG":  # 8-byte signature, then chunks of length, type, data, CRC
-        position, end = 8, 0
-        while position < len(data):
-            (length,) = struct.unpack(">I", data[position:position + 4])
-            if data[position + 4:position + 8] == b"IDAT":
-                end = position + 8 + length - 4  # the zlib stream ends with its Adler-32
-            position += 12 + length
-        return end
-    if fmt == "JPEG":
-        return data.rindex(b"\xff\xd9")  # EOI
-    if fmt == "WEBP":  # RIFF header, then one image chunk of declared size
-        (size,) = struct.unpack("<I", data[16:20])
-        return 20 + size
-    if fmt == "BMP":  # pixel data offset, then rows padded to 4 bytes
-        (offset,) = struct.unpack("<I", data[10:14])
-        width, height = struct.unpack("<ii", data[18:26])
-        (bits,) = struct.unpack("<H", data[28:30])
-        return offset + abs(height) * ((width * bits // 8 + 3) // 4 * 4)
-    raise ValueError(fmt)
+def shortest_decodable(fmt: str, data: bytes) -> int:
+    """The length of the shortest prefix of the file that decodes completely. Only a PNG
+    decodes without its end, once every pixel is in: the zlib stream's Adler-32, the chunk's
+    CRC and the IEND chunk are checksums and trailer. This holds for incompressible pixels
+    (`noise`), which zlib stores verbatim, with no end-of-block code after the last pixel.
+    The other formats need the whole file, JPEG its end marker included."""
+    if fmt != "PNG":
+        return len(data)
+    position, end = 8, 0  # 8-byte signature, then chunks of length, type, data, CRC
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position:position + 4])
+        if data[position + 4:position + 8] == b"IDAT":
+            end = position + 8 + length - 4
+        position += 12 + length
+    return end
 
 
 # EXIF orientation -> the stored pixels of an upright picture U (TIFF 6.0 / EXIF 2.3: e.g. 6

@@ -11,7 +11,7 @@ import pytest
 from vgg2resnet.artifacts import StoreLayout
 from vgg2resnet.config import UserError, load_params
 from vgg2resnet.monitoring.monitor import read_inference_log, run_monitor
-from vgg2resnet.monitoring.traffic import CORRUPTIONS, corrupt, send_traffic
+from vgg2resnet.monitoring.traffic import CORRUPTIONS, corrupt, loopback_url, send_traffic
 
 from .conftest import promoted_tag
 
@@ -75,9 +75,22 @@ def test_a_corrupt_log_line_is_skipped_and_counted(served, params, tmp_path: Pat
     assert window.skipped_lines == 2 and len(window.rows) == 6
 
 
-def test_simulated_traffic_refuses_other_hosts(params):
+@pytest.mark.parametrize("url", ["http://192.0.2.1:3000", "http://127.evil.example:3000", "http://0.0.0.0:3000",
+                                 "http://[::ffff:192.0.2.1]:3000", "ftp://127.0.0.1:3000", "127.0.0.1:3000",
+                                 "http://127.0.0.1:99999"])
+def test_simulated_traffic_refuses_hosts_that_are_not_loopback(params, url: str):
     with pytest.raises(UserError, match="this machine only"):
-        send_traffic(params, "http://192.0.2.1:3000", 1)
+        send_traffic(params, url, 1)
+
+
+@pytest.mark.parametrize("url, sent_to", [
+    ("http://localhost:3000/", {"http://127.0.0.1:3000", "http://[::1]:3000"}),
+    ("http://127.0.0.2:3000", {"http://127.0.0.2:3000"}),
+    ("http://[::1]:3000", {"http://[::1]:3000"}),
+    ("http://2130706433:3000", {"http://127.0.0.1:3000"}),  # 127.0.0.1 as one number
+])
+def test_a_loopback_host_is_resolved_once_and_requests_go_to_its_address(url: str, sent_to: set[str]):
+    assert loopback_url(url) in sent_to
 
 
 def test_every_corruption_changes_the_image(served):

@@ -27,12 +27,12 @@ from PIL import Image
 from vgg2resnet.artifacts import StoreLayout
 from vgg2resnet.config import VARIANTS, UserError, load_params
 from vgg2resnet.monitoring.traffic import send_traffic
-from vgg2resnet.serving.http import service_token
+from vgg2resnet.serving.auth import service_token
 from vgg2resnet.serving.server import local_server
 from vgg2resnet.stages import gate, package
 
 from .conftest import ROOT, merge
-from .imagefiles import FORMATS, encoded, noise, pixels_end, with_orientation
+from .imagefiles import FILE_TYPES, encoded, noise, shortest_decodable, with_orientation
 
 pytestmark = pytest.mark.slow
 
@@ -99,8 +99,6 @@ def test_accuracy_through_http_equals_the_offline_evaluation(server):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_each_variant_serves_what_it_scored_offline(served, variant: str, tmp_path: Path, monkeypatch):
     """Promote one variant (under its own model name) through the real gate and serve it."""
-    from vgg2resnet.serving.server import local_server
-
     project = served["project"]
     monkeypatch.chdir(project)
     params = load_params(project / "params.yaml")
@@ -187,8 +185,8 @@ def test_bad_input_gets_a_400_saying_what_was_wrong_and_the_server_keeps_serving
         answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
     assert answer.status_code == 400, (answer.status_code, answer.text)
     check_answer(answer, spec)
-    expected = {"not_an_image": "not a PNG, JPEG, WEBP or BMP image", "empty": "empty", "truncated": "truncated",
-                "decompression_bomb": "the limit is", "gif": "not a PNG, JPEG, WEBP or BMP image",
+    expected = {"not_an_image": "not a PNG, JPEG, WebP or BMP image", "empty": "empty", "truncated": "truncated",
+                "decompression_bomb": "the limit is", "gif": "not a PNG, JPEG, WebP or BMP image",
                 "wrong_content_type": "not multipart/form-data", "too_many_files": "at most 32",
                 "text_instead_of_file": "not a file", "malformed_form": "not a valid form",
                 "unknown_field": "unknown field", "no_body": "not multipart/form-data"}[case]
@@ -197,6 +195,13 @@ def test_bad_input_gets_a_400_saying_what_was_wrong_and_the_server_keeps_serving
     if case in ("not_an_image", "empty", "truncated", "decompression_bomb", "gif"):
         assert body["problems"][0]["field"] == "image" and body["problems"][0]["filename"] in body["error"]
     _still_serving(server["url"])
+
+
+def test_two_files_sent_to_the_one_file_endpoint_are_refused_not_half_classified(server, spec):
+    files = [("image", ("a.png", _png(), "image/png")), ("image", ("b.png", _png(), "image/png"))]
+    answer = requests.post(f"{server['url']}/classify", files=files, timeout=30)
+    assert answer.status_code == 400 and "2 files sent" in answer.json()["error"]
+    check_answer(answer, spec)
 
 
 def test_routing_errors_and_the_openapi_document_share_one_error_shape(server, spec):
@@ -231,49 +236,48 @@ def test_a_batch_with_bad_files_names_each_by_index_and_filename_and_classifies_
                                                                            ("images", 3, "notes.txt")]
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
-def test_a_file_cut_at_every_byte_offset_is_refused_until_its_last_pixel(server, spec, fmt: str):
+@pytest.mark.parametrize("fmt", list(FILE_TYPES))
+def test_a_file_cut_at_every_byte_offset_is_refused_until_every_pixel_is_in(server, spec, fmt: str):
     data = encoded(noise(), fmt)
-    extension, mime = FORMATS[fmt]
-    end = pixels_end(fmt, data)
+    extension, mime = FILE_TYPES[fmt]
+    end = shortest_decodable(fmt, data)
     with requests.Session() as session:
         for offset in range(len(data) + 1):
             name = f"cut-{offset}.{extension}"
             answer = session.post(f"{server['url']}/classify", files={"image": (name, data[:offset], mime)}, timeout=30)
             check_answer(answer, spec, 1)
+            assert answer.status_code == (400 if offset < end else 200), (offset, answer.text)
             if offset < end:
-                assert answer.status_code == 400, (offset, answer.text)
                 assert answer.json()["problems"][0]["filename"] == name
-    assert answer.status_code == 200  # the whole file
     _still_serving(server["url"])
 
 
 def _file_strategy():
     """A whole image in one of the formats, or one cut at some offset."""
-    return st.tuples(st.sampled_from(list(FORMATS)), st.none() | st.integers(0, 10**6))
+    return st.tuples(st.sampled_from(list(FILE_TYPES)), st.none() | st.integers(0, 10**6))
 
 
 @settings(max_examples=60)
 @given(files=st.lists(_file_strategy(), min_size=1, max_size=8))
 def test_a_generated_batch_is_classified_whole_or_refused_naming_every_cut_file(server, spec, files):
-    sample = {fmt: encoded(noise(seed=1), fmt) for fmt in FORMATS}
+    sample = {fmt: encoded(noise(seed=1), fmt) for fmt in FILE_TYPES}
     upload, must_fail = [], set()
     for index, (fmt, cut) in enumerate(files):
         data = sample[fmt] if cut is None else sample[fmt][:cut % len(sample[fmt])]
-        if len(data) < pixels_end(fmt, sample[fmt]):
+        if len(data) < shortest_decodable(fmt, sample[fmt]):  # every other one decodes
             must_fail.add(index)
-        upload.append(("images", (f"{index}.{FORMATS[fmt][0]}", data, FORMATS[fmt][1])))
+        upload.append(("images", (f"{index}.{FILE_TYPES[fmt][0]}", data, FILE_TYPES[fmt][1])))
     answer = requests.post(f"{server['url']}/classify_batch", files=upload, timeout=60)
     check_answer(answer, spec, len(files))
+    assert answer.status_code == (400 if must_fail else 200), answer.text
     if must_fail:
-        assert answer.status_code == 400
-        named = {p["index"] for p in answer.json()["problems"]}
-        assert must_fail <= named
-        assert all(p["filename"] == upload[p["index"]][1][0] for p in answer.json()["problems"])
+        problems = answer.json()["problems"]
+        assert {p["index"] for p in problems} == must_fail
+        assert all(p["filename"] == upload[p["index"]][1][0] for p in problems)
 
 
 @settings(max_examples=150)
-@given(fmt=st.sampled_from(list(FORMATS)),
+@given(fmt=st.sampled_from(list(FILE_TYPES)),
        flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8))
 def test_flipped_bytes_get_a_prediction_or_a_400(server, spec, fmt: str, flips):
     data = bytearray(encoded(noise(), fmt))
@@ -381,20 +385,40 @@ def test_an_exif_rotated_jpeg_gets_the_prediction_of_its_upright_twin(server):
     assert answers[0]["top_k"] != answers[2]["top_k"]  # the orientation matters to the model
 
 
+def _serve_with(served: dict, workdir: Path, serving: dict):
+    """The session's model served with other serving settings."""
+    settings_file = workdir / "params.yaml"
+    settings_file.write_text(yaml.safe_dump(merge(yaml.safe_load((served["project"] / "params.yaml").read_text()),
+                                                  {"serving": serving})))
+    return settings_file, local_server(served["tag"], cwd=workdir, project_root=ROOT, params_file=settings_file)
+
+
+def test_load_shedding_answers_in_the_error_shape(served, tmp_path: Path):
+    """Limits a burst must exceed: 2 requests in flight, a 1 ms batching budget, a 1 s timeout."""
+    _, server = _serve_with(served, tmp_path, {"max_concurrency": 2, "max_latency_ms": 1, "timeout_s": 1})
+    files = [("images", (f"{i}.png", encoded(noise(32, 32, seed=i), "PNG"), "image/png")) for i in range(32)]
+    with server as url, ThreadPoolExecutor(24) as pool:
+        spec = requests.get(f"{url}/docs.json", timeout=30).json()
+        answers = list(pool.map(lambda _: requests.post(f"{url}/classify_batch", files=files, timeout=60), range(48)))
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) <= {200, 429, 503, 504} and 429 in statuses, statuses
+    for answer in answers:
+        if answer.status_code != 200:
+            jsonschema.validate(answer.json(), _schema(spec, {"$ref": "#/components/schemas/ErrorBody"}))
+            assert answer.json()["error"]
+
+
 TOKEN_ENV = "VGG2RESNET_TEST_TOKEN"
 
 
 @pytest.fixture(scope="module")
 def secured(served, tmp_path_factory):
     """The same model served with serving.auth_token_env set and its variable exported."""
-    workdir = tmp_path_factory.mktemp("secured")
-    settings_file = workdir / "params.yaml"
-    settings_file.write_text(yaml.safe_dump(merge(yaml.safe_load((served["project"] / "params.yaml").read_text()),
-                                                  {"serving": {"auth_token_env": TOKEN_ENV}})))
     token = secrets.token_urlsafe(24)
     with pytest.MonkeyPatch.context() as environment:
         environment.setenv(TOKEN_ENV, token)
-        with local_server(served["tag"], cwd=workdir, project_root=ROOT, params_file=settings_file) as url:
+        settings_file, server = _serve_with(served, tmp_path_factory.mktemp("secured"), {"auth_token_env": TOKEN_ENV})
+        with server as url:
             yield {"url": url, "token": token, "params_file": settings_file}
 
 
@@ -404,15 +428,20 @@ def test_with_a_token_set_only_the_right_one_is_served_and_health_stays_open(sec
     for endpoint, files in (("classify", image), ("classify_batch", {"images": image["image"]})):
         answers = [requests.post(f"{secured['url']}/{endpoint}", files=files, headers=headers, timeout=60)
                    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": secured["token"]},
-                                   {"Authorization": f"Bearer {secured['token']}"})]
-        assert [a.status_code for a in answers] == [401, 401, 401, 200], [a.text for a in answers]
+                                   {"Authorization": f"Bearer {secured['token']}"},
+                                   {"Authorization": f"bearer {secured['token']}"})]  # the scheme is case-blind
+        assert [a.status_code for a in answers] == [401, 401, 401, 200, 200], [a.text for a in answers]
         for answer in answers[:3]:
             check_answer(answer, spec)
             assert answer.headers["www-authenticate"] == "Bearer"
             assert answer.json()["problems"][0]["field"] == "Authorization"
             assert secured["token"] not in answer.text
-    for path in ("/livez", "/readyz", "/metrics", "/docs.json"):
+    for path in ("/livez", "/readyz", "/metrics", "/docs.json", "/"):
         assert requests.get(f"{secured['url']}{path}", timeout=30).status_code == 200
+    # Everything else is closed, an unknown path or a HEAD included: nothing tells what exists.
+    for answer in (requests.get(f"{secured['url']}/no-such-endpoint", timeout=30),
+                   requests.head(f"{secured['url']}/classify", timeout=30)):
+        assert answer.status_code == 401 and answer.headers["content-type"] == "application/json"
     post = spec["paths"]["/classify"]["post"]
     assert post["security"] == [{"bearer": []}] and "401" in post["responses"]
     assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}

@@ -4,7 +4,7 @@
     bentoml serve services.classifier.service:Classifier --arg model_tag=TAG   # pin a version
 
 The endpoints are declared here; the rest lives in vgg2resnet.serving: decoding of untrusted
-uploads (uploads), one error shape for every 4xx/5xx and the optional bearer token (http), and
+uploads (uploads), one error shape for every 4xx/5xx (errors), the optional bearer token (auth), and
 the model with its preprocessing, read from the model's metadata, and its drift features
 (classifier).
 """
@@ -25,8 +25,9 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from vgg2resnet.config import load_params
+from vgg2resnet.serving.auth import BearerToken, service_token
 from vgg2resnet.serving.classifier import Classifier as Model
-from vgg2resnet.serving.http import BearerToken, ErrorShape, service_token
+from vgg2resnet.serving.errors import ErrorShape
 from vgg2resnet.serving.uploads import Uploads, image_file
 
 _ALL = load_params(os.environ.get("VGG2RESNET_PARAMS", "params.yaml"))
@@ -129,4 +130,4 @@ SECURED = PARAMS.auth_token_env is not None
 # Added first, so outermost of the two: the 401 below is answered in the error shape too.
 Classifier.add_asgi_middleware(ErrorShape, endpoints=ENDPOINTS, secured=SECURED)
 if SECURED:
-    Classifier.add_asgi_middleware(BearerToken, serving=PARAMS, endpoints=ENDPOINTS)
+    Classifier.add_asgi_middleware(BearerToken, serving=PARAMS)

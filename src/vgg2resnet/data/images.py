@@ -11,9 +11,10 @@ Two decisions live here:
   rotation that every viewer honours; labels were given to the upright picture, so the model
   sees the upright picture too, in training and in serving alike.
 
-An image must decode completely: a file cut short anywhere before its last pixel is refused
-rather than classified from what decoded. A file whose pixels are all there but whose trailer
-(PNG's closing chunk, JPEG's end marker) is missing decodes.
+An image must decode completely: a file cut short is refused rather than classified from
+what decoded. One exception: a PNG whose pixel data is complete but whose trailing checksums
+or closing chunk are missing decodes (Pillow stops reading once it has every pixel). A JPEG
+needs its end marker.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 # Pillow format name -> the file suffixes an ImageFolder tree may hold it under.
 FORMATS = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "WEBP": (".webp",), "BMP": (".bmp",)}
 SUFFIXES = frozenset(suffix for suffixes in FORMATS.values() for suffix in suffixes)
-FORMAT_LIST = f"{', '.join(list(FORMATS)[:-1])} or {list(FORMATS)[-1]}"
+FORMAT_LIST = "PNG, JPEG, WebP or BMP"
+# EXIF orientation -> the turn that shows the stored pixels upright (EXIF 2.3, tag 0x0112).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
 
 
 class UndecodableImage(ValueError):
@@ -52,10 +57,21 @@ def open_image(source: bytes | Path, max_pixels: int | None = None) -> Image.Ima
                                f"pixels; the limit is {max_pixels}")
     try:
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)
     except Exception as exc:  # OSError, SyntaxError, ValueError, struct.error, EOFError, ...
         raise UndecodableImage(f"the image is truncated or corrupt ({type(exc).__name__}: {exc})") from None
-    return image
+    return upright(image)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says. Not ImageOps.exif_transpose: it also
+    rewrites the EXIF block, which fails on some real phone photos, and only pixels matter
+    here. EXIF that does not parse leaves the pixels as stored: metadata never refuses a photo."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # malformed EXIF: Pillow raises from its TIFF parser
+        return image
+    turn = UPRIGHT.get(orientation)
+    return image if turn is None else image.transpose(turn)
 
 
 def decode(source: bytes | Path, max_pixels: int | None = None) -> Image.Image:

@@ -18,7 +18,7 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.datasets import load_split
 from vgg2resnet.data.images import decode
-from vgg2resnet.serving.http import auth_headers
+from vgg2resnet.serving.auth import auth_headers
 
 log = logging.getLogger(__name__)
 CORRUPTIONS = ("brightness", "contrast", "blur", "noise", "rotation", "occlusion")
@@ -53,17 +53,21 @@ def loopback_url(url: str) -> str:
     to that address, so a name cannot resolve elsewhere between this check and the request."""
     parts = urlsplit(url)
     refuse = f"{url}: simulated traffic goes to this machine only (127.0.0.1, ::1 or localhost)"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
         raise UserError(f"{refuse}; give a URL such as http://127.0.0.1:3000")
     try:
-        found = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)}
+        found = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port or 80, proto=socket.IPPROTO_TCP)}
     except (socket.gaierror, UnicodeError):
         raise UserError(f"{refuse}; {parts.hostname!r} does not resolve") from None
     addresses = sorted((ipaddress.ip_address(a.split("%")[0]) for a in found), key=lambda a: (a.version, int(a)))
     if not all(address.is_loopback for address in addresses):
         raise UserError(f"{refuse}; {parts.hostname!r} resolves to {', '.join(map(str, addresses))}")
     host = f"[{addresses[0]}]" if addresses[0].version == 6 else str(addresses[0])
-    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl().rstrip("/")
+    return parts._replace(netloc=f"{host}:{port}" if port else host).geturl().rstrip("/")
 
 
 def send_traffic(params: Params, url: str, requests_count: int, corruption: str | None = None,
@@ -77,6 +81,7 @@ def send_traffic(params: Params, url: str, requests_count: int, corruption: str 
     paths = [layout.raw_dir / rows["path"].iloc[i] for i in order]
     sent = failed = 0
     with requests.Session() as session:
+        session.trust_env = False  # no proxy from the environment: the requests stay on this machine
         session.headers.update(auth_headers(params.serving))
         while sent < requests_count:
             files = []
@@ -87,7 +92,7 @@ def send_traffic(params: Params, url: str, requests_count: int, corruption: str 
                 buffer = io.BytesIO()
                 image.save(buffer, format="PNG")
                 files.append(("images", (f"{sent + n}.png", buffer.getvalue(), "image/png")))
-            answer = session.post(f"{target}/classify_batch", files=files, timeout=timeout)
+            answer = session.post(f"{target}/classify_batch", files=files, timeout=timeout, allow_redirects=False)
             if answer.status_code == 401:
                 raise UserError(f"{url} answered 401: {answer.json()['error']}. Set serving.auth_token_env to "
                                 "the name of the variable holding the service's token, and export it")

@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from vgg2resnet.config import load_params
-from vgg2resnet.serving.http import service_token
+from vgg2resnet.serving.auth import service_token
 
 SERVICE = "services.classifier.service:Classifier"
 

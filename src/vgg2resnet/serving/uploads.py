@@ -6,7 +6,7 @@ one bad file classifies nothing."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_origin
 
 from bentoml import IODescriptor
 from pydantic import ValidationError, ValidatorFunctionWrapHandler, WrapValidator
@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from vgg2resnet.data.images import UndecodableImage, decode
-from vgg2resnet.serving.http import Problem, report
+from vgg2resnet.serving.errors import Problem, report
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
@@ -44,13 +44,13 @@ class Uploads(IODescriptor):
     the form: BentoML answers 500 to a malformed form or a file under an unknown name, and
     fetches a text value of a file field as a URL, a request made on the client's behalf (as
     after `curl -F image=digit.png`, without the @). Each of those is a 400 here, like a body
-    that is not a form at all and any other bad upload."""
+    that is not a form at all, several files sent to a one-file field, and any other bad upload."""
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> IODescriptor:
         content_type = request.headers.get("content-type", "")
         example = " ".join(f"-F {name}=@photo.jpg" for name in cls.multipart_fields)
-        if not content_type.startswith(FORM_TYPES):
+        if not content_type.lower().startswith(FORM_TYPES):
             raise _refuse(request, cls, [_problem(None, f"the body is {content_type or 'untyped'}, not "
                                                   f"multipart/form-data: upload the image as a file (curl {example})")])
         try:
@@ -63,6 +63,11 @@ class Uploads(IODescriptor):
         text = f"this part is text, not a file: upload the image as a file (curl {example})"
         problems += [_problem(name, text, number) for name in cls.multipart_fields
                      for number, value in enumerate(form.getlist(name)) if isinstance(value, str)]
+        # BentoML would classify the first of several files sent to a one-file field, silently.
+        problems += [_problem(name, f"{len(form.getlist(name))} files sent; this endpoint takes one "
+                                    "(classify_batch takes several)")
+                     for name in cls.multipart_fields
+                     if get_origin(cls.model_fields[name].annotation) is not list and len(form.getlist(name)) > 1]
         if problems:
             raise _refuse(request, cls, problems)
         try:
@@ -91,8 +96,8 @@ def _from_pydantic(error: dict, form: FormData) -> Problem:
 
 
 def _refuse(request: Request, model: type, problems: list[Problem]) -> ValidationError:
-    """Report the problems and return the error BentoML answers with a 400."""
-    report(request, problems)
+    """Report the problems and return the error BentoML answers with a 400 (and logs)."""
+    report(request.scope, problems)
     return ValidationError.from_exception_data(model.__name__, [
         {"type": "value_error", "loc": (p.field or "request",), "input": None,
          "ctx": {"error": ValueError(p.describe())}} for p in problems])

@@ -1,36 +1,30 @@
-"""The service's HTTP surface around BentoML's: one error shape for every 4xx and 5xx, the
-optional bearer token, and the OpenAPI document that declares both.
+"""One error shape for every 4xx and 5xx of the service, and the OpenAPI document declaring it.
 
-BentoML answers errors in several shapes (a list of pydantic errors for a validation error,
-a one-item list for its other 4xx, plain text for Starlette's 404 and 405), none of them what
-its OpenAPI document declares, so a client generated from that document can parse none.
-`ErrorShape` rewrites every error answer into `ErrorBody`, builds the message from the problems
-the endpoint reported (`report`), and declares the shape in `/docs.json`. BentoML's own load
-shedding (429 beyond serving.max_concurrency, 504 after serving.timeout_s) answers outside any
-service middleware, as `{"error": "..."}`: an `ErrorBody` without problems, which the schema
-allows for that reason.
+BentoML answers errors in several shapes (`{"error", "detail": [...]}` for a validation
+error, a one-item list for its other 4xx, plain text for Starlette's 404 and 405), none of
+them what its OpenAPI document declares, so a client generated from that document can parse
+none. `ErrorShape` rewrites every error answer into `ErrorBody`, with the problems the
+endpoint or the token check reported (`report`), and declares the shape in `/docs.json`.
+BentoML's own load shedding (429 beyond serving.max_concurrency, 504 after
+serving.timeout_s) answers outside any service middleware, as `{"error": "..."}`: an
+`ErrorBody` without problems, which the schema allows for that reason.
 """
 
 from __future__ import annotations
 
-import functools
-import hmac
 import json
 import logging
-import os
 from collections.abc import Collection
 from http import HTTPStatus
 from typing import Any
 
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vgg2resnet.config import ServingParams, UserError
-
 OPENAPI_PATH = "/docs.json"
+INTERNAL = "internal error: the server's log has the details"
+_PROBLEMS = "vgg2resnet.problems"  # the key in Starlette's per-request state
 log = logging.getLogger("vgg2resnet.service")
 
 
@@ -70,23 +64,23 @@ ENDPOINT_ERRORS = {
 UNAUTHORIZED = "No valid bearer token: send `Authorization: Bearer <token>`."
 
 
-def report(request: Request, problems: list[Problem]) -> None:
-    """Tell ErrorShape what was wrong with this request (Starlette's per-request state)."""
-    request.state.problems = problems
+def report(scope: Scope, problems: list[Problem]) -> None:
+    """Tell ErrorShape what was wrong with this request (a Request's `.scope`)."""
+    scope.setdefault("state", {})[_PROBLEMS] = problems
 
 
 def _message(status: int, scope: Scope, headers: Headers, body: bytes, problems: list[Problem]) -> str:
     if problems:
         return "; ".join(problem.describe() for problem in problems)
     if status == 404:
-        return f"no endpoint at {scope['path']}: /docs lists the endpoints"
+        return f"no endpoint at {scope['path']}: {OPENAPI_PATH} lists the endpoints"
     if status == 405:
         allowed = headers.get("allow")
         return f"{scope['method']} is not allowed on {scope['path']}" + (f"; use {allowed}" if allowed else "")
     if status == 503:
         return "the service is starting or overloaded: retry with back-off"
     if status >= 500:  # never a traceback or a server path
-        return "internal error: the server's log has the details"
+        return INTERNAL
     try:  # BentoML's own message for its other 4xx: {"error": ...}, or a list of one
         text = json.loads(body)
         text = (text[0] if isinstance(text, list) and text else text)["error"]
@@ -106,7 +100,7 @@ def declare_errors(spec: dict[str, Any], endpoints: Collection[str], secured: bo
     for path, item in spec["paths"].items():
         for operation in item.values():
             responses = operation["responses"]
-            for code in [c for c in responses if int(c) >= 400]:
+            for code in [c for c in responses if str(c)[0] in "45"]:
                 replaced.add(responses.pop(code).get("content", {}).get("application/json", {})
                              .get("schema", {}).get("$ref", "").rpartition("/")[2])
             errors = dict(ENDPOINT_ERRORS) if path in endpoints else {}
@@ -129,94 +123,50 @@ class ErrorShape:
         self.app, self.endpoints, self.secured = app, frozenset(endpoints), secured
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "HEAD":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        docs = scope["path"] == OPENAPI_PATH
+        docs = scope["path"] == OPENAPI_PATH and scope["method"] == "GET"  # HEAD has no body to patch
         held: list[Message] = []
-        started = False
+        forwarded = False  # whether anything reached the client: after that, no other answer can
 
         async def rewrite(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                if message["status"] >= 400 or docs:
-                    held.append(message)
-                    return
+            nonlocal forwarded
+            if message["type"] == "http.response.start" and (message["status"] >= 400 or docs):
+                held.append(message)
             elif held and message["type"] == "http.response.body":
                 held.append(message)
                 if not message.get("more_body", False):
-                    await self._send_rewritten(scope, held, send)
-                return
-            await send(message)
+                    answer = self._rewritten(scope, held)  # may raise, while nothing is sent yet
+                    forwarded = True
+                    await self._send(scope, send, *answer)
+            else:
+                forwarded = True
+                await send(message)
 
         try:
             await self.app(scope, receive, rewrite)
         except Exception:
-            if started:
+            if forwarded:
                 raise
             log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
-            await self._send(send, 500, [], ErrorBody(error=_message(500, scope, Headers(), b"", [])))
+            await self._send(scope, send, 500, [], ErrorBody(error=INTERNAL))
+            return
+        if held and not forwarded:  # an answer that ended without its last body message
+            await self._send(scope, send, *self._rewritten(scope, held))
 
-    async def _send_rewritten(self, scope: Scope, held: list[Message], send: Send) -> None:
+    def _rewritten(self, scope: Scope, held: list[Message]) -> tuple[int, list, ErrorBody | bytes]:
         start, body = held[0], b"".join(m.get("body", b"") for m in held[1:])
         status, headers = start["status"], Headers(raw=start["headers"])
         keep = [(k, v) for k, v in start["headers"] if k.lower() not in (b"content-length", b"content-type")]
         if status < 400:  # the OpenAPI document
-            spec = declare_errors(json.loads(body), self.endpoints, self.secured)
-            return await self._send(send, status, keep, json.dumps(spec).encode())
-        problems = scope.get("state", {}).get("problems", [])
-        await self._send(send, status, keep, ErrorBody(error=_message(status, scope, headers, body, problems),
-                                                      problems=problems))
+            return status, keep, json.dumps(declare_errors(json.loads(body), self.endpoints, self.secured)).encode()
+        problems = scope.get("state", {}).get(_PROBLEMS, [])
+        return status, keep, ErrorBody(error=_message(status, scope, headers, body, problems), problems=problems)
 
     @staticmethod
-    async def _send(send: Send, status: int, headers: list, body: ErrorBody | bytes) -> None:
+    async def _send(scope: Scope, send: Send, status: int, headers: list, body: ErrorBody | bytes) -> None:
         payload = body.model_dump_json().encode() if isinstance(body, ErrorBody) else body
         await send({"type": "http.response.start", "status": status, "headers": [
             *headers, (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
-
-
-def service_token(serving: ServingParams) -> str | None:
-    """The bearer token the service requires, from the environment variable that
-    serving.auth_token_env names; None when that is null (auth off, for local use)."""
-    name = serving.auth_token_env
-    if name is None:
-        return None
-    token = os.environ.get(name, "").strip()
-    if not token:
-        raise UserError(f"serving.auth_token_env names ${name}, which is not set or empty: export the "
-                        f"token as {name}, or set serving.auth_token_env: null to serve without a token")
-    return token
-
-
-def auth_headers(serving: ServingParams) -> dict[str, str]:
-    """What a client of this project's service sends: the bearer token when one is set."""
-    token = service_token(serving)
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-class BearerToken:
-    """ASGI middleware: the inference endpoints answer 401 without `Authorization: Bearer <token>`;
-    the health, metrics and documentation endpoints stay open. The token is read at the first
-    request, not at import, so `bentoml build` never needs it; the service checks it is set
-    when it starts (an error here, while Starlette builds the app, would not stop the server)."""
-
-    def __init__(self, app: ASGIApp, serving: ServingParams, endpoints: Collection[str]) -> None:
-        self.app, self.serving, self.endpoints = app, serving, frozenset(endpoints)
-
-    @functools.cached_property
-    def token(self) -> bytes:
-        return service_token(self.serving).encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.endpoints:
-            presented = Headers(scope=scope).get("authorization")
-            scheme, _, credentials = (presented or "").partition(" ")
-            # compare_digest: the time taken does not tell how much of a guess was right.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self.token):
-                reason = "the bearer token is not valid" if presented else "send `Authorization: Bearer <token>`"
-                scope.setdefault("state", {})["problems"] = [
-                    Problem(field="Authorization", index=None, filename=None, reason=reason)]
-                response = Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        # A HEAD answer declares the body's length and type but carries no body.
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else payload})
