@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from vgg2resnet.config import Params, UserError, load_params
@@ -88,3 +90,56 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
 def test_split_must_leave_training_data():
     with pytest.raises(ValueError, match="val \\+ test"):
         repo_params({"data": {"split": {"val": 0.45, "test": 0.45}}})
+
+
+def _leaves(model: type[BaseModel], prefix: str = ""):
+    """(dotted key, field) of every leaf setting, from the settings schema itself."""
+    for key, field in _fields(model, prefix):
+        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            yield key, field
+
+
+def _bounds(field) -> list[tuple[str, float]]:
+    return [(kind, getattr(rule, kind)) for rule in field.metadata for kind in ("ge", "gt", "le", "lt")
+            if getattr(rule, kind, None) is not None]
+
+
+LEAVES = dict(_leaves(Params))
+BOUNDED = {key: field for key, field in LEAVES.items() if _bounds(field)}
+
+
+def _load_with(tmp_path_factory, key: str, value) -> str:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    *sections, name = key.split(".")
+    node = raw
+    for section in sections:
+        node = node[section]
+    node[name] = value
+    path = tmp_path_factory.mktemp("params") / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as info:
+        load_params(path)
+    assert str(path) in str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("key", sorted(k for k, f in LEAVES.items() if "dict" not in str(f.annotation)))
+@settings(max_examples=3)
+@given(junk=st.dictionaries(st.text("abcxyz", min_size=1, max_size=5), st.integers(), min_size=1, max_size=3))
+def test_a_value_of_the_wrong_type_anywhere_is_named_by_its_key(tmp_path_factory, key: str, junk: dict):
+    assert f"'{key}'" in _load_with(tmp_path_factory, key, junk)
+
+
+@pytest.mark.parametrize("key", sorted(BOUNDED))
+@settings(max_examples=4)
+@given(step=st.integers(1, 10**6), data=st.data())
+def test_a_value_beyond_any_bound_is_named_by_its_key(tmp_path_factory, key: str, step: int, data):
+    kind, limit = data.draw(st.sampled_from(_bounds(BOUNDED[key])))
+    integral = "int" in str(BOUNDED[key].annotation) and "float" not in str(BOUNDED[key].annotation)
+    beyond = step if integral else step / 1000
+    value = {"ge": limit - beyond, "gt": limit, "le": limit + beyond, "lt": limit}[kind]
+    assert f"'{key}'" in _load_with(tmp_path_factory, key, value)
+
+
+def test_the_schema_walk_sees_every_setting():
+    assert len(LEAVES) > 80 and "serving.auth_token_env" in LEAVES and "distill.alpha" in BOUNDED

@@ -140,6 +140,7 @@ def test_min_accuracy_and_regression_against_the_promoted_model():
     assert checks["min_accuracy"].passed and checks["no_regression"].passed
 
 
+@pytest.mark.slow
 def test_dvc_repro_promotes_the_gates_choice_with_lineage(promoted_project: Path):
     report = json.loads((promoted_project / "reports/gate.json").read_text())
     assert report["decision"] == "promote"
@@ -171,6 +172,7 @@ def _gate_params(project: Path, tmp_path: Path, **gate_overrides):
     })
 
 
+@pytest.mark.slow
 def test_rejected_candidate_leaves_the_store_unchanged(promoted_project: Path, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(promoted_project)
     before = [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")]
@@ -184,6 +186,7 @@ def test_rejected_candidate_leaves_the_store_unchanged(promoted_project: Path, t
         gate.run(params, strict=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "malformed", "other_split"])
 def test_gate_fails_closed_on_bad_evaluation_results(promoted_project: Path, tmp_path: Path, monkeypatch,
                                                      damage: str):
@@ -236,6 +239,7 @@ def test_rollback_with_nothing_promoted_is_a_clear_error(tmp_path: Path):
     assert result.exit_code == 2 and "nothing to roll back" in result.output
 
 
+@pytest.mark.slow
 def test_promoting_the_promoted_student_again_saves_nothing_new(promoted_project: Path, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(promoted_project)
     before = [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")]
@@ -246,6 +250,7 @@ def test_promoting_the_promoted_student_again_saves_nothing_new(promoted_project
     assert [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")] == before
 
 
+@pytest.mark.slow
 def test_package_refuses_a_model_file_other_than_the_one_the_gate_judged(promoted_project: Path, tmp_path: Path,
                                                                          monkeypatch):
     """A student retrained (or replaced) after the gate ran is not promoted on the old verdict."""
