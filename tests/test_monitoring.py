@@ -44,7 +44,7 @@ def test_clean_traffic_shows_no_drift(served, params):
     assert Path(summary["report_html"]).is_file()
     assert json.loads(Path(summary["report_html"]).with_suffix(".json").read_text())["status"] == "no_drift"
     health = summary["teacher_agreement"]  # every image is kept in the tests (retain_fraction 1.0)
-    assert health["sampled"] == 40 and 0 <= health["agreement"] <= 100
+    assert health["sampled"] == 40  # its value: see the constant-prediction test below
     report = json.loads((served["project"] / "metrics/evaluate/report.json").read_text())
     variant = json.loads((served["project"] / "reports/gate.json").read_text())["variant"]
     assert health["test_split_agreement"] == report["candidates"][variant]["agreement"]
@@ -67,6 +67,7 @@ def test_too_few_rows_is_not_enough_data_not_an_alarm(served, params):
 
 
 def test_a_corrupt_log_line_is_skipped_and_counted(served, params, tmp_path: Path):
+    send_traffic(params, served["url"], 8)  # lines to copy, whichever tests ran before
     source = sorted(params.monitoring.log_dir.glob("*.log"))[0]
     copy = tmp_path / "data.1.log"
     lines = source.read_text().splitlines()
@@ -138,3 +139,21 @@ def test_traffic_is_judged_against_the_reference_of_the_version_that_served_it(
     second = run_monitor(params, since=start + timedelta(hours=1))
     assert second["model_tag"] == restored and second["drifted_columns"] == []
     assert second["rows_compared"] == {"reference": len(reference), "current": len(reference)}
+
+
+def test_teacher_agreement_with_each_constant_prediction_sums_to_100(served, params):
+    """The teacher names one category per kept image, so its agreement with "always c", summed
+    over every category c, is 100 %: a fact that holds whatever the models learnt."""
+    from vgg2resnet.monitoring.health import teacher_agreement
+
+    since = datetime.now(timezone.utc)
+    send_traffic(params, served["url"], 16)  # the tests' service keeps every image (retain_fraction 1.0)
+    kept = read_inference_log(params.monitoring.log_dir, since=since).rows
+    assert len(kept) == 16 and kept["retained_image"].astype(bool).all()
+    categories = json.loads((served["project"] / "data/prepared/categories.json").read_text())
+    results = [teacher_agreement(kept.assign(prediction=category), params) for category in categories]
+    assert all(r["sampled"] == 16 for r in results)
+    assert sum(r["agreement"] for r in results) == pytest.approx(100.0)
+    baseline = results[0]["test_split_agreement"]
+    for result in results:
+        assert result["alert"] == (baseline - result["agreement"] > params.monitoring.max_agreement_drop)

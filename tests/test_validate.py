@@ -30,14 +30,20 @@ def images(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images", per_category=16, categories=CATEGORIES)
 
 
-def _prepare_and_validate(params: Params) -> dict:
+def _prepare_and_validate(params: Params, edit=None) -> dict:
+    """prepare, then `edit(manifest)` in place if given (a state prepare itself never writes), then validate."""
     prepare.run(params)
+    if edit is not None:
+        path = params.data.prepared_dir / "manifest.parquet"
+        manifest = pd.read_parquet(path)
+        edit(manifest)
+        manifest.to_parquet(path, index=False)
     return validate.run(params)
 
 
-def _failure(params: Params, check: str) -> str:
+def _failure(params: Params, check: str, edit=None) -> str:
     with pytest.raises(UserError) as info:
-        _prepare_and_validate(params)
+        _prepare_and_validate(params, edit)
     message = str(info.value)
     assert f"FAIL {check}" in message
     result = json.loads((params.validation.report_dir / "result.json").read_text())
@@ -147,3 +153,68 @@ def test_warn_only_expectation_reports_but_does_not_stop(tmp_path: Path, images:
 def test_unknown_severity_key_is_refused(tmp_path: Path, images: Path):
     with pytest.raises(UserError, match="unknown check"):
         _prepare_and_validate(_params(tmp_path, images, severity={"imbalanse": "warn"}))
+
+
+def _warning(params: Params, check: str, edit=None) -> dict:
+    """The check reports a warning and validation still passes."""
+    summary = _prepare_and_validate(params, edit)
+    assert summary["passed"] and summary["warnings"] >= 1
+    result = json.loads((params.validation.report_dir / "result.json").read_text())
+    [problem] = [p for p in result["summary"]["problems"] if p["check"] == check]
+    assert problem["severity"] == "warn" and problem["offending"]
+    return problem
+
+
+def _strict(params: Params, check: str) -> Params:
+    return params.model_copy(update={"validation": params.validation.model_copy(update={"severity": {check: "fail"}})})
+
+
+def test_images_outside_the_side_limits_fail_dimensions(tmp_path: Path, images: Path):
+    assert "dimensions" in _failure(_params(tmp_path, images, min_side=40), "dimensions")  # the images are 32 px
+    shutil.rmtree(tmp_path / "reports")
+    _failure(_params(tmp_path, images, max_side=16), "dimensions")
+
+
+def test_a_mode_outside_the_allowed_ones_fails_modes(tmp_path: Path, images: Path):
+    _failure(_params(tmp_path, images, allowed_modes=["L", "P"]), "modes")  # the images are RGB
+
+
+def test_near_duplicates_across_splits_warn_and_can_be_made_to_fail(tmp_path: Path, images: Path):
+    params = _params(tmp_path, images, near_duplicate_max_distance=64)  # every other image is within 64 bits
+    _warning(params, "near_duplicates")
+    shutil.rmtree(tmp_path / "reports")
+    _failure(_strict(params, "near_duplicates"), "near_duplicates")
+
+
+def _duplicate_within_train(manifest: pd.DataFrame) -> None:
+    first, second = manifest.index[(manifest["split"] == "train") & (manifest["category"] == "one")][:2]
+    manifest.loc[second, "sha256"] = manifest.loc[first, "sha256"]
+
+
+def test_duplicates_within_a_split_warn_and_can_be_made_to_fail(tmp_path: Path, images: Path):
+    params = _params(tmp_path, images)
+    problem = _warning(params, "within_split_duplicates", _duplicate_within_train)
+    assert len(problem["offending"]) == 2
+    shutil.rmtree(tmp_path / "reports")
+    _failure(_strict(params, "within_split_duplicates"), "within_split_duplicates", _duplicate_within_train)
+
+
+def test_a_category_missing_from_val_fails_coverage(tmp_path: Path, images: Path):
+    def no_val_for_zero(manifest: pd.DataFrame) -> None:
+        manifest.loc[(manifest["category"] == "zero") & (manifest["split"] == "val"), "split"] = "train"
+
+    assert "zero" in _failure(_params(tmp_path, images), "val_and_test_coverage", no_val_for_zero)
+
+
+def test_a_row_without_a_category_fails_not_null(tmp_path: Path, images: Path):
+    def drop_one_category(manifest: pd.DataFrame) -> None:
+        manifest.loc[manifest.index[0], "category"] = None
+
+    _failure(_params(tmp_path, images), "not_null", drop_one_category)
+
+
+def test_every_check_is_triggered_by_some_test():
+    from vgg2resnet.validation.suite import DEFAULT_SEVERITY
+
+    source = Path(__file__).read_text()
+    assert [check for check in DEFAULT_SEVERITY if f'"{check}"' not in source.replace("FAIL ", "")] == []
