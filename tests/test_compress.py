@@ -53,6 +53,28 @@ def test_int8_calibration_sees_only_train_images(promoted_project: Path):
         0.3 * (promoted_project / layout.student("onnx_fp32")).stat().st_size
 
 
+def test_int8_calibration_reads_train_images_only(promoted_project: Path, tmp_path: Path, monkeypatch):
+    """What calibration actually decodes, recorded at the data source, not what it says it read."""
+    from vgg2resnet.data import datasets
+    from vgg2resnet.stages.compress import quantize_on_train_sample
+
+    monkeypatch.chdir(promoted_project)
+    params = load_params("params.yaml")
+    layout = Artifacts(params)
+    read: list[str] = []
+    decode = datasets.decode
+    monkeypatch.setattr(datasets, "decode", lambda path, *a, **k: read.append(
+        Path(path).relative_to(params.data.raw_dir).as_posix()) or decode(path, *a, **k))
+    meta = read_meta(layout.student("onnx_fp32"))
+    said = quantize_on_train_sample(params, layout.student("onnx_fp32"), tmp_path / "int8.onnx",
+                                    data_categories(params), transform_from_meta(meta["preprocessing"]))
+    manifest = pd.read_parquet(layout.manifest).set_index("path")
+    assert len(read) == len(set(read)) == min(params.compress.calibration_images,
+                                              int((manifest["split"] == "train").sum()))
+    assert set(manifest.loc[read, "split"]) == {"train"}
+    assert sorted(read) == sorted(said["paths"])
+
+
 def test_a_broken_int8_variant_fails_the_gate_by_name_while_fp32_passes(promoted_project: Path, tmp_path: Path,
                                                                          monkeypatch):
     monkeypatch.chdir(promoted_project)

@@ -186,26 +186,77 @@ def test_rejected_candidate_leaves_the_store_unchanged(promoted_project: Path, t
         gate.run(params, strict=True)
 
 
+def _reorder_categories(report: dict, predictions: pd.DataFrame) -> None:
+    report["categories"] = list(reversed(report["categories"]))
+
+
+def _other_data_version(report: dict, predictions: pd.DataFrame) -> None:
+    report["manifest_sha256"] = "0" * 64
+
+
+def _other_student_file(report: dict, predictions: pd.DataFrame) -> None:
+    report["candidates"]["onnx_int8"]["sha256"] = "0" * 64
+
+
+def _other_teacher_file(report: dict, predictions: pd.DataFrame) -> None:
+    report["teacher"]["sha256"] = "0" * 64
+
+
+def _a_row_short(report: dict, predictions: pd.DataFrame) -> None:
+    predictions.drop(predictions.index[-1], inplace=True)
+
+
+def _a_variant_column_missing(report: dict, predictions: pd.DataFrame) -> None:
+    predictions.drop(columns=["onnx_fp32"], inplace=True)
+
+
+def _other_split(report: dict, predictions: pd.DataFrame) -> None:
+    report["split"] = "val"
+
+
+# Every way the evaluation can disagree with what the gate is asked to judge, and the reason it gives.
+DAMAGE = {
+    "missing": (None, "missing or unreadable"),
+    "malformed": (None, "missing or unreadable"),
+    "other_split": (_other_split, "not the held-out test split"),
+    "category_order": (_reorder_categories, "do not share the data's categories"),
+    "data_version": (_other_data_version, "another data version"),
+    "student_file": (_other_student_file, "other model files"),
+    "teacher_file": (_other_teacher_file, "other model files"),
+    "row_count": (_a_row_short, "do not match the evaluation report"),
+    "variant_column": (_a_variant_column_missing, "do not match the evaluation report"),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["missing", "malformed", "other_split"])
-def test_gate_fails_closed_on_bad_evaluation_results(promoted_project: Path, tmp_path: Path, monkeypatch,
-                                                     damage: str):
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_gate_fails_closed_on_evaluation_results_that_do_not_match(promoted_project: Path, tmp_path: Path,
+                                                                   monkeypatch, damage: str):
     monkeypatch.chdir(promoted_project)
     metrics = tmp_path / "metrics" / "evaluate"
     metrics.mkdir(parents=True)
     source = promoted_project / "metrics" / "evaluate"
+    edit, reason = DAMAGE[damage]
     if damage != "missing":
-        (metrics / "predictions.parquet").write_bytes((source / "predictions.parquet").read_bytes())
-        text = (source / "report.json").read_text()
-        if damage == "malformed":
-            text = text[: len(text) // 2]
-        else:
-            text = text.replace('"split": "test"', '"split": "val"')
-        (metrics / "report.json").write_text(text)
+        report = json.loads((source / "report.json").read_text())
+        predictions = pd.read_parquet(source / "predictions.parquet")
+        if edit is not None:
+            edit(report, predictions)
+        predictions.to_parquet(metrics / "predictions.parquet", index=False)
+        text = json.dumps(report)
+        (metrics / "report.json").write_text(text[: len(text) // 2] if damage == "malformed" else text)
     params = _gate_params(promoted_project, tmp_path)
     params = params.model_copy(update={"paths": params.paths.model_copy(update={"metrics_dir": tmp_path / "metrics"})})
     result = gate.run(params)
     assert result == {"decision": "reject", "variant": None, "failed": ["inputs"]}
+    [check] = json.loads((tmp_path / "reports" / "gate.json").read_text())["checks"]
+    assert reason in check["reason"]
+
+
+def test_every_input_check_of_the_gate_is_tried():
+    source = (ROOT / "src/vgg2resnet/stages/gate.py").read_text()
+    raised = source[source.index("def _load_inputs"):source.index("def _promoted_top1")].count("raise ValueError")
+    assert len({reason for _, reason in DAMAGE.values()}) == raised
 
 
 def test_promoting_again_keeps_the_previous_version_and_rollback_restores_it(tmp_path: Path):

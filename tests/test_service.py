@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import bentoml
@@ -47,15 +48,21 @@ def _test_split(project: Path) -> pd.DataFrame:
     return manifest[manifest["split"] == "test"].sort_values("path").reset_index(drop=True)
 
 
-def test_a_known_image_returns_a_category_with_top_k(server):
-    image = next((server["project"] / "data/raw/three").iterdir())
-    answer = requests.post(f"{server['url']}/classify", files={"image": image.open("rb")}, timeout=60)
+def test_a_test_image_gets_the_offline_prediction_with_a_ranked_top_k(server):
+    project = server["project"]
+    row = _test_split(project).iloc[0]
+    answer = requests.post(f"{server['url']}/classify", files={"image": (project / "data/raw" / row["path"]).open("rb")},
+                           timeout=60)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    categories = json.loads((server["project"] / "data/prepared/categories.json").read_text())
-    assert body["category"] in categories and body["model_tag"] == server["tag"]
+    categories = json.loads((project / "data/prepared/categories.json").read_text())
+    variant = json.loads((project / "reports/gate.json").read_text())["variant"]
+    offline = pd.read_parquet(project / "metrics/evaluate/predictions.parquet")
+    assert body["category"] == categories[offline[variant].iloc[0]] and body["model_tag"] == server["tag"]
+    probabilities = [ranked["probability"] for ranked in body["top_k"]]
     assert len(body["top_k"]) == 3 and body["top_k"][0]["category"] == body["category"]
-    assert 0 < body["confidence"] <= 1
+    assert probabilities == sorted(probabilities, reverse=True) and body["confidence"] == probabilities[0]
+    assert len({ranked["category"] for ranked in body["top_k"]}) == 3 and sum(probabilities) <= 1 + 1e-6
 
 
 def test_openapi_documents_both_endpoints_as_file_uploads_answering_json(server):
@@ -96,25 +103,65 @@ def test_accuracy_through_http_equals_the_offline_evaluation(server):
     _assert_http_equals_offline(server["url"], server["project"], variant)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_each_variant_serves_what_it_scored_offline(served, variant: str, tmp_path: Path, monkeypatch):
-    """Promote one variant (under its own model name) through the real gate and serve it."""
-    project = served["project"]
-    monkeypatch.chdir(project)
+def _promote(project: Path, variant: str, name: str, reports_dir: Path) -> str:
+    """Promote one variant under its own model name through the real gate and package; its tag."""
     params = load_params(project / "params.yaml")
     params = params.model_copy(update={
         "gate": params.gate.model_copy(update={"variants": [variant], "min_variant_agreement": 0.0}),
-        "paths": params.paths.model_copy(update={"reports_dir": tmp_path / "reports"}),
-        "serving": params.serving.model_copy(update={"model_name": f"smoke-{variant.replace('_', '-')}"}),
+        "paths": params.paths.model_copy(update={"reports_dir": reports_dir}),
+        "serving": params.serving.model_copy(update={"model_name": name}),
     })
     result = gate.run(params)
     assert result["variant"] == variant, result
     _, tag, _ = package.promote(params)
+    return tag
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_each_variant_serves_what_it_scored_offline(served, variant: str, tmp_path: Path, monkeypatch):
+    project = served["project"]
+    monkeypatch.chdir(project)
+    tag = _promote(project, variant, f"smoke-{variant.replace('_', '-')}", tmp_path / "reports")
     model_file = Path(bentoml.models.get(tag).path)
     assert (model_file / StoreLayout.ONNX).is_file() == variant.startswith("onnx")
     with local_server(tag, cwd=tmp_path, project_root=ROOT,
                       params_file=project / "params.yaml") as url:
         _assert_http_equals_offline(url, project, variant)
+
+
+def test_a_rollback_serves_the_earlier_model_and_the_monitor_judges_its_traffic(served, tmp_path: Path,
+                                                                               monkeypatch):
+    """Promote A, then B, roll back, serve `name:latest` as a user would: the answers are A's
+    offline predictions, and the monitor judges the traffic against A's reference."""
+    from vgg2resnet.monitoring.monitor import run_monitor
+    from vgg2resnet.packaging import store
+
+    project, name = served["project"], "rollback-end-to-end"
+    monkeypatch.chdir(project)
+    tag_a = _promote(project, "pytorch_fp32", name, tmp_path / "a")
+    tag_b = _promote(project, "onnx_int8", name, tmp_path / "b")
+    assert str(store.current(name).tag) == tag_b
+    restored = store.rollback(name)
+    assert bentoml.models.get(restored).info.metadata["restored_from"] == tag_a
+    a_files, restored_files = (Path(bentoml.models.get(tag).path) for tag in (tag_a, restored))
+    assert (restored_files / StoreLayout.MODEL).read_bytes() == (a_files / StoreLayout.MODEL).read_bytes()
+    assert not (restored_files / StoreLayout.ONNX).exists()  # not B's int8 model
+    with local_server(f"{name}:latest", cwd=tmp_path, project_root=ROOT,
+                      params_file=project / "params.yaml") as url:
+        answer = requests.post(f"{url}/classify", files={"image": ("ok.png", _png(), "image/png")}, timeout=60)
+        assert answer.json()["model_tag"] == restored
+        _assert_http_equals_offline(url, project, "pytorch_fp32")
+    params = load_params(project / "params.yaml")
+    params = params.model_copy(update={
+        "serving": params.serving.model_copy(update={"model_name": name}),
+        "monitoring": params.monitoring.model_copy(update={
+            "log_dir": tmp_path / "monitoring/vgg2resnet_classifier/data", "report_dir": tmp_path / "drift",
+            "retained_dir": tmp_path / "monitoring/retained"}),
+    })
+    summary = run_monitor(params, since=datetime.now(timezone.utc) - timedelta(hours=1))
+    assert summary["model_tag"] == restored and summary["status"] != "not_enough_data"
+    pd.testing.assert_frame_equal(store.read_reference(bentoml.models.get(restored)),
+                                  store.read_reference(bentoml.models.get(tag_a)))
 
 
 def _png(size=(32, 32)) -> bytes:

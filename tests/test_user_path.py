@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -68,19 +69,40 @@ def test_the_users_folder_is_unchanged(user_project: dict, user_folder: Path):
     assert content_hashes(user_folder) == user_project["before"]
 
 
-def test_the_gate_decides_by_its_policy_and_says_why(user_project: dict):
+def test_the_repositorys_policy_promotes_a_student_that_learnt_and_it_serves_what_it_scored(user_project: dict):
+    """Promotion under the repository's own gate policy, of a student well above chance, and
+    HTTP answers equal to the offline evaluation on a model whose answers mean something."""
+    import requests
+
+    from vgg2resnet.serving.server import local_server
+
+    from .conftest import ROOT
+
     project = user_project["project"]
     gate = json.loads((project / "reports/gate.json").read_text())
-    checks = {c["name"]: c for c in gate["checks"]}
+    assert gate["decision"] == "promote", [c for c in gate["checks"] if not c["passed"]]
     assert all(c["reason"] for c in gate["checks"])
-    failed = [c for c in gate["checks"] if not c["passed"]]
-    assert (gate["decision"] == "promote") == (not failed)
-    margin = next(c for name, c in checks.items() if name.endswith("teacher_margin"))
+    metrics = json.loads((project / "metrics/evaluate/metrics.json").read_text())
+    assert metrics[gate["variant"]]["top1"] >= 90.0  # four categories: chance is 25 %
+    margin = next(c for c in gate["checks"] if c["name"].endswith("teacher_margin"))
     assert margin["passed"] and margin["value"] >= 50.0
     package = json.loads((project / "reports/package.json").read_text())
-    assert package["packaged"] == (gate["decision"] == "promote")
-    promoted = [str(m.tag) for m in store.promoted_versions(MODEL_NAME)]
-    assert promoted == ([package["model_tag"]] if gate["decision"] == "promote" else [])
+    assert package["packaged"] and package["variant"] == gate["variant"]
+    assert [str(m.tag) for m in store.promoted_versions(MODEL_NAME)] == [package["model_tag"]]
+
+    manifest = pd.read_parquet(project / "data/prepared/manifest.parquet")
+    test = manifest[manifest["split"] == "test"].sort_values("path")
+    categories = json.loads((project / "data/prepared/categories.json").read_text())
+    offline = pd.read_parquet(project / "metrics/evaluate/predictions.parquet")[gate["variant"]]
+    files = [("images", (Path(path).name, (project / "data/raw" / path).read_bytes(), "image/jpeg"))
+             for path in test["path"]]
+    with local_server(package["model_tag"], cwd=project, project_root=ROOT,
+                      params_file=project / "params.yaml") as url:
+        served = [answer["category"] for start in range(0, len(files), 16)
+                  for answer in requests.post(f"{url}/classify_batch", files=files[start:start + 16],
+                                              timeout=120).json()]
+    assert served == [categories[i] for i in offline]
+    assert (pd.Series(served).to_numpy() == test["category"].to_numpy()).mean() >= 0.9
 
 
 def _stage(project: Path, stage: str) -> tuple[dict, str]:
