@@ -37,6 +37,16 @@ def test_onnx_export_reproduces_pytorch(promoted_project: Path, monkeypatch):
     assert (got - expected).abs().max() <= params.compress.parity_max_abs_logit
     images = next(iter(loader))[0]
     assert torch.allclose(onnx_runner(images)[1], torch_runner(images)[1], atol=1e-3)  # the drift features too
+    # Inputs no split holds, at batch sizes the export never saw, to a tolerance of the test's own
+    # (1e-4 of the logits' range), not the stage's threshold.
+    generator = torch.Generator().manual_seed(0)
+    size = meta["preprocessing"]["image_size"]
+    for batch in (1, 3, 5):
+        noise = torch.randn(batch, 3, size, size, generator=generator) * 2
+        (want, want_features), (have, have_features) = torch_runner(noise), onnx_runner(noise)
+        torch.testing.assert_close(have, want, rtol=0, atol=1e-4 * float(want.abs().max()) + 1e-5)
+        torch.testing.assert_close(have_features, want_features, rtol=0,
+                                   atol=1e-4 * float(want_features.abs().max()) + 1e-5)
 
 
 def test_int8_calibration_sees_only_train_images(promoted_project: Path):

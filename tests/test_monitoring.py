@@ -165,11 +165,16 @@ def test_traffic_is_judged_against_the_reference_of_the_version_that_served_it(
     assert second["rows_compared"] == {"reference": len(reference), "current": len(reference)}
 
 
-def test_teacher_agreement_with_each_constant_prediction_sums_to_100(served, params):
+def test_teacher_agreement_with_each_constant_prediction_sums_to_100(served, params, monkeypatch):
     """The teacher names one category per kept image, so its agreement with "always c", summed
     over every category c, is 100 %: a fact that holds whatever the models learnt."""
-    from vgg2resnet.monitoring.health import teacher_agreement
+    import functools
 
+    from vgg2resnet.monitoring import health
+
+    # One load of the 0.5 GB teacher for the ten calls below, not ten.
+    monkeypatch.setattr(health, "load_model", functools.lru_cache(maxsize=1)(health.load_model))
+    teacher_agreement = health.teacher_agreement
     since = datetime.now(timezone.utc)
     send_traffic(params, served["url"], 16)  # the tests' service keeps every image (retain_fraction 1.0)
     kept = read_inference_log(params.monitoring.log_dir, since=since).rows
