@@ -179,11 +179,12 @@ def run(args: argparse.Namespace, params: Params, model: bentoml.Model) -> None:
     ceiling = raw_throughput(Path(model.path), images, params.serving.max_batch_size, 10.0)
     print(f"raw batched model throughput (batch {params.serving.max_batch_size}): {ceiling:.1f} img/s", flush=True)
     root = Path.cwd()
+    headers = auth_headers(params.serving)
     with local_server(str(model.tag), cwd=root, project_root=root, params_file=root / "params.yaml") as url:
         for level in args.concurrency:
             wait_until_idle(url)
             load = load_wrk if args.client == "wrk" else load_threads
-            r = load(url, payloads, level, args.duration, auth_headers(params.serving))
+            r = load(url, payloads, level, args.duration, headers)
             print(f"concurrency {level:3d}: {r['req_s']:7.1f} req/s {r['img_s']:7.1f} img/s  "
                   f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  "
                   f"({r['requests']} requests)  {r['img_s'] / ceiling:.2f}x raw", flush=True)

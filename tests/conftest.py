@@ -144,6 +144,20 @@ def promoted_project(distilled_project: Path) -> Path:
     return distilled_project
 
 
+def classify_files(url: str, root: Path, paths, batch: int = 16) -> list[dict]:
+    """The service's answers for these files under root, sent as they are on disk, `batch` per request."""
+    import requests
+
+    answers = []
+    paths = list(paths)
+    for start in range(0, len(paths), batch):
+        files = [("images", (Path(p).name, (root / p).read_bytes())) for p in paths[start:start + batch]]
+        answer = requests.post(f"{url}/classify_batch", files=files, timeout=120)
+        assert answer.status_code == 200, answer.text
+        answers += answer.json()
+    return answers
+
+
 def promoted_tag(project: Path) -> str:
     """The model-store tag that the project's `package` stage promoted."""
     return json.loads((project / "reports/package.json").read_text())["model_tag"]

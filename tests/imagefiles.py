@@ -64,3 +64,12 @@ def with_orientation(upright: np.ndarray, orientation: int, fmt: str, **options)
     exif[EXIF_ORIENTATION] = orientation
     stored = Image.fromarray(np.ascontiguousarray(STORED[orientation](upright)))
     return encoded(stored, fmt, exif=exif.tobytes(), **options)
+
+
+def sideways_photo() -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A phone photo stored sideways: a 24x40 JPEG with EXIF orientation 6; the pixels as stored
+    (plain Pillow applies no EXIF); and the upright picture a viewer shows, those pixels turned
+    90 degrees clockwise."""
+    rotated = with_orientation(np.asarray(noise(width=40, height=24)), 6, "JPEG")
+    stored = np.asarray(Image.open(io.BytesIO(rotated)).convert("RGB"))
+    return rotated, stored, np.rot90(stored, -1)

@@ -1,7 +1,6 @@
 """The one image decoder that prepare, training, the drift reference and the service share,
 checked against the formats' specifications (tests/imagefiles.py), not against its own output."""
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,14 @@ from vgg2resnet.data.manifest import image_facts
 from vgg2resnet.data.transforms import eval_transform
 
 from .conftest import ROOT
-from .imagefiles import FILE_TYPES, encoded, noise, shortest_decodable, with_orientation
+from .imagefiles import (
+    FILE_TYPES,
+    encoded,
+    noise,
+    shortest_decodable,
+    sideways_photo,
+    with_orientation,
+)
 
 
 @pytest.mark.parametrize("fmt", list(FILE_TYPES))
@@ -90,12 +96,11 @@ def test_every_exif_orientation_decodes_upright(fmt: str, orientation: int):
 
 def test_an_exif_rotated_jpeg_is_the_same_tensor_in_training_as_its_upright_twin(tmp_path: Path):
     """A phone photo stored sideways with orientation 6, and the upright picture it shows."""
-    rotated = with_orientation(np.asarray(noise(width=40, height=24)), 6, "JPEG")
-    stored = np.asarray(Image.open(io.BytesIO(rotated)).convert("RGB"))  # plain Pillow: no EXIF applied
+    rotated, stored, shown = sideways_photo()
     assert stored.shape[:2] == (40, 24)
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "rotated.jpg").write_bytes(rotated)
-    Image.fromarray(np.rot90(stored, -1)).save(tmp_path / "cat" / "upright.png")  # turned 90 degrees clockwise
+    Image.fromarray(shown).save(tmp_path / "cat" / "upright.png")
     rows = pd.DataFrame({"path": ["cat/rotated.jpg", "cat/upright.png"], "category": ["cat", "cat"]})
     dataset = ImageDataset(rows, tmp_path, ["cat"], eval_transform(32, (0.5,) * 3, (0.25,) * 3))
     assert torch.equal(dataset[0][0], dataset[1][0])

@@ -14,7 +14,7 @@ from vgg2resnet.monitoring.monitor import read_inference_log, run_monitor
 from vgg2resnet.monitoring.traffic import CORRUPTIONS, corrupt, loopback_url, send_traffic
 from vgg2resnet.packaging.store import read_reference
 
-from .conftest import promoted_tag
+from .conftest import classify_files, promoted_tag
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +40,13 @@ def test_the_reference_holds_what_the_service_logs_for_the_same_images(served, p
     """Reference and traffic are compared column by column, so they must be the same numbers for
     the same image: the val split sent over HTTP, as files, is logged as the reference profiled it."""
     import bentoml
-    import requests
 
     from vgg2resnet.data.datasets import load_split
 
     reference = read_reference(bentoml.models.get(served["tag"]))
     val = load_split(params.data.prepared_dir / "manifest.parquet", "val")
     since = datetime.now(timezone.utc)
-    for start in range(0, len(val), 16):
-        files = [("images", (Path(path).name, (params.data.raw_dir / path).read_bytes(), "image/png"))
-                 for path in val["path"].iloc[start:start + 16]]
-        assert requests.post(f"{served['url']}/classify_batch", files=files, timeout=120).status_code == 200
+    classify_files(served["url"], params.data.raw_dir, val["path"])
     logged = read_inference_log(params.monitoring.log_dir, since=since).rows.reset_index(drop=True)
     assert len(logged) == len(reference) == len(val)
     columns = [c for c in reference.columns if c not in ("prediction",)]

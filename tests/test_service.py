@@ -3,7 +3,6 @@ answers first, then generated inputs (every byte offset, hypothesis, schemathesi
 which must get a 200 with a prediction per image or a 4xx in the error shape that the
 service's own OpenAPI document declares: never a 5xx, never a dropped connection."""
 
-import io
 import json
 import random
 import secrets
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import bentoml
 import jsonschema
-import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -32,8 +30,8 @@ from vgg2resnet.serving.auth import service_token
 from vgg2resnet.serving.server import local_server
 from vgg2resnet.stages import gate, package
 
-from .conftest import ROOT, merge
-from .imagefiles import FILE_TYPES, encoded, noise, shortest_decodable, with_orientation
+from .conftest import ROOT, classify_files, merge
+from .imagefiles import FILE_TYPES, encoded, noise, shortest_decodable, sideways_photo
 
 pytestmark = pytest.mark.slow
 
@@ -73,22 +71,10 @@ def test_openapi_documents_both_endpoints_as_file_uploads_answering_json(server)
         assert list(post["responses"]["200"]["content"]) == ["application/json"]
 
 
-def _served_categories(url: str, project: Path, test: pd.DataFrame) -> list[str]:
-    served = []
-    for start in range(0, len(test), 16):
-        chunk = test.iloc[start:start + 16]
-        files = [("images", (Path(p).name, (project / "data/raw" / p).read_bytes(), "image/png"))
-                 for p in chunk["path"]]
-        answer = requests.post(f"{url}/classify_batch", files=files, timeout=120)
-        assert answer.status_code == 200, answer.text
-        served += [item["category"] for item in answer.json()]
-    return served
-
-
 def _assert_http_equals_offline(url: str, project: Path, variant: str) -> None:
     """The serving smoke test: any preprocessing skew between evaluation and serving shows here."""
     test = _test_split(project)
-    served = _served_categories(url, project, test)
+    served = [answer["category"] for answer in classify_files(url, project / "data/raw", test["path"])]
     offline = pd.read_parquet(project / "metrics/evaluate/predictions.parquet")
     categories = json.loads((project / "data/prepared/categories.json").read_text())
     offline_categories = [categories[i] for i in offline[variant]]
@@ -178,6 +164,10 @@ def _schema(spec: dict, schema: dict) -> dict:
     return {**schema, "components": spec["components"]}
 
 
+def _error_schema(spec: dict) -> dict:
+    return _schema(spec, {"$ref": "#/components/schemas/ErrorBody"})
+
+
 def check_answer(answer: requests.Response, spec: dict, images: int | None = None) -> None:
     """What every request must get: a 200 with one valid prediction per image, or a 4xx whose
     body is the error shape the service's OpenAPI document declares for every error."""
@@ -193,7 +183,7 @@ def check_answer(answer: requests.Response, spec: dict, images: int | None = Non
             assert prediction["top_k"][0]["category"] == prediction["category"]
         return
     assert 400 <= answer.status_code < 500 and answer.headers["content-type"] == "application/json"
-    jsonschema.validate(body, _schema(spec, {"$ref": "#/components/schemas/ErrorBody"}))
+    jsonschema.validate(body, _error_schema(spec))
     assert "Traceback" not in answer.text and "/site-packages/" not in answer.text
 
 
@@ -422,10 +412,8 @@ def test_64_clients_mixing_good_and_bad_uploads_get_no_5xx_and_no_good_request_f
 
 def test_an_exif_rotated_jpeg_gets_the_prediction_of_its_upright_twin(server):
     """A phone photo stored sideways (EXIF orientation 6), and the upright picture it shows."""
-    rotated = with_orientation(np.asarray(noise(width=40, height=24)), 6, "JPEG")
-    stored = np.asarray(Image.open(io.BytesIO(rotated)).convert("RGB"))  # plain Pillow: no EXIF applied
-    upright = encoded(Image.fromarray(np.rot90(stored, -1)), "PNG")  # turned 90 degrees clockwise
-    sideways = encoded(Image.fromarray(stored), "PNG")
+    rotated, stored, shown = sideways_photo()
+    upright, sideways = encoded(Image.fromarray(shown), "PNG"), encoded(Image.fromarray(stored), "PNG")
     answers = [requests.post(f"{server['url']}/classify", files={"image": (name, data)}, timeout=60).json()
                for name, data in (("rotated.jpg", rotated), ("upright.png", upright), ("sideways.png", sideways))]
     assert answers[0] == answers[1]
@@ -451,7 +439,7 @@ def test_load_shedding_answers_in_the_error_shape(served, tmp_path: Path):
     assert set(statuses) <= {200, 429, 503, 504} and 429 in statuses, statuses
     for answer in answers:
         if answer.status_code != 200:
-            jsonschema.validate(answer.json(), _schema(spec, {"$ref": "#/components/schemas/ErrorBody"}))
+            jsonschema.validate(answer.json(), _error_schema(spec))
             assert answer.json()["error"]
 
 

@@ -72,11 +72,9 @@ def test_the_users_folder_is_unchanged(user_project: dict, user_folder: Path):
 def test_the_repositorys_policy_promotes_a_student_that_learnt_and_it_serves_what_it_scored(user_project: dict):
     """Promotion under the repository's own gate policy, of a student well above chance, and
     HTTP answers equal to the offline evaluation on a model whose answers mean something."""
-    import requests
-
     from vgg2resnet.serving.server import local_server
 
-    from .conftest import ROOT
+    from .conftest import ROOT, classify_files
 
     project = user_project["project"]
     gate = json.loads((project / "reports/gate.json").read_text())
@@ -94,13 +92,9 @@ def test_the_repositorys_policy_promotes_a_student_that_learnt_and_it_serves_wha
     test = manifest[manifest["split"] == "test"].sort_values("path")
     categories = json.loads((project / "data/prepared/categories.json").read_text())
     offline = pd.read_parquet(project / "metrics/evaluate/predictions.parquet")[gate["variant"]]
-    files = [("images", (Path(path).name, (project / "data/raw" / path).read_bytes(), "image/jpeg"))
-             for path in test["path"]]
     with local_server(package["model_tag"], cwd=project, project_root=ROOT,
                       params_file=project / "params.yaml") as url:
-        served = [answer["category"] for start in range(0, len(files), 16)
-                  for answer in requests.post(f"{url}/classify_batch", files=files[start:start + 16],
-                                              timeout=120).json()]
+        served = [answer["category"] for answer in classify_files(url, project / "data/raw", test["path"])]
     assert served == [categories[i] for i in offline]
     assert (pd.Series(served).to_numpy() == test["category"].to_numpy()).mean() >= 0.9
 
