@@ -9,7 +9,6 @@ flow adds retries on lock contention, GPU routing of the heavy stages and Prefec
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -22,9 +21,10 @@ from vgg2resnet.config import Params, load_params
 from vgg2resnet.orchestration.pipeline import (
     StageFailed,
     gate_outcome,
-    git,
     hand_off,
+    is_stale,
     reproduce,
+    run_on_worker,
     stage_names,
 )
 
@@ -47,11 +47,14 @@ def run_stage(stage: str, project_dir: str) -> bool:
 def run_stage_on_gpu(stage: str, project_dir: str, deployment: str, timeout_s: int) -> bool:
     """Run the stage on the GPU work pool's deployment, then take its result from DVC's run cache.
 
-    Before dispatch, hand_off makes the revision self-sufficient; the worker checks it out,
-    pulls the inputs, runs the stage and pushes its outputs and run-cache entry; here `dvc repro
-    --pull` of the same stage (same deps, params and command) finds the entry and checks the
-    outputs out instead of running it again, and records them in this checkout's dvc.lock.
+    A stage DVC finds up to date is skipped here, as run_stage would skip it. Before dispatch,
+    hand_off makes the revision self-sufficient; the worker checks it out, pulls the inputs, runs
+    the stage and pushes its outputs and run-cache entry; here `dvc repro --pull` of the same
+    stage (same deps, params and command) finds the entry and checks the outputs out instead of
+    running it again, and records them in this checkout's dvc.lock.
     """
+    if not is_stale(stage, Path(project_dir)):
+        return False  # up to date here: no GPU time, no commit, no dispatch
     revision = hand_off(stage, Path(project_dir))
     child = run_deployment(name=deployment, parameters={"stage": stage, "revision": revision},
                            timeout=timeout_s, poll_interval=10)
@@ -112,19 +115,9 @@ def migrate(project_dir: str = ".") -> dict[str, bool]:
 
 
 @flow(name="migrate-stage")
-def migrate_stage(stage: str, revision: str, project_dir: str = ".") -> None:
+def migrate_stage(stage: str, revision: str, project_dir: str = ".") -> bool:
     """On a (GPU) worker: check out the revision, pull the inputs, reproduce one stage, push it."""
-    from dvc.repo import Repo
-
-    root = Path(project_dir).resolve()
-    if git(root, "remote"):
-        git(root, "fetch", "--quiet")
-    git(root, "checkout", "--quiet", revision)
-    with contextlib.chdir(root), Repo(str(root)) as repo:
-        repo.pull(targets=[stage], with_deps=True, allow_missing=True)
-    reproduce(stage, root)
-    with contextlib.chdir(root), Repo(str(root)) as repo:
-        repo.push(targets=[stage], run_cache=True)
+    return run_on_worker(stage, revision, Path(project_dir).resolve())
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Prefect flows under a real test server (prefect_test_harness), on real DVC projects."""
 
+import hashlib
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -15,7 +18,7 @@ from vgg2resnet.config import load_params
 from vgg2resnet.monitoring.traffic import send_traffic
 from vgg2resnet.packaging import store
 
-from .conftest import TINY_PARAMS, make_project, promoted_tag, run, user_params, write_params
+from .conftest import ROOT, TINY_PARAMS, make_project, promoted_tag, run, user_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -25,31 +28,6 @@ def _fresh_project(tmp_path: Path, images: Path, overrides: dict | None = None, 
     overrides = overrides or {**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "source": str(images), **data}}
     write_params(project, {**overrides, "serving": {"model_name": f"flow-{tmp_path.name[-12:].replace('_', '-')}"}})
     return project
-
-
-def test_migrate_flow_brings_the_users_teacher_to_a_promoted_model_and_a_second_run_skips_everything(
-        prefect_harness, tmp_path: Path, user_folder: Path, user_teacher: dict[str, Path]):
-    from flows.migrate import migrate
-
-    project = _fresh_project(tmp_path, user_folder, user_params(user_folder, user_teacher))
-    start = time.perf_counter()
-    first = migrate(project_dir=str(project))
-    first_s = time.perf_counter() - start
-    assert list(first) == ["prepare", "validate", "teacher", "distill", "compress", "evaluate", "gate", "package"]
-    assert all(first.values())
-    teacher = json.loads((project / "models/teacher.json").read_text())
-    assert teacher["init"] == f"user checkpoint {user_teacher['checkpoint']}"
-    gate = json.loads((project / "reports/gate.json").read_text())
-    name = load_params(project / "params.yaml").serving.model_name
-    assert gate["decision"] == "promote" and str(store.current(name).tag) == promoted_tag(project)
-    assert "changed" not in run(["dvc", "status"], project).stdout.lower()
-
-    start = time.perf_counter()
-    second = migrate(project_dir=str(project))
-    second_s = time.perf_counter() - start
-    assert not any(second.values()), second
-    assert second_s < first_s / 2
-    print(f"migrate flow: first run {first_s:.1f} s, no-op second run {second_s:.1f} s")
 
 
 def test_migrate_flow_fails_at_validation_and_says_why(prefect_harness, tmp_path: Path, tiny_images: Path):
@@ -64,40 +42,120 @@ def test_migrate_flow_fails_at_validation_and_says_why(prefect_harness, tmp_path
     assert not (project / "models" / "teacher.pt").exists()
 
 
-def test_a_gpu_stage_runs_on_a_worker_checkout_and_comes_back_through_dvc(prefect_harness, monkeypatch,
-                                                                          tmp_path: Path, tiny_images: Path):
-    """No GPU work pool can run here, so run_deployment (the hand-off to the pool) is replaced by a
-    stand-in that does what a process worker would: it runs the GPU deployment's own flow,
-    `migrate-stage`, as a real Prefect flow run in a separate clone of the repository (on the
-    CPU). Everything else is real: the parent's push of upstream outputs and commit of
-    dvc.lock, the worker's checkout, pull, training and push, and the parent taking the result
-    from DVC's run cache, with `vgg2resnet` taken off its PATH so that it cannot train itself."""
-    import flows.migrate as module
+@pytest.fixture
+def gpu_pool(prefect_harness, tmp_path: Path, user_folder: Path, user_teacher: dict[str, Path]):
+    """A user's project (their folder, their VGG-16) whose GPU host is stood in for by a real
+    `prefect worker` on a `process` pool, in a clone made from the project's bare git remote;
+    both share a folder DVC remote. The pool has two deployments of `migrate-stage` from the
+    project's prefect.yaml: `gpu`, and `no-cli`, whose host lacks the vgg2resnet command."""
+    import prefect.settings
 
-    project = _fresh_project(tmp_path, tiny_images)
-    run(["git", "commit", "-qam", "params"], project)
-    worker = tmp_path / "worker"
-    run(["git", "clone", "-q", str(project), str(worker)], tmp_path)
-    for stage in ("prepare", "validate"):
-        assert module.run_stage.fn(stage, str(project))
-    calls = []
+    pool = f"gpu-{tmp_path.name[-12:].replace('_', '-')}"
+    project = _fresh_project(tmp_path, user_folder, user_params(user_folder, user_teacher))
+    write_params(project, {"orchestration": {"gpu_work_pool": pool, "gpu_timeout_s": 600}})
+    shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "prefect.yaml", project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "flows, and the GPU pool"], project)
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run(["git", "remote", "add", "origin", str(origin)], project)
+    run(["git", "push", "-q", "-u", "origin", "HEAD"], project)
+    host = tmp_path / "gpu-host"
+    run(["git", "clone", "-q", str(origin), str(host)], tmp_path)
 
-    def stand_in(name: str, parameters: dict, timeout: int, poll_interval: int):
-        calls.append({"name": name, "parameters": parameters})
-        state = module.migrate_stage(**parameters, project_dir=str(worker), return_state=True)
-        bin_dir = str(Path(sys.executable).parent)
-        monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != bin_dir))
-        return SimpleNamespace(state=state)
+    env = {**os.environ, "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value(),
+           "PREFECT_HOME": str(tmp_path / "prefect-home"), "VGG2RESNET_PROJECT_DIR": str(host),
+           "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+    for command in ([*prefect, "work-pool", "create", pool, "--type", "process"],
+                    [*prefect, "deploy", "--name", "gpu", "--pool", pool],
+                    [*prefect, "deploy", "flows/migrate.py:migrate_stage", "--name", "no-cli", "--pool", pool,
+                     "--job-variable", json.dumps({"env": {"PATH": "/usr/bin:/bin"}})]):
+        subprocess.run(command, cwd=host, env=env, check=True, capture_output=True)
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([*prefect, "worker", "start", "--pool", pool, "--type", "process"], cwd=host,
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield {"project": project, "host": host, "log": tmp_path / "worker.log"}
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+        log.close()
 
-    monkeypatch.setattr(module, "run_deployment", stand_in)
-    assert module.run_stage_on_gpu.fn("teacher", str(project), "migrate-stage/gpu", 3600)
-    revision = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    assert calls == [{"name": "migrate-stage/gpu", "parameters": {"stage": "teacher", "revision": revision}}]
-    assert "before 'teacher' on the GPU pool" in run(["git", "log", "-1", "--format=%s"], project).stdout
-    assert run(["git", "rev-parse", "HEAD"], worker).stdout.strip() == revision
-    assert (project / "models/teacher.pt").read_bytes() == (worker / "models/teacher.pt").read_bytes()
-    lock, worker_lock = (yaml.safe_load((p / "dvc.lock").read_text())["stages"]["teacher"] for p in (project, worker))
-    assert lock == worker_lock
+
+def _runs_on_the_pool(deployment: str) -> list[tuple[str, str]]:
+    """(stage, final state) of every run of a deployment, oldest first, as the server recorded them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                                     sort=FlowRunSort.START_TIME_ASC)
+    return [(r.parameters["stage"], r.state.type.value) for r in runs]
+
+
+def test_the_migrate_flow_trains_on_a_real_gpu_pool_worker_and_a_second_run_skips_everything(
+        gpu_pool: dict, user_teacher: dict[str, Path], monkeypatch):
+    """The parent cannot train: its `vgg2resnet` refuses teacher and distill. A child that fails on
+    the worker fails the parent with the child's reason; the working host then imports the
+    user's teacher and distils, the parent checks both out of the run cache and promotes, and
+    a second run finds everything up to date."""
+    from flows.migrate import migrate
+
+    project, host = gpu_pool["project"], gpu_pool["host"]
+    real = shutil.which("vgg2resnet")
+    shim = project.parent / "no-gpu-bin"
+    shim.mkdir()
+    (shim / "vgg2resnet").write_text(
+        '#!/bin/sh\ncase "$1" in teacher|distill) echo "no GPU on this host" >&2; exit 97;; esac\n'
+        f'exec {real} "$@"\n')
+    (shim / "vgg2resnet").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+
+    write_params(project, {"orchestration": {"gpu_deployment": "migrate-stage/no-cli"}})
+    run(["git", "commit", "-qam", "the host without the CLI"], project)
+    state = migrate(project_dir=str(project), return_state=True)
+    assert state.is_failed()
+    assert "stage 'teacher' on migrate-stage/no-cli ended Failed" in state.message, state.message
+    assert "stage 'teacher' failed" in state.message and "vgg2resnet teacher" in state.message
+    assert _runs_on_the_pool("migrate-stage/no-cli") == [("teacher", "FAILED")]
+    assert not (project / "models/teacher.pt").exists()
+
+    write_params(project, {"orchestration": {"gpu_deployment": "migrate-stage/gpu"}})
+    run(["git", "commit", "-qam", "the GPU host"], project)
+    start = time.perf_counter()
+    ran = migrate(project_dir=str(project))
+    first_s = time.perf_counter() - start
+    assert list(ran) == ["prepare", "validate", "teacher", "distill", "compress", "evaluate", "gate", "package"]
+    assert not ran["prepare"] and not ran["validate"]  # done by the failed run, and up to date
+    assert all(ran[stage] for stage in list(ran)[2:]), ran
+    assert _runs_on_the_pool("migrate-stage/gpu") == [("teacher", "COMPLETED"), ("distill", "COMPLETED")]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for stage, output in (("teacher", "models/teacher.pt"), ("distill", "models/student.pt")):
+        trained = (host / output).read_bytes()
+        assert (project / output).read_bytes() == trained, output
+        [recorded] = [out["md5"] for out in lock[stage]["outs"] if out["path"] == output]
+        assert recorded == hashlib.md5(trained).hexdigest(), output
+    assert not run(["git", "status", "--porcelain", "--untracked-files=no"], host).stdout  # left as found
+    assert "before 'distill' on the GPU pool" in run(["git", "log", "-1", "--format=%s"], project).stdout
+    assert "changed" not in run(["dvc", "status"], project).stdout.lower()
+
+    teacher = json.loads((project / "models/teacher.json").read_text())
+    assert teacher["init"] == f"user checkpoint {user_teacher['checkpoint']}"
+    gate = json.loads((project / "reports/gate.json").read_text())
+    name = load_params(project / "params.yaml").serving.model_name
+    assert gate["decision"] == "promote" and str(store.current(name).tag) == promoted_tag(project)
+
+    start = time.perf_counter()
+    again = migrate(project_dir=str(project))
+    again_s = time.perf_counter() - start
+    assert not any(again.values()), again
+    assert len(_runs_on_the_pool("migrate-stage/gpu")) == 2  # nothing stale: nothing dispatched
+    assert again_s < first_s / 2
+    print(f"migrate flow on the GPU pool: {first_s:.1f} s, no-op second run {again_s:.1f} s")
 
 
 def test_monitor_flow_emits_the_drift_event_once_per_cool_down(prefect_harness, served, monkeypatch):

@@ -3,6 +3,7 @@ from a fresh repository, exactly as README's "Bring your own VGG-16" and "Using 
 
 import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,9 @@ import pytest
 import torch
 import yaml
 
+from vgg2resnet.config import load_params
+from vgg2resnet.monitoring.health import teacher_agreement
+from vgg2resnet.monitoring.monitor import read_inference_log
 from vgg2resnet.packaging import store
 
 from .conftest import make_project, run, user_params, write_params
@@ -69,9 +73,11 @@ def test_the_users_folder_is_unchanged(user_project: dict, user_folder: Path):
     assert content_hashes(user_folder) == user_project["before"]
 
 
-def test_the_repositorys_policy_promotes_a_student_that_learnt_and_it_serves_what_it_scored(user_project: dict):
-    """Promotion under the repository's own gate policy, of a student well above chance, and
-    HTTP answers equal to the offline evaluation on a model whose answers mean something."""
+def test_the_repositorys_policy_promotes_a_student_that_learnt_and_it_serves_what_it_scored(
+        user_project: dict, monkeypatch):
+    """Promotion under the repository's own gate policy, of a student well above chance, HTTP
+    answers equal to the offline evaluation on a model whose answers mean something, and the
+    teacher-agreement alert firing when the answers stop agreeing with the teacher."""
     from vgg2resnet.serving.server import local_server
 
     from .conftest import ROOT, classify_files
@@ -92,11 +98,26 @@ def test_the_repositorys_policy_promotes_a_student_that_learnt_and_it_serves_wha
     test = manifest[manifest["split"] == "test"].sort_values("path")
     categories = json.loads((project / "data/prepared/categories.json").read_text())
     offline = pd.read_parquet(project / "metrics/evaluate/predictions.parquet")[gate["variant"]]
+    since = datetime.now(timezone.utc)
     with local_server(package["model_tag"], cwd=project, project_root=ROOT,
                       params_file=project / "params.yaml") as url:
         served = [answer["category"] for answer in classify_files(url, project / "data/raw", test["path"])]
     assert served == [categories[i] for i in offline]
     assert (pd.Series(served).to_numpy() == test["category"].to_numpy()).mean() >= 0.9
+
+    # The teacher-agreement alert on what the service kept (retain_fraction 1.0 in the tests),
+    # judged by the repository's max_agreement_drop: quiet for this student, and firing for a
+    # model that answers the next category every time, i.e. never what the teacher says.
+    monkeypatch.chdir(project)
+    params = load_params("params.yaml")
+    kept = read_inference_log(params.monitoring.log_dir, since=since).rows
+    assert len(kept) == len(test) and kept["retained_image"].astype(bool).all()
+    honest = teacher_agreement(kept, params)
+    assert honest["agreement"] >= 90.0 and not honest["alert"], honest
+    following = {c: categories[(i + 1) % len(categories)] for i, c in enumerate(categories)}
+    wrong = teacher_agreement(kept.assign(prediction=kept["prediction"].map(following)), params)
+    assert wrong["agreement"] <= 10.0 and wrong["drop"] > params.monitoring.max_agreement_drop
+    assert wrong["alert"], wrong
 
 
 def _stage(project: Path, stage: str) -> tuple[dict, str]:

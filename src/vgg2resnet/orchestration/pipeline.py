@@ -49,6 +49,14 @@ def reproduce(stage: str, root: Path, force: bool = False, pull: bool = False) -
     return bool(ran)
 
 
+def is_stale(stage: str, root: Path) -> bool:
+    """True when DVC would run the stage: a dependency, parameter or output changed or is missing."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        return bool(repo.status(targets=[stage]))
+
+
 def explain_failure(stage: str, root: Path) -> str:
     """The reason a stage left behind (validation's result.json), or a pointer to its output."""
     result = root / Artifacts(load_params(root / DEFAULT_PARAMS)).validation_result
@@ -83,8 +91,9 @@ def hand_off(stage: str, root: Path) -> str:
     with contextlib.chdir(root), Repo(str(root)) as repo:
         records = [str(DVC_LOCK)] + [out.def_path for s in repo.index.stages if s.name in upstream
                                   for out in s.outs if not out.use_cache]
-        changed = [line[3:] for line in git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
-                   if not any(line[3:] == r or line[3:].startswith(f"{r}/") for r in records)]
+        # Tracked files that differ from HEAD, staged or not, by name alone.
+        changed = [path for path in git(root, "diff", "--name-only", "HEAD").splitlines()
+                   if not any(path == r or path.startswith(f"{r}/") for r in records)]
         if changed:
             raise StageFailed(f"stage '{stage}' runs on a GPU worker, which checks out a git revision, but "
                               f"{', '.join(changed)} have uncommitted changes; commit them (or unset "
@@ -97,10 +106,40 @@ def hand_off(stage: str, root: Path) -> str:
     if git(root, "diff", "--cached", "--name-only"):
         git(root, "commit", "--quiet", "-m",
             f"dvc.lock and metrics of {', '.join(upstream)} before '{stage}' on the GPU pool")
-        if git(root, "remote"):
-            try:
-                git(root, "push", "--quiet")
-            except UserError as exc:
-                raise StageFailed(f"stage '{stage}' runs on a GPU worker, which fetches the revision from "
-                                  f"the git remote, but {exc}") from None
+    # Pushed even when nothing was committed here: the user's own commits (a params change) are
+    # part of the revision too, and the worker can only fetch what the remote holds.
+    if git(root, "remote"):
+        try:
+            git(root, "push", "--quiet")
+        except UserError as exc:
+            raise StageFailed(f"stage '{stage}' runs on a GPU worker, which fetches the revision from "
+                              f"the git remote, but {exc}") from None
     return git_revision(root)
+
+
+def run_on_worker(stage: str, revision: str, root: Path) -> bool:
+    """On a (GPU) worker's clone: check out the revision, pull the stage's inputs, reproduce it
+    and push its outputs with their run-cache entry; True if it ran.
+
+    The clone belongs to the worker, and every result leaves through the DVC remote: so the
+    dvc.lock the stage writes here is put back afterwards, and the committed copies in a later
+    revision replace a previous stage's uncommitted outputs (checkout --force). Local changes
+    to tracked files, which would be someone's work, stop it before anything is touched."""
+    from dvc.repo import Repo
+
+    edited = git(root, "diff", "--name-only", "HEAD").splitlines()
+    if edited:
+        raise UserError(f"the worker's checkout {root} has local changes to {', '.join(edited)}; it must be "
+                        "a clone only the worker uses (commit or discard them)")
+    if git(root, "remote"):
+        git(root, "fetch", "--quiet")
+    git(root, "checkout", "--quiet", "--force", revision)
+    try:
+        with contextlib.chdir(root), Repo(str(root)) as repo:
+            repo.pull(targets=[stage], with_deps=True, allow_missing=True)
+        ran = reproduce(stage, root)
+        with contextlib.chdir(root), Repo(str(root)) as repo:
+            repo.push(targets=[stage], run_cache=True)
+    finally:
+        git(root, "reset", "--quiet", "--hard")
+    return ran
