@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.deployments import run_deployment
 
 from vgg2resnet.artifacts import Artifacts
@@ -44,7 +44,7 @@ def run_stage(stage: str, project_dir: str) -> bool:
 
 
 @task
-def run_stage_on_gpu(stage: str, project_dir: str, deployment: str, timeout_s: int) -> bool:
+def run_stage_on_gpu(stage: str, project_dir: str, deployment: str, timeout_s: int, poll_s: float) -> bool:
     """Run the stage on the GPU work pool's deployment, then take its result from DVC's run cache.
 
     A stage DVC finds up to date is skipped here, as run_stage would skip it. Before dispatch,
@@ -57,7 +57,7 @@ def run_stage_on_gpu(stage: str, project_dir: str, deployment: str, timeout_s: i
         return False  # up to date here: no GPU time, no commit, no dispatch
     revision = hand_off(stage, Path(project_dir))
     child = run_deployment(name=deployment, parameters={"stage": stage, "revision": revision},
-                           timeout=timeout_s, poll_interval=10)
+                           timeout=timeout_s, poll_interval=poll_s)
     if not child.state.is_completed():
         raise StageFailed(f"stage '{stage}' on {deployment} ended {child.state.name}: {child.state.message}")
     return reproduce(stage, Path(project_dir), pull=True)
@@ -68,6 +68,13 @@ def _publish(root: Path, params: Params) -> dict:
     gate = gate_outcome(root, params)
     create_markdown_artifact(key="gate-report", markdown=(root / layout.gate_markdown).read_text(),
                              description=f"promotion gate: {gate['decision']}")
+    seen = gate.get("disagreements")
+    create_link_artifact(key="gate-page", link=(root / layout.gate_html).as_uri(), link_text="gate.html",
+                         description=(f"charts, confusion matrices and the {seen['disagreements']} of "
+                                      f"{seen['test_images']} test images on which teacher and {seen['student']} "
+                                      f"disagree ({seen['student wrong, teacher right']} where only the teacher "
+                                      f"is right, {seen['teacher wrong, student right']} where only the student is)"
+                                      if seen else "the gate could not read the evaluation"))
     report = json.loads((root / layout.evaluation_report).read_text())
     models = {"teacher": report["teacher"], **report["candidates"]}
     create_table_artifact(key="migration-metrics", table=[
@@ -90,7 +97,7 @@ def migrate(project_dir: str = ".") -> dict[str, bool]:
     for stage in stage_names(root):
         if orchestration.gpu_work_pool and stage in orchestration.gpu_stages:
             ran[stage] = run_stage_on_gpu(stage, str(root), orchestration.gpu_deployment,
-                                          orchestration.gpu_timeout_s)
+                                          orchestration.gpu_timeout_s, orchestration.gpu_poll_s)
         else:
             ran[stage] = run_stage(stage, str(root))
         if stage == "validate":

@@ -222,22 +222,21 @@ def test_two_process_ddp_trains_what_one_process_does_on_the_same_global_batch(
     (tests/record_batches.py), on one thread, as torchrun gives each rank: a random-start
     ResNet-50 on 32 px images is so ill-conditioned that rounding alone (two threads instead
     of one) moves its weights after 6 steps by about 80 % of their update, so only the same
-    arithmetic can be compared, and then to 1e-6."""
-    reference = _copy_for_distill(distilled_project, tmp_path / "reference", ema_decay=None)
+    arithmetic can be compared, and then to 1e-6. One epoch of three steps."""
+    reference = _copy_for_distill(distilled_project, tmp_path / "reference", epochs=1, ema_decay=None)
     _distill(reference, PER_RANK_FORWARD="2", OMP_NUM_THREADS="1")
-    ddp = _copy_for_distill(distilled_project, tmp_path / "ddp", batch_size=8, ema_decay=None)
+    ddp = _copy_for_distill(distilled_project, tmp_path / "ddp", epochs=1, batch_size=8, ema_decay=None)
     log = _distill(ddp, "-m", "torch.distributed.run", "--nproc-per-node", "2")
     assert "all 2 ranks hold identical weights" in log
 
     single = json.loads((reference / "batches/rank-0.json").read_text())
     ranks = [json.loads((ddp / f"batches/rank-{r}.json").read_text()) for r in (0, 1)]
-    assert len(single) == len(ranks[0]) == len(ranks[1]) == 2 * 3
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 3
     for step, (whole, a, b) in enumerate(zip(single, *ranks)):
         assert len(a) == len(b) == 8 and len(whole) == 16, step
         assert a == whole[0::2] and b == whole[1::2], step  # dealt out in turn
-    for epoch in (0, 1):  # within an epoch, no image is trained on twice
-        images = [i for rank in ranks for batch in rank[3 * epoch:3 * epoch + 3] for i, _ in batch]
-        assert len(images) == len(set(images)) == 48
+    images = [i for rank in ranks for batch in rank for i, _ in batch]
+    assert len(images) == len(set(images)) == 48  # within the epoch, no image is trained on twice
 
     categories = json.loads((reference / "data/prepared/categories.json").read_text())
     torch.manual_seed(load_params(reference / "params.yaml").runtime.seed)

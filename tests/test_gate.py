@@ -210,6 +210,10 @@ def _a_variant_column_missing(report: dict, predictions: pd.DataFrame) -> None:
     predictions.drop(columns=["onnx_fp32"], inplace=True)
 
 
+def _a_gallery_column_missing(report: dict, predictions: pd.DataFrame) -> None:
+    predictions.drop(columns=["teacher_confidence"], inplace=True)  # an evaluation from before the page
+
+
 def _other_split(report: dict, predictions: pd.DataFrame) -> None:
     report["split"] = "val"
 
@@ -225,6 +229,7 @@ DAMAGE = {
     "teacher_file": (_other_teacher_file, "other model files"),
     "row_count": (_a_row_short, "do not match the evaluation report"),
     "variant_column": (_a_variant_column_missing, "do not match the evaluation report"),
+    "gallery_column": (_a_gallery_column_missing, "do not match the evaluation report"),
 }
 
 
@@ -251,6 +256,7 @@ def test_gate_fails_closed_on_evaluation_results_that_do_not_match(promoted_proj
     assert result == {"decision": "reject", "variant": None, "failed": ["inputs"]}
     [check] = json.loads((tmp_path / "reports" / "gate.json").read_text())["checks"]
     assert reason in check["reason"]
+    assert reason in (tmp_path / "reports" / "gate.html").read_text()  # the page says so too
 
 
 def test_every_input_check_of_the_gate_is_tried():

@@ -203,7 +203,7 @@ def test_dvc_yaml_names_the_artifacts_where_vgg2resnet_artifacts_puts_them():
                                       for s in (".onnx", ".json")))
     assert outs["evaluate"] == str_(layout.evaluation_report, layout.predictions, layout.evaluation_metrics,
                                     *(layout.confusion(m) for m in CONFUSION_MODELS))
-    assert outs["gate"] == str_(layout.gate_json, layout.gate_markdown)
+    assert outs["gate"] == str_(layout.gate_json, layout.gate_markdown, layout.gate_html)
     assert outs["package"] == str_(layout.package_json)
     top = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     assert paths(top["metrics"]) == str_(*(layout.training_metrics(s) / "metrics.json" for s in TRAINING_STAGES))

@@ -146,6 +146,10 @@ class Artifacts:
         return self.params.paths.reports_dir / "gate.md"
 
     @property
+    def gate_html(self) -> Path:
+        return self.params.paths.reports_dir / "gate.html"
+
+    @property
     def package_json(self) -> Path:
         return self.params.paths.reports_dir / "package.json"
 

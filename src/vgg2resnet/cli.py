@@ -105,7 +105,7 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
 @command
 def gate(params: ParamsOption = Path("params.yaml"),
          strict: Annotated[bool, typer.Option(help="exit 3 when the student is rejected")] = False) -> None:
-    """Apply the promotion policy to every student variant; write reports/gate.json and gate.md."""
+    """Apply the promotion policy to every student variant; write reports/gate.json, gate.md and gate.html."""
     from vgg2resnet.config import load_params
     from vgg2resnet.stages import gate as stage
 

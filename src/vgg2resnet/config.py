@@ -194,6 +194,12 @@ class OrchestrationParams(Section):
     gpu_stages: list[str]
     gpu_deployment: str
     gpu_timeout_s: int = Field(ge=60)
+    gpu_poll_s: float = Field(gt=0)
+
+
+class ReportParams(Section):
+    max_gallery_images: int = Field(ge=0)
+    thumbnail_px: int = Field(ge=16, le=512)
 
 
 class Params(Section):
@@ -207,6 +213,7 @@ class Params(Section):
     evaluate: EvaluateParams
     compress: CompressParams
     gate: GateParams
+    report: ReportParams
     serving: ServingParams
     monitoring: MonitoringParams
     orchestration: OrchestrationParams

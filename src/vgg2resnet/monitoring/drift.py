@@ -84,8 +84,10 @@ def summarise(result: dict, columns: list[str]) -> dict:
     }
 
 
-def write_trend(report_dir: Path, target: Path) -> Path:
-    """Plot the share of drifted columns of every finished monitor run in report_dir."""
+def write_trend(report_dir: Path, target: Path, drift_share: float) -> Path:
+    """Plot the share of drifted columns of every finished monitor run in report_dir against the
+    drift_share threshold; hovering a run shows which columns drifted and how many rows were
+    compared, so a real alarm can be told from a thin window."""
     import plotly.graph_objects as go
 
     runs = []
@@ -96,8 +98,15 @@ def write_trend(report_dir: Path, target: Path) -> Path:
     figure = go.Figure(go.Scatter(
         x=[r["created"] for r in runs], y=[r["share_drifted_columns"] for r in runs], mode="lines+markers",
         marker={"color": ["crimson" if r["drift_detected"] else "seagreen" for r in runs], "size": 10},
-        text=[", ".join(r["drifted_columns"]) or "no drift" for r in runs], name="share of drifted columns",
+        customdata=[[", ".join(r["drifted_columns"]) or "none", r["rows_compared"]["current"],
+                     r["rows_compared"]["reference"], r["model_tag"]] for r in runs],
+        hovertemplate=("%{x}<br>share drifted %{y:.2f}<br>drifted: %{customdata[0]}<br>rows compared: "
+                       "%{customdata[1]} logged vs %{customdata[2]} reference<br>model %{customdata[3]}"
+                       "<extra></extra>"),
+        name="share of drifted columns",
     ))
+    figure.add_hline(y=drift_share, line_dash="dash", line_color="crimson",
+                     annotation_text=f"monitoring.drift_share {drift_share:g}", annotation_position="top left")
     figure.update_layout(title="Drift share per monitor run (red: drift detected)",
                          yaxis={"title": "share of drifted columns", "range": [0, 1]}, xaxis={"title": "run"})
     atomic.write_text(target, figure.to_html(include_plotlyjs=True, full_html=True))

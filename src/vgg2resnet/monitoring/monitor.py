@@ -124,7 +124,7 @@ def run_monitor(params: Params, since: datetime | None = None, until: datetime |
         summary["teacher_agreement"] = teacher_agreement(current, params)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     atomic.write_json(layout.drift_report(stamp, ".json"), summary)
-    write_trend(layout.drift_dir, layout.drift_trend)
+    write_trend(layout.drift_dir, layout.drift_trend, m.drift_share)
     log.info("monitor: %s (%d current rows vs %d reference rows; drifted: %s) -> %s", summary["status"],
              len(current), len(reference), ", ".join(summary.get("drifted_columns", [])) or "none",
              layout.drift_report(stamp, ".json"))

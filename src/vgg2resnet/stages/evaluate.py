@@ -19,7 +19,7 @@ from vgg2resnet import atomic
 from vgg2resnet.artifacts import CONFUSION_MODELS, Artifacts
 from vgg2resnet.config import VARIANTS, Params
 from vgg2resnet.data.categories import data_categories
-from vgg2resnet.data.datasets import eval_loader
+from vgg2resnet.data.datasets import eval_loader, load_split
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.distill.loop import predict
 from vgg2resnet.evaluation.metrics import classification_report, measure_latency
@@ -108,7 +108,11 @@ def run(params: Params) -> dict:
     layout = Artifacts(params)
     atomic.write_json(layout.evaluation_report, report)
     names = [categories[i] for i in labels.tolist()]
-    columns = {"label": labels.numpy(), "category": names, "teacher": teacher_logits.argmax(1).numpy()}
+    # One row per test image in manifest order, named by its manifest path: the gate report's
+    # gallery shows the images on which the models disagree.
+    columns = {"path": load_split(layout.manifest, SPLIT)["path"].to_numpy(), "label": labels.numpy(),
+               "category": names, "teacher": teacher_logits.argmax(1).numpy(),
+               "teacher_confidence": teacher_logits.softmax(1).max(1).values.numpy()}
     for variant, values in logits.items():
         columns[variant] = values.argmax(1).numpy()
         columns[f"{variant}_confidence"] = values.softmax(1).max(1).values.numpy()

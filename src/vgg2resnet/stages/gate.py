@@ -1,5 +1,5 @@
 """Stage `gate`: decide whether the student may replace the teacher. It only judges: its
-outputs are reports/gate.json and gate.md, and it reads the model store only to compare with
+outputs are reports/gate.json, gate.md and gate.html (the page to look at), and it reads the model store only to compare with
 the model in production (`no_regression`); `package` promotes what it chose.
 
     vgg2resnet gate              # or: dvc repro gate
@@ -27,6 +27,7 @@ from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.evaluation.metrics import topk_accuracy
+from vgg2resnet.gate.html import gallery_counts, render_html
 from vgg2resnet.gate.policy import Check, choose, evaluate_policy, failed_input
 from vgg2resnet.gate.report import render_markdown
 from vgg2resnet.lineage import git_revision, manifest_hash, params_hash, recorded_data_version
@@ -65,7 +66,9 @@ def _load_inputs(params: Params, categories: list[str]) -> tuple[dict, pd.DataFr
     if report["teacher"].get("sha256") != teacher["sha256"] or any(
             evaluated.get(v, {}).get("sha256") != meta["sha256"] for v, meta in variants.items()):
         raise ValueError("evaluation is of other model files than models/; re-run evaluate")
-    if len(predictions) != report.get("images") or not {"label", "teacher", *VARIANTS} <= set(predictions):
+    needed = {"path", "label", "category", "teacher", "teacher_confidence", *VARIANTS,
+              *(f"{v}_confidence" for v in VARIANTS)}
+    if len(predictions) != report.get("images") or not needed <= set(predictions):
         raise ValueError("per-sample predictions do not match the evaluation report")
     return report, predictions, teacher, variants
 
@@ -98,7 +101,7 @@ def run(params: Params, strict: bool = False) -> dict:
             Check(f"{v}.{c.name}", c.value, c.threshold, c.passed, c.reason)
             for v in params.gate.variants for c in checks_of[v]]
     except ValueError as exc:
-        report, teacher, variants = {}, {}, {}
+        report, predictions, teacher, variants = {}, None, {}, {}
         checks = [failed_input("inputs", str(exc))]
     failed = [c for c in checks if not c.passed]
     student = variants.get(chosen or "pytorch_fp32", {})
@@ -117,13 +120,17 @@ def run(params: Params, strict: bool = False) -> dict:
             "student_init": student.get("init"),
         },
     }
+    if predictions is not None:
+        result["disagreements"] = gallery_counts(predictions, chosen or "pytorch_fp32")
     layout = Artifacts(params)
     atomic.write_json(layout.gate_json, result)
     atomic.write_text(layout.gate_markdown, render_markdown(result))
+    atomic.write_text(layout.gate_html, render_html(result, report, predictions, categories, layout.raw_dir,
+                                                    params.report))
     for check in checks:
         log.info("%s %s: %s", "pass" if check.passed else "FAIL", check.name, check.reason)
-    log.info("gate decision: %s%s (%s)", result["decision"].upper(), f" {chosen}" if chosen else "",
-             layout.gate_markdown)
+    log.info("gate decision: %s%s (%s; to look at: %s)", result["decision"].upper(),
+             f" {chosen}" if chosen else "", layout.gate_markdown, layout.gate_html)
     if strict and not chosen:
         raise GateRejected(f"the gate rejected the student: {'; '.join(c.reason for c in failed)}")
     return {"decision": result["decision"], "variant": chosen,
