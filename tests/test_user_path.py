@@ -14,6 +14,7 @@ import yaml
 from vgg2resnet.config import load_params
 from vgg2resnet.monitoring.health import teacher_agreement
 from vgg2resnet.monitoring.monitor import read_inference_log
+from vgg2resnet.monitoring.traffic import send_traffic
 from vgg2resnet.packaging import store
 
 from .conftest import make_project, run, user_params, write_params
@@ -21,6 +22,7 @@ from .userdata import BROKEN_FILES, TEACHER_ORDER, content_hashes, shuffled
 
 pytestmark = pytest.mark.slow
 MODEL_NAME = "user-path"
+SHIFT = ("contrast", 5)  # colours washed out to grey: the one thing these categories are made of
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +104,23 @@ def test_the_repositorys_policy_promotes_a_student_that_learnt_and_it_serves_wha
     with local_server(package["model_tag"], cwd=project, project_root=ROOT,
                       params_file=project / "params.yaml") as url:
         served = [answer["category"] for answer in classify_files(url, project / "data/raw", test["path"])]
+        shifted = datetime.now(timezone.utc)
+        monkeypatch.chdir(project)
+        params = load_params("params.yaml")
+        send_traffic(params, url, len(test), corruption=SHIFT[0], severity=SHIFT[1])
     assert served == [categories[i] for i in offline]
     assert (pd.Series(served).to_numpy() == test["category"].to_numpy()).mean() >= 0.9
 
     # The teacher-agreement alert on what the service kept (retain_fraction 1.0 in the tests),
-    # judged by the repository's max_agreement_drop: quiet for this student, and firing for a
-    # model that answers the next category every time, i.e. never what the teacher says.
-    monkeypatch.chdir(project)
-    params = load_params("params.yaml")
-    kept = read_inference_log(params.monitoring.log_dir, since=since).rows
+    # judged by the repository's policy: quiet on the clean window, firing on the shifted one,
+    # and firing for a model that answers the next category every time (never the teacher's).
+    kept = read_inference_log(params.monitoring.log_dir, since=since, until=shifted).rows
     assert len(kept) == len(test) and kept["retained_image"].astype(bool).all()
     honest = teacher_agreement(kept, params)
     assert honest["agreement"] >= 90.0 and not honest["alert"], honest
+    corrupted = teacher_agreement(read_inference_log(params.monitoring.log_dir, since=shifted).rows, params)
+    print(f"teacher agreement: clean {honest['agreement']:.1f} %, {SHIFT} {corrupted['agreement']:.1f} %")
+    assert corrupted["sampled"] == len(test) and corrupted["alert"], corrupted
     following = {c: categories[(i + 1) % len(categories)] for i, c in enumerate(categories)}
     wrong = teacher_agreement(kept.assign(prediction=kept["prediction"].map(following)), params)
     assert wrong["agreement"] <= 10.0 and wrong["drop"] > params.monitoring.max_agreement_drop

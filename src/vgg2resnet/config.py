@@ -187,6 +187,7 @@ class MonitoringParams(Section):
     retain_fraction: float = Field(ge=0, le=1)
     retained_dir: Path
     max_agreement_drop: float = Field(ge=0)
+    agreement_confidence: float = Field(gt=0.5, lt=1)
 
 
 class OrchestrationParams(Section):

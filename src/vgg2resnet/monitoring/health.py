@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from scipy.stats import binomtest
 
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params
@@ -33,12 +34,20 @@ def teacher_agreement(rows: pd.DataFrame, params: Params) -> dict | None:
         batch = torch.stack([transform(decode(paths[i])) for i in present])
         predicted = [meta["categories"][i] for i in teacher(batch).argmax(1).tolist()]
     logged = kept["prediction"].iloc[present].tolist()
-    agreement = 100.0 * sum(t == s for t, s in zip(predicted, logged)) / len(present)
+    agreed = sum(t == s for t, s in zip(predicted, logged))
+    agreement = 100.0 * agreed / len(present)
+    # A window of n kept images measures agreement to within about 100 * sqrt(p(1-p)/n) points,
+    # so the alert asks whether even the window's one-sided upper bound (Wilson) falls more than
+    # max_agreement_drop below the test split: a thin window cannot raise it by chance.
+    m = params.monitoring
+    upper = 100.0 * float(binomtest(agreed, len(present)).proportion_ci(
+        confidence_level=2 * m.agreement_confidence - 1, method="wilson").high)
     report = layout.evaluation_report
     baseline = _test_split_agreement(report, kept) if report.is_file() else None
     drop = None if baseline is None else baseline - agreement
-    return {"sampled": len(present), "agreement": agreement, "test_split_agreement": baseline,
-            "drop": drop, "alert": drop is not None and drop > params.monitoring.max_agreement_drop}
+    return {"sampled": len(present), "agreement": agreement, "agreement_upper_bound": upper,
+            "test_split_agreement": baseline, "drop": drop,
+            "alert": baseline is not None and baseline - upper > m.max_agreement_drop}
 
 
 def _test_split_agreement(report: Path, kept: pd.DataFrame) -> float | None:
