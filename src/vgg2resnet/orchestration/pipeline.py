@@ -78,6 +78,11 @@ def git(root: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
+def edited_files(root: Path) -> list[str]:
+    """Tracked files that differ from HEAD, staged or not, by name alone."""
+    return git(root, "diff", "--name-only", "HEAD").splitlines()
+
+
 def is_ignored(root: Path, path: str) -> bool:
     return subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0
 
@@ -91,8 +96,7 @@ def hand_off(stage: str, root: Path) -> str:
     with contextlib.chdir(root), Repo(str(root)) as repo:
         records = [str(DVC_LOCK)] + [out.def_path for s in repo.index.stages if s.name in upstream
                                   for out in s.outs if not out.use_cache]
-        # Tracked files that differ from HEAD, staged or not, by name alone.
-        changed = [path for path in git(root, "diff", "--name-only", "HEAD").splitlines()
+        changed = [path for path in edited_files(root)
                    if not any(path == r or path.startswith(f"{r}/") for r in records)]
         if changed:
             raise StageFailed(f"stage '{stage}' runs on a GPU worker, which checks out a git revision, but "
@@ -127,7 +131,7 @@ def run_on_worker(stage: str, revision: str, root: Path) -> bool:
     to tracked files, which would be someone's work, stop it before anything is touched."""
     from dvc.repo import Repo
 
-    edited = git(root, "diff", "--name-only", "HEAD").splitlines()
+    edited = edited_files(root)
     if edited:
         raise UserError(f"the worker's checkout {root} has local changes to {', '.join(edited)}; it must be "
                         "a clone only the worker uses (commit or discard them)")

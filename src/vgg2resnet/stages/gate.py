@@ -1,6 +1,7 @@
 """Stage `gate`: decide whether the student may replace the teacher. It only judges: its
-outputs are reports/gate.json, gate.md and gate.html (the page to look at), and it reads the model store only to compare with
-the model in production (`no_regression`); `package` promotes what it chose.
+outputs are reports/gate.json, gate.md and gate.html (the page to look at), and it reads the
+model store only to compare with the model in production (`no_regression`); `package`
+promotes what it chose.
 
     vgg2resnet gate              # or: dvc repro gate
 
