@@ -28,6 +28,20 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="vgg2resnet-bentoml-")
 atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 
 
+# Under pytest-xdist (`--dist loadgroup`), the tests that need one of these costly fixtures run
+# on the same worker, in file order: each is built once, and the tests that change a shared
+# project and put it back never overlap. The first matching fixture names the group.
+SHARED_FIXTURES = {"distilled_project": "session-project", "user_project": "user-path",
+                   "prefect_harness": "prefect-server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((g for name, g in SHARED_FIXTURES.items() if name in item.fixturenames), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if check and result.returncode != 0:
