@@ -35,6 +35,7 @@ SHARED_FIXTURES = {"distilled_project": "session-project", "user_project": "user
                    "prefect_harness": "prefect-server"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the markers into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         group = next((g for name, g in SHARED_FIXTURES.items() if name in item.fixturenames), None)

@@ -81,13 +81,10 @@ def gpu_pool(prefect_harness, tmp_path: Path, user_folder: Path, user_teacher: d
     try:
         yield {"project": project, "host": host, "log": tmp_path / "worker.log"}
     finally:
-        # A worker asked to stop waits for its flow-run processes; nothing of theirs is kept here.
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        # Killed outright: a worker asked to stop waits for its flow-run processes, and nothing
+        # of theirs is kept here.
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
         log.close()
 
 
