@@ -85,6 +85,17 @@ def test_dvc_repro_distill_produces_models_metrics_and_plots(distilled_project: 
     metrics = json.loads((distilled_project / "metrics/distill/metrics.json").read_text())
     assert {"val_accuracy", "kd_loss", "ce_loss", "images_per_s", "lr", "cache_max_abs_diff"} <= set(metrics)
     assert metrics["step"] == 1  # two epochs logged: steps 0 and 1
+    # distill.average_best (3 in params.yaml) over two epochs: both averaged, the candidates side
+    # by side, and the saved student is the one selected.
+    assert metrics["val_accuracy_final"] == metrics["val_accuracy"] and metrics["val_accuracy_ema"] is None
+    assert metrics["averaged_epochs"] in ([1, 2], [2, 1]) and metrics["val_accuracy_averaged"] is not None
+    assert metrics["val_accuracy_best_epoch"] >= metrics["val_accuracy_final"]
+    assert metrics["selected"] in {"averaged", "best_epoch"}
+    chosen = metrics["val_accuracy_" + ("averaged" if metrics["selected"] == "averaged" else "best_epoch")]
+    assert student["val_accuracy"] == metrics["val_accuracy_selected"] == chosen
+    assert chosen >= metrics["val_accuracy_best_epoch"]
+    state = distilled_project / "checkpoints/distill"
+    assert not (state / "last.pt").exists() and not (state / "best").exists()  # a finished run keeps no state
     status = run(["dvc", "status", "distill"], distilled_project).stdout.lower()
     assert "changed" not in status
     plots = run(["dvc", "plots", "show", "--json"], distilled_project).stdout
@@ -169,7 +180,8 @@ def _copy_for_distill(source: Path, dest: Path, **distill) -> Path:
     """The session's project, ready to distil again with these settings: the teacher logit cache
     comes along (its key does not cover epochs or batch size), training state does not."""
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns(".git", ".dvc", "last.pt", "metrics"))
-    write_params(dest, {"distill": {"epochs": 2, "max_steps_per_epoch": 3, "ema_decay": 0.9, **distill}})
+    write_params(dest, {"distill": {"epochs": 2, "max_steps_per_epoch": 3, "ema_decay": 0.9, "average_best": 2,
+                                    **distill}})
     return dest
 
 
@@ -203,9 +215,13 @@ def test_distill_killed_mid_run_resumes_to_the_same_weights(distilled_project: P
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert state.exists(), "no epoch checkpoint was written before the kill"
-    assert torch.load(state, weights_only=True)["epoch"] < 2
+    killed = torch.load(state, weights_only=True)
+    assert killed["epoch"] < 2 and [e["epoch"] for e in killed["best"]] == [1]  # the kept epoch survives
     log = run(command, resumed).stderr
     assert "resuming from" in log
+    for project in (straight, resumed):  # EMA on, and the two epochs' EMA weights averaged
+        metrics = json.loads((project / "metrics/distill/metrics.json").read_text())
+        assert metrics["val_accuracy_ema"] is not None and metrics["averaged_epochs"] in ([1, 2], [2, 1])
 
     a, b = _student(straight), _student(resumed)
     assert a.keys() == b.keys()

@@ -208,3 +208,16 @@ def test_dvc_yaml_names_the_artifacts_where_vgg2resnet_artifacts_puts_them():
     top = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     assert paths(top["metrics"]) == str_(*(layout.training_metrics(s) / "metrics.json" for s in TRAINING_STAGES))
     assert paths(top["plots"]) == str_(*(layout.training_metrics(s) / "plots" / "metrics" for s in TRAINING_STAGES))
+
+
+def test_tests_that_share_a_project_run_on_one_worker(request: pytest.FixtureRequest):
+    """Under `--dist loadgroup`, xdist carries each test's group in its id; when it does not
+    (pytest 9.2 with xdist 3.8, pytest-dev/pytest-xdist#1386), every worker builds every
+    shared project again and the suite runs far longer without failing anywhere else."""
+    if not request.config.getoption("loadgroup", default=False):
+        pytest.skip("not distributed by group (-n 0)")
+    grouped = [item for item in request.session.items if any(item.iter_markers("xdist_group"))]
+    if not grouped:
+        pytest.skip("no test of a shared project was selected")
+    lost = [item.nodeid for item in grouped if "@" not in item.nodeid]
+    assert not lost, f"xdist ignored the groups of {len(lost)} tests: install the pytest pyproject.toml pins"

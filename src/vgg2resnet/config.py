@@ -104,6 +104,7 @@ class DistillParams(TrainParams):
     freeze_epochs: int = Field(ge=0)
     backbone_lr_mult: float = Field(gt=0)
     ema_decay: float | None = Field(gt=0, lt=1)
+    average_best: int | None = Field(ge=1)
     logit_cache: bool
     cache_views: int = Field(ge=1)
     cache_check_fraction: float = Field(ge=0, le=1)

@@ -1,4 +1,5 @@
-"""`fit`: epochs of train_one_epoch with resume, EMA, validation, dvclive logging and DDP."""
+"""`fit`: epochs of train_one_epoch with resume, EMA, validation, best-epoch averaging, dvclive
+logging and DDP."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from vgg2resnet.config import RuntimeParams, TrainParams
 from vgg2resnet.data.datasets import SeededViews
+from vgg2resnet.distill.averaging import BestEpochs, average_best
 from vgg2resnet.distill.loop import (
     TeacherFn,
     build_ema,
@@ -29,7 +31,7 @@ from vgg2resnet.distill.loop import (
     save_state,
     train_one_epoch,
 )
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.runtime import Runtime, ranks_agree
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,14 @@ class Distillation:
 def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, params: TrainParams,
         runtime: Runtime, runtime_params: RuntimeParams, *, state_path: Path, fingerprint: str,
         live_dir: Path, distillation: Distillation | None = None, freeze_epochs: int = 0,
-        backbone_lr_mult: float = 1.0, ema_decay: float | None = None) -> tuple[nn.Module, dict]:
-    """Train and return (the model to save: the EMA copy when enabled, last epoch's metrics)."""
+        backbone_lr_mult: float = 1.0, ema_decay: float | None = None,
+        average: int | None = None) -> tuple[nn.Module, dict]:
+    """Train and return (the model to save, last epoch's metrics and how the model was chosen).
+
+    The model to save is the EMA copy when enabled, else the last epoch's weights; with
+    `average` = K, the average of the K best epochs (or the best epoch, if the average
+    validates worse). `val_accuracy_final`, `_ema`, `_best_epoch`, `_averaged` and `_selected`
+    record the candidates side by side."""
     from dvclive import Live
 
     model = model.to(runtime.device)
@@ -69,6 +77,7 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, para
     ema = build_ema(model, ema_decay)
 
     start_epoch, metrics = 0, {}
+    best = BestEpochs(state_path.parent / "best", average) if average and runtime.is_main else None
     state = load_state(state_path, fingerprint)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -78,6 +87,8 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, para
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
         start_epoch, metrics = state["epoch"], state["metrics"]
+        if best is not None:
+            best.kept = state["best"]
         if runtime.is_main:
             log.info("resuming from %s after epoch %d of %d", state_path, start_epoch, params.epochs)
 
@@ -111,15 +122,55 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, para
             live.next_step()
             log.info("epoch %d/%d: %s", epoch + 1, params.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            if best is not None:
+                best.offer(epoch + 1, metrics["val_accuracy"], evaluated)
             save_state(state_path, epoch=epoch + 1, fingerprint=fingerprint, metrics=metrics,
                        model=model.state_dict(), optimizer=optimizer.state_dict(),
                        scheduler=scheduler.state_dict(), rng=torch.get_rng_state(),
-                       ema=ema.state_dict() if ema is not None else None)
+                       ema=ema.state_dict() if ema is not None else None,
+                       best=best.kept if best is not None else None)
+            if best is not None:
+                best.prune()
         if runtime.distributed:
             dist.barrier()
+    final = ema.module if ema is not None else model
+    if runtime.distributed:
+        if not ranks_agree(final, runtime):
+            raise RuntimeError("distributed ranks ended with different weights; do not use this model")
+        if runtime.is_main:
+            log.info("all %d ranks hold identical weights", runtime.world_size)
     if live is not None:
+        final, chosen = _choose(final, model, ema is not None, metrics, best, train_views, val_loader,
+                                params, runtime, runtime_params, distillation)
+        metrics = {**metrics, **chosen}
+        for key, value in chosen.items():
+            live.summary[key] = value
         live.end()
-    return (ema.module if ema is not None else model), metrics
+    return final, metrics
+
+
+def _choose(final: nn.Module, raw: nn.Module, has_ema: bool, metrics: dict, best: BestEpochs | None,
+            train_views: SeededViews, val_loader: DataLoader, params: TrainParams, runtime: Runtime,
+            runtime_params: RuntimeParams, distillation: Distillation | None) -> tuple[nn.Module, dict]:
+    """The model to save after the last epoch, and every candidate's val accuracy beside it."""
+    def validate(candidate: nn.Module) -> float:
+        return evaluate(candidate, val_loader, runtime)["accuracy"]
+
+    chosen = {"val_accuracy_final": validate(raw) if has_ema else metrics["val_accuracy"],
+              "val_accuracy_ema": metrics["val_accuracy"] if has_ema else None,
+              "val_accuracy_best_epoch": None, "val_accuracy_averaged": None,
+              "selected": "ema" if has_ema else "final", "val_accuracy_selected": metrics["val_accuracy"]}
+    if best is None:
+        return final, chosen
+    # BatchNorm statistics for the average come from one more seeded pass over the train split.
+    items = epoch_items(len(train_views), params.epochs, runtime_params.seed,
+                        distillation.cache_views if distillation else None, Runtime(device=runtime.device))
+    bn_loader = DataLoader(train_views, sampler=items, batch_size=params.batch_size,
+                           num_workers=runtime_params.num_workers)
+    final, averaged = average_best(final, best, bn_loader, params.max_steps_per_epoch, validate, runtime.device)
+    best.remove()
+    selected = averaged["val_accuracy_averaged" if averaged["selected"] == "averaged" else "val_accuracy_best_epoch"]
+    return final, {**chosen, **averaged, "val_accuracy_selected": selected}
 
 
 def record_summary(live_dir: Path, metrics: dict) -> None:

@@ -26,7 +26,7 @@ from vgg2resnet.distill.teacher_signal import (
 from vgg2resnet.lineage import manifest_hash
 from vgg2resnet.models.builders import STUDENT_ARCH, build_student
 from vgg2resnet.models.checkpoint import load_model, model_meta, read_meta, save_model
-from vgg2resnet.runtime import Runtime, ranks_agree, start, stop
+from vgg2resnet.runtime import Runtime, start, stop
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +83,18 @@ def run(params: Params) -> dict:
         student, views, val, d, runtime, params.runtime,
         state_path=state, fingerprint=run_id, live_dir=layout.training_metrics("distill"), distillation=distillation,
         freeze_epochs=d.freeze_epochs, backbone_lr_mult=d.backbone_lr_mult, ema_decay=d.ema_decay,
+        average=d.average_best,
     )
-    result = {"val_accuracy": metrics.get("val_accuracy"), "teacher_val_accuracy": teacher_val, "init": init}
-    if runtime.distributed:
-        if not ranks_agree(student, runtime):
-            raise RuntimeError("distributed ranks ended with different weights; do not use this student")
-        if runtime.is_main:
-            log.info("all %d ranks hold identical weights", runtime.world_size)
+    result = {"val_accuracy": metrics.get("val_accuracy_selected"), "selected": metrics.get("selected"),
+              "teacher_val_accuracy": teacher_val, "init": init}
     if runtime.is_main:
         out = layout.student()
         meta = save_model(out, student, model_meta(
             params, STUDENT_ARCH, categories, d.image_size, init, teacher_sha256=teacher_meta["sha256"],
-            val_accuracy=metrics["val_accuracy"], ema=d.ema_decay is not None,
+            val_accuracy=metrics["val_accuracy_selected"], ema=d.ema_decay is not None,
         ))
-        log.info("student: val accuracy %.2f%% (teacher %.2f%%), %s (%.1f MB)", metrics["val_accuracy"],
-                 teacher_val, out, meta["bytes"] / 1e6)
+        log.info("student (%s): val accuracy %.2f%% (teacher %.2f%%), %s (%.1f MB)", metrics["selected"],
+                 metrics["val_accuracy_selected"], teacher_val, out, meta["bytes"] / 1e6)
         # Training state is only for resuming an interrupted run; this one finished.
         state.unlink(missing_ok=True)
     stop(runtime)
