@@ -217,6 +217,7 @@ def test_distill_killed_mid_run_resumes_to_the_same_weights(distilled_project: P
     assert state.exists(), "no epoch checkpoint was written before the kill"
     killed = torch.load(state, weights_only=True)
     assert killed["epoch"] < 2 and [e["epoch"] for e in killed["best"]] == [1]  # the kept epoch survives
+    assert (resumed / "checkpoints/distill/best/epoch-1.pt").is_file()
     log = run(command, resumed).stderr
     assert "resuming from" in log
     for project in (straight, resumed):  # EMA on, and the two epochs' EMA weights averaged

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -71,8 +70,12 @@ class BestEpochs:
     def states(self) -> list[dict[str, torch.Tensor]]:
         return [torch.load(self.path(e["epoch"]), map_location="cpu", weights_only=True) for e in self.kept]
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+
+def kept_epochs_folder(state_path: Path) -> Path:
+    """Where a run whose resumable state is `state_path` keeps its best epochs. Removed only
+    after the state itself, once the model is saved: a run killed before that resumes and
+    finds every epoch its state lists."""
+    return state_path.parent / "best"
 
 
 def average_best(model: nn.Module, best: BestEpochs, bn_loader: DataLoader, max_batches: int | None,

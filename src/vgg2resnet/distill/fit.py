@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from vgg2resnet.config import RuntimeParams, TrainParams
 from vgg2resnet.data.datasets import SeededViews
-from vgg2resnet.distill.averaging import BestEpochs, average_best
+from vgg2resnet.distill.averaging import BestEpochs, average_best, kept_epochs_folder
 from vgg2resnet.distill.loop import (
     TeacherFn,
     build_ema,
@@ -77,7 +77,7 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, para
     ema = build_ema(model, ema_decay)
 
     start_epoch, metrics = 0, {}
-    best = BestEpochs(state_path.parent / "best", average) if average and runtime.is_main else None
+    best = BestEpochs(kept_epochs_folder(state_path), average) if average and runtime.is_main else None
     state = load_state(state_path, fingerprint)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -168,7 +168,6 @@ def _choose(final: nn.Module, raw: nn.Module, has_ema: bool, metrics: dict, best
     bn_loader = DataLoader(train_views, sampler=items, batch_size=params.batch_size,
                            num_workers=runtime_params.num_workers)
     final, averaged = average_best(final, best, bn_loader, params.max_steps_per_epoch, validate, runtime.device)
-    best.remove()
     selected = averaged["val_accuracy_averaged" if averaged["selected"] == "averaged" else "val_accuracy_best_epoch"]
     return final, {**chosen, **averaged, "val_accuracy_selected": selected}
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 import torch
 import torch.distributed as dist
@@ -15,6 +16,7 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader, train_views
+from vgg2resnet.distill.averaging import kept_epochs_folder
 from vgg2resnet.distill.fit import Distillation, fingerprint, fit
 from vgg2resnet.distill.loop import evaluate
 from vgg2resnet.distill.teacher_signal import (
@@ -95,7 +97,9 @@ def run(params: Params) -> dict:
         ))
         log.info("student (%s): val accuracy %.2f%% (teacher %.2f%%), %s (%.1f MB)", metrics["selected"],
                  metrics["val_accuracy_selected"], teacher_val, out, meta["bytes"] / 1e6)
-        # Training state is only for resuming an interrupted run; this one finished.
+        # Training state is only for resuming an interrupted run; this one finished. The kept
+        # epochs go after it (and whatever average_best is now), never before.
         state.unlink(missing_ok=True)
+        shutil.rmtree(kept_epochs_folder(state), ignore_errors=True)
     stop(runtime)
     return result
