@@ -1,17 +1,19 @@
-"""Size, CPU latency and accuracy of the teacher and every student variant, in one run.
+"""FLOPs, size, CPU latency, throughput and accuracy of the teacher and every student variant
+(the pruned ones included), in one run.
 
     python benchmarks/compress_variants.py --runs 50
 
-Runs by hand (not in CI) after `dvc repro compress` (the demo's models/ must hold teacher.pt,
-student.pt and the two ONNX files). Every figure comes from the evaluate stage's own code on the
-test split, on the CPU; ratios are against the teacher and the fp32 student of the same run.
+Runs by hand (not in CI) after `dvc repro prune` (the demo's models/ must hold teacher.pt,
+student.pt, the two ONNX files and models/pruned/). Every figure comes from the evaluate
+stage's own code on the test split, on the CPU; ratios are against the teacher and the fp32
+student of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from vgg2resnet.config import VARIANTS, load_params
+from vgg2resnet.config import built_variants, load_params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.stages.evaluate import evaluate_teacher, evaluate_variant
 
@@ -29,15 +31,18 @@ def main() -> None:
                                            "latency_batch_size": args.batch_size})})
     categories = data_categories(params)
     rows = {"teacher fp32 (PyTorch)": evaluate_teacher(params, categories)[0]}
-    rows.update({f"student {v}": evaluate_variant(params, v, categories)[0] for v in VARIANTS})
+    rows.update({f"student {v}": evaluate_variant(params, v, categories)[0] for v in built_variants(params)})
     teacher, student = rows["teacher fp32 (PyTorch)"], rows["student pytorch_fp32"]
-    print(f"| model | MB | x teacher | batch 1 p50 ms | speed-up vs fp32 student | batch {args.batch_size} img/s "
-          f"| x fp32 student | test top-1 | vs fp32 student |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| model | MFLOPs | x teacher | x fp32 student | MB | x teacher | x fp32 student | batch 1 p50 ms "
+          f"| x fp32 student | batch {args.batch_size} img/s | x fp32 student | test top-1 | vs fp32 student |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['size_mb']:.1f} | {r['size_mb'] / teacher['size_mb']:.3f}x "
+        print(f"| {name} | {r['flops'] / 1e6:.1f} | {r['flops'] / teacher['flops']:.3f}x "
+              f"| {r['flops'] / student['flops']:.3f}x "
+              f"| {r['size_mb']:.1f} | {r['size_mb'] / teacher['size_mb']:.3f}x "
+              f"| {r['size_mb'] / student['size_mb']:.3f}x "
               f"| {r['cpu']['latency_ms_p50']:.2f} "
-              f"| {student['cpu']['latency_ms_p50'] / r['cpu']['latency_ms_p50']:.2f}x "
+              f"| {r['cpu']['latency_ms_p50'] / student['cpu']['latency_ms_p50']:.2f}x "
               f"| {r['cpu']['throughput_img_s']:.0f} "
               f"| {r['cpu']['throughput_img_s'] / student['cpu']['throughput_img_s']:.2f}x "
               f"| {r['top1']:.2f}% | {r['top1'] - student['top1']:+.2f} pt |")

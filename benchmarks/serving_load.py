@@ -33,6 +33,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from vgg2resnet.artifacts import Artifacts, StoreLayout, sidecar
+from vgg2resnet.compress.export import quantize_on_train_sample
 from vgg2resnet.compress.onnx import export_onnx
 from vgg2resnet.config import Params, load_params
 from vgg2resnet.data.categories import data_categories
@@ -44,7 +45,6 @@ from vgg2resnet.packaging import store
 from vgg2resnet.serving.auth import auth_headers
 from vgg2resnet.serving.classifier import Classifier
 from vgg2resnet.serving.server import local_server
-from vgg2resnet.stages.compress import quantize_on_train_sample
 
 BOUNDARY = "vgg2resnetbench"
 WRK_SCRIPT = f"""

@@ -127,6 +127,7 @@ TINY_PARAMS = {
     "teacher": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16},
     "distill": {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "cache_views": 2,
                 "cache_check_fraction": 0.05},
+    "prune": {"epochs": 1},
     "evaluate": {"batch_size": 32, "latency_batch_size": 4, "latency_warmup": 1, "latency_runs": 3},
     # Models trained for a few steps are near chance: a permissive policy lets them through,
     # so the stages after the gate have a promoted model; tests/test_gate.py tightens it.
@@ -222,6 +223,8 @@ def user_params(images: Path, teacher: dict[str, Path], **gate) -> dict:
             # Enough steps for the student to learn the colours (100 % test top-1 here), so the
             # repository's gate policy has a real student to promote: 36 steps, about 10 s more.
             "distill": {**TINY_PARAMS["distill"], "image_size": IMAGE_SIZE, "epochs": 6, "max_steps_per_epoch": 6},
+            # The session project covers pruning; here the stage takes its prune.enabled: false path.
+            "prune": {**TINY_PARAMS["prune"], "enabled": False},
             "gate": {**TINY_PARAMS["gate"], "min_teacher_margin": 20.0, **gate}}
 
 

@@ -16,7 +16,7 @@ import vgg2resnet.stages.distill as stage
 from vgg2resnet.cli import app
 
 steps: list[list[list[int]]] = []
-build = stage._distillation
+build = stage.teacher_signal
 
 
 def recording(*args, **kwargs):
@@ -31,7 +31,7 @@ def recording(*args, **kwargs):
     return distillation
 
 
-stage._distillation = recording
+stage.teacher_signal = recording
 
 
 def per_rank_forward(ranks: int) -> None:

@@ -65,8 +65,8 @@ def test_int8_calibration_sees_only_train_images(promoted_project: Path):
 
 def test_int8_calibration_reads_train_images_only(promoted_project: Path, tmp_path: Path, monkeypatch):
     """What calibration actually decodes, recorded at the data source, not what it says it read."""
+    from vgg2resnet.compress.export import quantize_on_train_sample
     from vgg2resnet.data import datasets
-    from vgg2resnet.stages.compress import quantize_on_train_sample
 
     monkeypatch.chdir(promoted_project)
     params = load_params("params.yaml")
@@ -116,7 +116,7 @@ def test_a_broken_int8_variant_fails_the_gate_by_name_while_fp32_passes(promoted
     assert "FAIL: " in (tmp_path / "reports/gate.md").read_text()
 
 
-@pytest.mark.parametrize("prefer, expected", [("smallest", "onnx_int8"), ("first", "pytorch_fp32")])
+@pytest.mark.parametrize("prefer, expected", [("smallest", "pruned_int8"), ("first", "pytorch_fp32")])
 def test_the_policy_picks_the_preferred_passing_variant(promoted_project: Path, tmp_path: Path, monkeypatch,
                                                         prefer: str, expected: str):
     monkeypatch.chdir(promoted_project)

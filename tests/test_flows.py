@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 
 def _fresh_project(tmp_path: Path, images: Path, overrides: dict | None = None, **data) -> Path:
     project = make_project(tmp_path / "project", tmp_path / "remote")
-    overrides = overrides or {**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "source": str(images), **data}}
+    # Pruning is the session project's (tests/test_prune.py); the flows run its disabled path.
+    overrides = overrides or {**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "source": str(images), **data},
+                              "prune": {**TINY_PARAMS["prune"], "enabled": False}}
     write_params(project, {**overrides, "serving": {"model_name": f"flow-{tmp_path.name[-12:].replace('_', '-')}"}})
     return project
 
@@ -133,7 +135,8 @@ def test_the_migrate_flow_trains_on_a_real_gpu_pool_worker_and_a_second_run_skip
     start = time.perf_counter()
     ran = migrate(project_dir=str(project))
     first_s = time.perf_counter() - start
-    assert list(ran) == ["prepare", "validate", "teacher", "distill", "compress", "evaluate", "gate", "package"]
+    assert list(ran) == ["prepare", "validate", "teacher", "distill", "compress", "prune", "evaluate", "gate",
+                         "package"]
     assert not ran["prepare"] and not ran["validate"]  # done by the failed run, and up to date
     assert all(ran[stage] for stage in list(ran)[2:]), ran
     assert _runs_on_the_pool("migrate-stage/gpu") == [("teacher", "COMPLETED"), ("distill", "COMPLETED")]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from vgg2resnet.artifacts import Artifacts, StoreLayout
 from vgg2resnet.cli import app
-from vgg2resnet.config import GateParams, UserError, load_params
+from vgg2resnet.config import VARIANTS, GateParams, UserError, load_params
 from vgg2resnet.gate.policy import (
     accuracy_parity,
     evaluate_policy,
@@ -149,7 +149,7 @@ def test_dvc_repro_promotes_the_gates_choice_with_lineage(promoted_project: Path
                                                       "size_ratio", "latency_ratio"}
     assert all({"value", "threshold", "passed", "reason"} <= set(c) for c in report["checks"])
     assert "PROMOTE" in (promoted_project / "reports/gate.md").read_text()
-    assert set(report["candidates"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+    assert set(report["candidates"]) == set(VARIANTS)
     assert report["candidates"][report["variant"]]["passed"]
     promoted = store.current("vgg2resnet-classifier")
     assert str(promoted.tag) == promoted_tag(promoted_project)

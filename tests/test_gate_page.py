@@ -30,8 +30,8 @@ def offline(page: str) -> bool:
     return "<script" not in markup and not EXTERNAL.search(markup) and "@import" not in markup
 
 
-def _model(top1: float, size_mb: float, latency_ms: float) -> dict:
-    return {"top1": top1, "size_mb": size_mb, "cpu": {"latency_ms_p50": latency_ms},
+def _model(top1: float, size_mb: float, latency_ms: float, flops: float) -> dict:
+    return {"top1": top1, "size_mb": size_mb, "flops": flops, "cpu": {"latency_ms_p50": latency_ms},
             "per_category": {c: top1 for c in CATEGORIES}}
 
 
@@ -41,7 +41,7 @@ def _page(tmp_path: Path, max_gallery_images: int) -> str:
     predictions = pd.DataFrame(
         [{"path": name, "label": t, "category": CATEGORIES[t], "teacher": p, "teacher_confidence": 0.9,
           "onnx_int8": s, "onnx_int8_confidence": 0.6} for name, (t, p, s) in ANSWERS.items()])
-    report = {"teacher": _model(66.7, 528.0, 40.0), "candidates": {"onnx_int8": _model(50.0, 24.0, 9.0)}}
+    report = {"teacher": _model(66.7, 528.0, 40.0, 3.1e9), "candidates": {"onnx_int8": _model(50.0, 24.0, 9.0, 1.3e8)}}
     result = {"decision": "promote", "variant": "onnx_int8", "summary": "promoting onnx_int8 <b>",
               "checks": [{"name": "accuracy_parity", "value": 1.0, "threshold": 2.0, "passed": True,
                           "reason": "within 2 pt"}],

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel
 
 from vgg2resnet.artifacts import CONFUSION_MODELS, TRAINING_STAGES, VARIANT_FILES, Artifacts
-from vgg2resnet.config import VARIANTS, load_params
+from vgg2resnet.config import PRUNED_VARIANTS, VARIANTS, load_params
 
 from .conftest import ROOT, repo_params, write_params
 
@@ -196,9 +196,12 @@ def test_dvc_yaml_names_the_artifacts_where_vgg2resnet_artifacts_puts_them():
             for name, s in STAGES.items()}
     assert outs["prepare"] == str_(layout.raw_dir, layout.prepared_dir)
     assert outs["validate"] == str_(layout.validation_docs, layout.validation_result)
-    for stage in TRAINING_STAGES:
+    for stage in ("teacher", "distill"):
         model = layout.teacher if stage == "teacher" else layout.student()
         assert outs[stage] == str_(model, model.with_suffix(".json"), layout.training_metrics(stage))
+    assert outs["prune"] == str_(layout.pruned_dir, layout.training_metrics("prune"))
+    assert all(layout.student(v).parent == layout.pruned_dir for v in PRUNED_VARIANTS)
+    assert layout.pruning_record.parent == layout.pruned_dir
     assert outs["compress"] == str_(*(layout.student(v).with_suffix(s) for v in ("onnx_fp32", "onnx_int8")
                                       for s in (".onnx", ".json")))
     assert outs["evaluate"] == str_(layout.evaluation_report, layout.predictions, layout.evaluation_metrics,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import bentoml
 import jsonschema
+import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -103,16 +104,42 @@ def _promote(project: Path, variant: str, name: str, reports_dir: Path) -> str:
     return tag
 
 
+def _logged(log_dir: Path, rows: int) -> pd.DataFrame:
+    """The inference log's rows once `rows` of them are there (the monitor writes asynchronously)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        files = sorted(log_dir.glob("*.log"))
+        if sum(len(f.read_text().splitlines()) for f in files) >= rows:
+            break
+        time.sleep(0.5)
+    return pd.concat([pd.read_json(f, lines=True, dtype={"request_id": str, "trace_id": str})
+                      for f in sorted(log_dir.glob("*.log"))])
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_each_variant_serves_what_it_scored_offline(served, variant: str, tmp_path: Path, monkeypatch):
+def test_each_variant_serves_what_it_scored_offline_and_logs_its_drift_embedding(served, variant: str,
+                                                                                  tmp_path: Path, monkeypatch):
+    """Every form, the pruned ones included, whose pooled features are narrower than the
+    ResNet-50's 2,048: the embedding is projected from the form's own features."""
+    import torch
+
     project = served["project"]
     monkeypatch.chdir(project)
+    params = load_params(project / "params.yaml")
     tag = _promote(project, variant, f"smoke-{variant.replace('_', '-')}", tmp_path / "reports")
     model_file = Path(bentoml.models.get(tag).path)
-    assert (model_file / StoreLayout.ONNX).is_file() == variant.startswith("onnx")
+    assert (model_file / StoreLayout.ONNX).is_file() == (variant != "pytorch_fp32")
+    width = json.loads((project / "models/pruned/prune.json").read_text())["features"] \
+        if variant.startswith("pruned") else 2048
+    components = torch.load(model_file / StoreLayout.PROJECTION, weights_only=True)["components"]
+    assert components.shape == (params.serving.embedding_dims, width)
     with local_server(tag, cwd=tmp_path, project_root=ROOT,
                       params_file=project / "params.yaml") as url:
         _assert_http_equals_offline(url, project, variant)
+        logged = _logged(tmp_path / params.monitoring.log_dir, len(_test_split(project)))
+    assert len(logged) == len(_test_split(project)) and set(logged["model_tag"]) == {tag}
+    embedding = logged[[f"emb_{i}" for i in range(params.serving.embedding_dims)]].to_numpy()
+    assert np.isfinite(embedding).all() and embedding.std(axis=0).min() > 0
 
 
 def test_a_rollback_serves_the_earlier_model_and_the_monitor_judges_its_traffic(served, tmp_path: Path,

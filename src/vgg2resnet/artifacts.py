@@ -3,7 +3,7 @@
 `Artifacts(params)` maps the settings (`paths`, `data`, `validation`, `monitoring`) to each file
 a stage reads or writes, so stages, flows, benchmarks and tests ask it instead of joining
 names themselves. dvc.yaml spells the same paths with `${...}` templating;
-tests/test_dvc_yaml.py checks that the two agree. The folder layout of one version in the
+tests/test_layout.py checks that the two agree. The folder layout of one version in the
 BentoML model store is here too (`StoreLayout`), for the code that writes it (packaging) and
 the code that reads it (serving, monitoring).
 """
@@ -19,8 +19,9 @@ from vgg2resnet.config import Params, UserError
 # The student's forms (config.VARIANTS), each a file in paths.models_dir, with `<name>.json`
 # metadata beside it.
 VARIANT_FILES: dict[str, str] = {"pytorch_fp32": "student.pt", "onnx_fp32": "student-fp32.onnx",
-                                 "onnx_int8": "student-int8.onnx"}
-TRAINING_STAGES = ("teacher", "distill")
+                                 "onnx_int8": "student-int8.onnx", "pruned_fp32": "pruned/student-pruned-fp32.onnx",
+                                 "pruned_int8": "pruned/student-pruned-int8.onnx"}
+TRAINING_STAGES = ("teacher", "distill", "prune")
 # Confusion matrices that the evaluate stage draws (dvc plots): the teacher's and two student forms.
 CONFUSION_MODELS = ("teacher", "pytorch_fp32", "onnx_int8")
 BENTOFILE = Path("services/classifier/bentofile.yaml")
@@ -105,6 +106,15 @@ class Artifacts:
 
     def student(self, variant: str = "pytorch_fp32") -> Path:
         return self.params.paths.models_dir / VARIANT_FILES[variant]
+
+    @property
+    def pruned_dir(self) -> Path:
+        """The prune stage's output: the pruned forms and prune.json (alone when prune.enabled is false)."""
+        return self.params.paths.models_dir / "pruned"
+
+    @property
+    def pruning_record(self) -> Path:
+        return self.pruned_dir / "prune.json"
 
     def training_metrics(self, stage: str) -> Path:
         """metrics/<stage>/: metrics.json, and learning curves under plots/ when the stage trained."""

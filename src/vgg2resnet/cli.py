@@ -97,6 +97,14 @@ def compress(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @command
+def prune(params: ParamsOption = Path("params.yaml")) -> None:
+    """Prune the student's channels to prune.flops_ratio of its FLOPs, KD fine-tune it, export ONNX fp32 and int8."""
+    result = _run_stage("prune", params)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one answer
+        _print_json(result)
+
+
+@command
 def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
     """Evaluate the teacher and every student variant on the test split: accuracy, size, latency."""
     _print_json(_run_stage("evaluate", params))

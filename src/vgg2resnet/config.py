@@ -24,9 +24,12 @@ class UserError(Exception):
 
     exit_code = 2
 
-# The forms of the student that the gate weighs, each a file in paths.models_dir.
-Variant = Literal["pytorch_fp32", "onnx_fp32", "onnx_int8"]
+# The forms of the student that the gate weighs, each a file under paths.models_dir: the
+# distilled ResNet-50 (PyTorch, ONNX fp32, ONNX int8) and its channel-pruned, fine-tuned
+# descendant (ONNX fp32, ONNX int8), which the `prune` stage makes when prune.enabled.
+Variant = Literal["pytorch_fp32", "onnx_fp32", "onnx_int8", "pruned_fp32", "pruned_int8"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
+PRUNED_VARIANTS: tuple[str, ...] = ("pruned_fp32", "pruned_int8")
 
 
 class Section(BaseModel):
@@ -147,6 +150,14 @@ class CompressParams(Section):
     per_channel: bool
 
 
+class PruneParams(Section):
+    enabled: bool
+    flops_ratio: float = Field(gt=0, lt=1)
+    round_to: int | None = Field(ge=1)
+    epochs: int = Field(ge=1)
+    lr: float = Field(gt=0)
+
+
 class GateParams(Section):
     min_teacher_margin: float | None = Field(ge=0, le=100)
     max_accuracy_drop: float = Field(ge=0)
@@ -214,11 +225,25 @@ class Params(Section):
     distill: DistillParams
     evaluate: EvaluateParams
     compress: CompressParams
+    prune: PruneParams
     gate: GateParams
     report: ReportParams
     serving: ServingParams
     monitoring: MonitoringParams
     orchestration: OrchestrationParams
+
+    @model_validator(mode="after")
+    def _something_to_promote(self) -> Params:
+        if not self.prune.enabled and set(self.gate.variants) <= set(PRUNED_VARIANTS):
+            raise ValueError(f"gate.variants {self.gate.variants} lists only pruned forms, which prune.enabled: "
+                             "false does not make; add pytorch_fp32, onnx_fp32 or onnx_int8, or enable prune")
+        return self
+
+
+def built_variants(params: Params) -> tuple[str, ...]:
+    """The student forms this configuration makes: all of VARIANTS, less the pruned ones when
+    prune.enabled is false (the gate then weighs the others, whatever gate.variants lists)."""
+    return VARIANTS if params.prune.enabled else tuple(v for v in VARIANTS if v not in PRUNED_VARIANTS)
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:

@@ -60,7 +60,7 @@ def file_sha256(path: Path) -> str:
 
 
 # The settings that make a model and the gate's verdict on it: what a params_hash covers.
-LINEAGE_SECTIONS = ("data", "augment", "teacher", "distill", "compress", "evaluate", "gate")
+LINEAGE_SECTIONS = ("data", "augment", "teacher", "distill", "compress", "prune", "evaluate", "gate")
 
 
 def params_hash(params: Params) -> str:

@@ -14,13 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vgg2resnet import atomic
-from vgg2resnet.config import UserError
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.datasets import SeededViews
+from vgg2resnet.distill.fit import Distillation
+from vgg2resnet.lineage import manifest_hash
 from vgg2resnet.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -97,3 +101,31 @@ def build_or_load_cache(path: Path, live: LiveTeacher, views: SeededViews, num_v
         torch.save(logits, tmp)
     log.info("teacher logit cache: %d images x %d views written to %s", n, num_views, path)
     return logits
+
+
+def teacher_signal(params: Params, runtime: Runtime, teacher: nn.Module, teacher_weights: str,
+                   views: SeededViews) -> Distillation:
+    """The KD objective of a student trained on `views` (distill.* settings): the cached logits
+    of these very views when distill.logit_cache (built on first use, reused by every later
+    training on the same teacher, data and views, as `prune` does), else the live teacher."""
+    d = params.distill
+    live = LiveTeacher(teacher, runtime)
+    if not d.logit_cache:
+        return Distillation(live, d.temperature, d.alpha)
+    key = cache_key(teacher=teacher_weights, manifest=manifest_hash(params), augment=params.augment,
+                    image_size=d.image_size, views=d.cache_views, seed=params.runtime.seed)
+    path = Artifacts(params).logit_cache(key)
+    logits = None
+    if runtime.is_main:  # one rank builds, the others wait and read it
+        logits = build_or_load_cache(path, live, views, d.cache_views, params.evaluate.batch_size, True)
+    if runtime.distributed:
+        dist.barrier()
+    if logits is None:
+        logits = torch.load(path, map_location="cpu", weights_only=True)
+    cached = CachedTeacher(logits, live, d.cache_tolerance)
+
+    def check(epoch: int) -> float:
+        return cached.check(views, d.cache_check_fraction, seed=params.runtime.seed * 1000 + epoch,
+                            batch_size=params.evaluate.batch_size)
+
+    return Distillation(cached, d.temperature, d.alpha, cache_views=d.cache_views, check=check)

@@ -89,13 +89,15 @@ def _verdict(result: dict) -> str:
              f"<p>{escape(result['summary'])}</p>"]
     if result.get("candidates"):
         rows = [[escape(variant), "yes" if c["promotable"] else "no", f"{c['top1']:.2f}%",
-                 f"{c['size_mb']:.1f}", f"{c['size_ratio']:.3f}x", f"{c['cpu_latency_ms_p50']:.2f}",
+                 f"{c['size_mb']:.1f}", f"{c['size_ratio']:.3f}x", f"{c['flops'] / 1e6:.1f}",
+                 f"{c['flops_ratio']:.3f}x", f"{c['cpu_latency_ms_p50']:.2f}",
                  f"{c['fp32_agreement']:.1f}%",
                  "<b>promoted</b>" if variant == result.get("variant") else
                  ("pass" if c["passed"] else f"<span class='fail'>FAIL: {escape(', '.join(c['failed']))}</span>")]
                 for variant, c in result["candidates"].items()]
         parts += ["<h2>Candidates</h2>", _table(
-            ["variant", "may be promoted", "top-1", "size MB", "size vs teacher", "CPU ms (batch 1)",
+            ["variant", "may be promoted", "top-1", "size MB", "size vs teacher", "MFLOPs", "FLOPs vs teacher",
+             "CPU ms (batch 1)",
              "agreement with fp32", "verdict"], rows)]
     rows = [[escape(c["name"]), _number(c["value"]), _number(c["threshold"]),
              "pass" if c["passed"] else "<span class='fail'>FAIL</span>", escape(c["reason"])]
@@ -132,10 +134,12 @@ def _tradeoff(report: dict) -> go.Figure:
     top1 = [m["top1"] for m in models.values()]
     figure = go.Figure(go.Scatter(
         x=[m["size_mb"] for m in models.values()], y=[m["cpu"]["latency_ms_p50"] for m in models.values()],
-        mode="markers+text", text=list(models), textposition="top center", customdata=top1,
+        mode="markers+text", text=list(models), textposition="top center",
+        customdata=[[m["top1"], m["flops"] / 1e6] for m in models.values()],
         marker={"size": 16, "color": top1, "colorscale": "Viridis", "showscale": True,
                 "colorbar": {"title": "top-1 %"}},
-        hovertemplate="%{text}: %{x:.1f} MB, %{y:.2f} ms, top-1 %{customdata:.2f}%<extra></extra>"))
+        hovertemplate="%{text}: %{x:.1f} MB, %{y:.2f} ms, %{customdata[1]:.1f} MFLOPs, "
+                      "top-1 %{customdata[0]:.2f}%<extra></extra>"))
     return figure.update_layout(xaxis_title="size MB (log)", yaxis_title="CPU latency ms, batch 1 (log)",
                                 xaxis_type="log", yaxis_type="log", height=460)
 

@@ -15,16 +15,17 @@ def render_markdown(report: dict) -> str:
         lines += [
             "## Candidates",
             "",
-            "| variant | may be promoted | top-1 | size MB | size vs teacher | CPU ms (batch 1) "
-            "| agreement with fp32 | verdict |",
-            "|---|---|---|---|---|---|---|---|",
+            "| variant | may be promoted | top-1 | size MB | size vs teacher | MFLOPs | FLOPs vs teacher "
+            "| CPU ms (batch 1) | agreement with fp32 | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for variant, c in report["candidates"].items():
             verdict = "pass" if c["passed"] else "FAIL: " + ", ".join(c["failed"])
             if variant == report.get("variant"):
                 verdict = "**promoted**"
             lines.append(f"| {variant} | {'yes' if c['promotable'] else 'no'} | {c['top1']:.2f}% "
-                         f"| {c['size_mb']:.1f} | {c['size_ratio']:.3f}x | {c['cpu_latency_ms_p50']:.2f} "
+                         f"| {c['size_mb']:.1f} | {c['size_ratio']:.3f}x | {c['flops'] / 1e6:.1f} "
+                         f"| {c['flops_ratio']:.3f}x | {c['cpu_latency_ms_p50']:.2f} "
                          f"| {c['fp32_agreement']:.1f}% | {verdict} |")
         lines += ["", f"## Checks of {report.get('variant') or 'every promotable variant'}", ""]
     lines += [

@@ -87,3 +87,18 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, image_size: int) -> int:
+    """Floating-point operations of one forward pass on one image, as torch's FlopCounterMode
+    counts them (a multiply-add is 2; convolutions and matrix products only)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parameter = next(model.parameters())
+    image = torch.randn(1, 3, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
+    counter = FlopCounterMode(display=False)
+    training = model.training
+    with torch.no_grad(), counter:
+        model.eval()(image)
+    model.train(training)
+    return int(counter.get_total_flops())

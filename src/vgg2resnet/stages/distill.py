@@ -10,52 +10,21 @@ import logging
 import shutil
 
 import torch
-import torch.distributed as dist
 
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader, train_views
 from vgg2resnet.distill.averaging import kept_epochs_folder
-from vgg2resnet.distill.fit import Distillation, fingerprint, fit
+from vgg2resnet.distill.fit import fingerprint, fit
 from vgg2resnet.distill.loop import evaluate
-from vgg2resnet.distill.teacher_signal import (
-    CachedTeacher,
-    LiveTeacher,
-    build_or_load_cache,
-    cache_key,
-)
+from vgg2resnet.distill.teacher_signal import teacher_signal
 from vgg2resnet.lineage import manifest_hash
 from vgg2resnet.models.builders import STUDENT_ARCH, build_student
 from vgg2resnet.models.checkpoint import load_model, model_meta, read_meta, save_model
-from vgg2resnet.runtime import Runtime, start, stop
+from vgg2resnet.runtime import start, stop
 
 log = logging.getLogger(__name__)
-
-
-def _distillation(params: Params, runtime: Runtime, teacher: torch.nn.Module, teacher_weights: str,
-                  views) -> Distillation:
-    d = params.distill
-    live = LiveTeacher(teacher, runtime)
-    if not d.logit_cache:
-        return Distillation(live, d.temperature, d.alpha)
-    key = cache_key(teacher=teacher_weights, manifest=manifest_hash(params), augment=params.augment,
-                    image_size=d.image_size, views=d.cache_views, seed=params.runtime.seed)
-    path = Artifacts(params).logit_cache(key)
-    logits = None
-    if runtime.is_main:  # one rank builds, the others wait and read it
-        logits = build_or_load_cache(path, live, views, d.cache_views, params.evaluate.batch_size, True)
-    if runtime.distributed:
-        dist.barrier()
-    if logits is None:
-        logits = torch.load(path, map_location="cpu", weights_only=True)
-    cached = CachedTeacher(logits, live, d.cache_tolerance)
-
-    def check(epoch: int) -> float:
-        return cached.check(views, d.cache_check_fraction, seed=params.runtime.seed * 1000 + epoch,
-                            batch_size=params.evaluate.batch_size)
-
-    return Distillation(cached, d.temperature, d.alpha, cache_views=d.cache_views, check=check)
 
 
 def run(params: Params) -> dict:
@@ -78,7 +47,7 @@ def run(params: Params) -> dict:
     torch.manual_seed(params.runtime.seed)
     student = build_student(len(categories), d.pretrained_weights)
     views = train_views(params, d, categories)
-    distillation = _distillation(params, runtime, teacher, teacher_weights, views)
+    distillation = teacher_signal(params, runtime, teacher, teacher_weights, views)
     run_id = fingerprint("distill", d, params.augment, params.runtime.seed, teacher_weights,
                          manifest_hash(params), runtime.world_size)
     student, metrics = fit(

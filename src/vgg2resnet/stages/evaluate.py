@@ -17,14 +17,14 @@ import torch
 
 from vgg2resnet import atomic
 from vgg2resnet.artifacts import CONFUSION_MODELS, Artifacts
-from vgg2resnet.config import VARIANTS, Params
+from vgg2resnet.config import Params, built_variants
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader, load_split
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.distill.loop import predict
 from vgg2resnet.evaluation.metrics import classification_report, measure_latency
 from vgg2resnet.lineage import manifest_hash
-from vgg2resnet.models.builders import count_parameters
+from vgg2resnet.models.builders import count_flops, count_parameters
 from vgg2resnet.models.checkpoint import load_model, read_meta
 from vgg2resnet.models.variants import TorchRunner, load_runner, predict_logits
 from vgg2resnet.runtime import Runtime, select_device
@@ -58,7 +58,7 @@ def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, torch
     labels = loader.dataset.labels
     size = meta["preprocessing"]["image_size"]
     report = {**_report(params, path, read_meta(path), logits, labels, categories),
-              "parameters": count_parameters(model),
+              "parameters": count_parameters(model), "flops": count_flops(model, size),
               "cpu": _latency(params, model, size, CPU)}
     device = select_device(params.runtime)
     if device.type == "cuda":
@@ -75,8 +75,11 @@ def evaluate_variant(params: Params, variant: str, categories: list[str]) -> tup
     size = meta["preprocessing"]["image_size"]
     report = {**_report(params, path, read_meta(path), logits, loader.dataset.labels, categories),
               "variant": variant, "cpu": _latency(params, runner, size, CPU)}
+    # An ONNX form has its network's FLOPs and parameters, counted in PyTorch when it was made.
     if isinstance(runner, TorchRunner):
-        report["parameters"] = count_parameters(runner.model)
+        report.update(parameters=count_parameters(runner.model), flops=count_flops(runner.model, size))
+    else:
+        report.update(parameters=meta["parameters"], flops=meta["flops"])
     device = select_device(params.runtime)
     if device.type == "cuda":
         report["cuda"] = _latency(params, load_runner(path, categories, device)[0], size, device)
@@ -93,7 +96,7 @@ def run(params: Params) -> dict:
     categories = data_categories(params)
     teacher, teacher_logits, labels = evaluate_teacher(params, categories)
     candidates, logits = {}, {}
-    for variant in VARIANTS:
+    for variant in built_variants(params):
         candidates[variant], logits[variant] = evaluate_variant(params, variant, categories)
     reference = logits["pytorch_fp32"]
     for variant, report in candidates.items():
@@ -101,6 +104,7 @@ def run(params: Params) -> dict:
             "agreement": _agreement(teacher_logits, logits[variant]),
             "fp32_agreement": _agreement(reference, logits[variant]),
             "size_ratio": report["size_mb"] / teacher["size_mb"],
+            "flops_ratio": report["flops"] / teacher["flops"],
             "cpu_latency_ratio": report["cpu"]["latency_ms_p50"] / teacher["cpu"]["latency_ms_p50"],
         })
     report = {"split": SPLIT, "images": len(labels), "categories": categories,
@@ -121,10 +125,11 @@ def run(params: Params) -> dict:
         predictions.to_parquet(tmp, index=False)
     with Live(str(layout.evaluation_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         for name, model in (("teacher", teacher), *candidates.items()):
-            live.summary[name] = {k: model[k] for k in ("top1", "top5", "macro_f1", "ece", "size_mb")}
+            live.summary[name] = {k: model[k] for k in ("top1", "top5", "macro_f1", "ece", "size_mb", "flops")}
             live.summary[name]["cpu_latency_ms_p50"] = model["cpu"]["latency_ms_p50"]
             if name != "teacher":
-                live.summary[name].update({k: model[k] for k in ("agreement", "size_ratio", "cpu_latency_ratio")})
+                live.summary[name].update({k: model[k] for k in ("agreement", "size_ratio", "flops_ratio",
+                                                                  "cpu_latency_ratio")})
             if name in CONFUSION_MODELS:
                 live.log_sklearn_plot("confusion_matrix", names, [categories[i] for i in predictions[name]],
                                       name=layout.confusion(name).name)

@@ -5,8 +5,9 @@ promotes what it chose.
 
     vgg2resnet gate              # or: dvc repro gate
 
-Each variant of the student (gate.variants: fp32 PyTorch, fp32 ONNX, int8 ONNX) meets the same
-checks; among those that pass, gate.prefer picks the one to promote (the smallest by default).
+Each variant of the student (fp32 PyTorch, fp32 ONNX, int8 ONNX, and the pruned network's fp32
+and int8 ONNX when prune.enabled) meets the same checks; among those that pass and
+gate.variants lists, gate.prefer picks the one to promote (the smallest by default).
 
 Exit semantics: the stage exits 0 whatever the decision, so that `dvc repro` records
 reports/gate.json; a rejected student is never saved to the model store, and `package`
@@ -23,7 +24,7 @@ import pandas as pd
 
 from vgg2resnet import atomic
 from vgg2resnet.artifacts import Artifacts
-from vgg2resnet.config import VARIANTS, Params, UserError
+from vgg2resnet.config import Params, UserError, built_variants
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader
 from vgg2resnet.data.transforms import transform_from_meta
@@ -53,7 +54,7 @@ def _load_inputs(params: Params, categories: list[str]) -> tuple[dict, pd.DataFr
         report = json.loads(layout.evaluation_report.read_text())
         predictions = pd.read_parquet(layout.predictions)
         teacher = read_meta(layout.teacher)
-        variants = {v: read_meta(layout.student(v)) for v in VARIANTS}
+        variants = {v: read_meta(layout.student(v)) for v in built_variants(params)}
     except (OSError, ValueError, UserError) as exc:
         raise ValueError(f"evaluation results missing or unreadable ({exc}); run `vgg2resnet evaluate`") from exc
     if report.get("split") != "test":
@@ -67,8 +68,8 @@ def _load_inputs(params: Params, categories: list[str]) -> tuple[dict, pd.DataFr
     if report["teacher"].get("sha256") != teacher["sha256"] or any(
             evaluated.get(v, {}).get("sha256") != meta["sha256"] for v, meta in variants.items()):
         raise ValueError("evaluation is of other model files than models/; re-run evaluate")
-    needed = {"path", "label", "category", "teacher", "teacher_confidence", *VARIANTS,
-              *(f"{v}_confidence" for v in VARIANTS)}
+    needed = {"path", "label", "category", "teacher", "teacher_confidence", *variants,
+              *(f"{v}_confidence" for v in variants)}
     if len(predictions) != report.get("images") or not needed <= set(predictions):
         raise ValueError("per-sample predictions do not match the evaluation report")
     return report, predictions, teacher, variants
@@ -95,12 +96,12 @@ def run(params: Params, strict: bool = False) -> dict:
     try:
         report, predictions, teacher, variants = _load_inputs(params, categories)
         promoted_top1 = _promoted_top1(params, categories, variants["pytorch_fp32"]["weights_sha256"])
-        checks_of = {v: evaluate_policy(report, predictions, params.gate, promoted_top1, v) for v in VARIANTS}
-        candidates = {v: _candidate(v, report["candidates"][v], checks_of[v], params) for v in VARIANTS}
+        checks_of = {v: evaluate_policy(report, predictions, params.gate, promoted_top1, v) for v in variants}
+        candidates = {v: _candidate(v, report["candidates"][v], checks_of[v], params) for v in variants}
         chosen = choose([v for v, c in candidates.items() if c["passed"]], report["candidates"], params.gate)
         checks = checks_of[chosen] if chosen else [
             Check(f"{v}.{c.name}", c.value, c.threshold, c.passed, c.reason)
-            for v in params.gate.variants for c in checks_of[v]]
+            for v in params.gate.variants if v in variants for c in checks_of[v]]
     except ValueError as exc:
         report, predictions, teacher, variants = {}, None, {}, {}
         checks = [failed_input("inputs", str(exc))]
@@ -147,6 +148,8 @@ def _candidate(variant: str, evaluated: dict, checks: list[Check], params: Param
         "top1": evaluated["top1"],
         "size_mb": evaluated["size_mb"],
         "size_ratio": evaluated["size_ratio"],
+        "flops": evaluated["flops"],
+        "flops_ratio": evaluated["flops_ratio"],
         "cpu_latency_ms_p50": evaluated["cpu"]["latency_ms_p50"],
         "cpu_throughput_img_s": evaluated["cpu"]["throughput_img_s"],
         "fp32_agreement": evaluated["fp32_agreement"],

@@ -1,0 +1,166 @@
+"""Channel pruning: the pruned network on its own (FLOPs counted here by hand, forward,
+backward, ONNX), and the `prune` stage in the session pipeline: its forms, the gate's table,
+the reused logit cache, a reproducible rerun, and prune.enabled: false."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision import models
+
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.compress.onnx import export_onnx
+from vgg2resnet.compress.prune import prune_to_flops
+from vgg2resnet.config import PRUNED_VARIANTS, load_params
+from vgg2resnet.models.checkpoint import read_meta
+from vgg2resnet.models.variants import OnnxRunner, TorchRunner
+
+pytestmark = pytest.mark.slow
+SIZE = 32
+
+
+def conv_and_linear_flops(model: nn.Module, size: int) -> int:
+    """2 x multiply-adds of every convolution and linear layer, from their shapes and output
+    sizes (hooks), independently of torch's FlopCounterMode."""
+    total = []
+
+    def count(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total.append(2 * output.numel() * module.in_channels // module.groups * k)
+        else:
+            total.append(2 * module.in_features * module.out_features)
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for handle in handles:
+        handle.remove()
+    return sum(total)
+
+
+@pytest.fixture(scope="module")
+def pruned() -> tuple[nn.Module, dict, int]:
+    torch.manual_seed(0)
+    model = models.resnet50(num_classes=10)
+    before = conv_and_linear_flops(model, SIZE)
+    return model, prune_to_flops(model, SIZE, 0.5, 8), before
+
+
+def test_a_pruned_resnet50_has_at_most_the_target_flops_and_fewer_parameters(pruned):
+    model, record, before = pruned
+    after = conv_and_linear_flops(model, SIZE)
+    assert record["flops_before"] == before and record["flops"] == after
+    assert 0.4 < after / before <= 0.5  # the target, not far below it
+    assert record["parameters"] == sum(p.numel() for p in model.parameters()) < record["parameters_before"]
+    assert record["parameters_before"] == sum(p.numel() for p in models.resnet50(num_classes=10).parameters())
+    assert model.fc.out_features == 10 and model.fc.in_features == record["features"] < 2048
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(m.out_channels % 8 == 0 for m in convs) and record["channels"]["conv1"] == model.conv1.out_channels
+
+
+def test_a_pruned_resnet50_trains_and_exports_to_onnx_with_matching_logits(pruned, tmp_path: Path):
+    model = copy.deepcopy(pruned[0]).train()  # a training forward moves BatchNorm statistics
+    images = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    nn.functional.cross_entropy(model(images), torch.tensor([0, 1, 2, 3])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    export_onnx(model, tmp_path / "pruned.onnx", SIZE, 18)
+    (want, want_features), (have, have_features) = TorchRunner(model, torch.device("cpu"))(images), \
+        OnnxRunner(tmp_path / "pruned.onnx", torch.device("cpu"))(images)
+    assert have_features.shape == (4, model.fc.in_features)
+    torch.testing.assert_close(have, want, rtol=0, atol=1e-4 * float(want.abs().max()) + 1e-5)
+    torch.testing.assert_close(have_features, want_features, rtol=0, atol=1e-4 * float(want_features.abs().max()) + 1e-5)
+
+
+def test_pruning_the_same_weights_again_gives_the_same_network(pruned):
+    model, record, _ = pruned
+    torch.manual_seed(0)
+    again = models.resnet50(num_classes=10)
+    assert prune_to_flops(again, SIZE, 0.5, 8)["channels"] == record["channels"]
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
+def test_the_prune_stage_makes_both_forms_from_the_distilled_student(promoted_project: Path):
+    params = load_params(promoted_project / "params.yaml")
+    layout = Artifacts(params)
+    record = json.loads((promoted_project / layout.pruning_record).read_text())
+    student = read_meta(promoted_project / layout.student())
+    assert record["enabled"] and record["flops_ratio"] <= params.prune.flops_ratio
+    for variant in PRUNED_VARIANTS:
+        meta = read_meta(promoted_project / layout.student(variant))
+        assert meta["variant"] == variant and meta["source_sha256"] == student["sha256"]
+        assert meta["flops"] == record["flops"] and meta["parameters"] == record["parameters"]
+        assert meta["weights_sha256"] != student["weights_sha256"]  # other weights than the student's
+    assert record["parity"]["pruned_fp32"]["max_abs_logit"] <= params.compress.parity_max_abs_logit
+    summary = json.loads((promoted_project / layout.training_metrics("prune") / "metrics.json").read_text())
+    assert summary["val_accuracy_final"] == record["val_accuracy"]
+
+
+def test_the_gate_judges_the_pruned_forms_beside_the_others(promoted_project: Path):
+    gate = json.loads((promoted_project / "reports/gate.json").read_text())
+    evaluated = json.loads((promoted_project / "metrics/evaluate/report.json").read_text())
+    assert set(gate["candidates"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8", *PRUNED_VARIANTS}
+    teacher = evaluated["teacher"]["flops"]
+    for candidate in gate["candidates"].values():
+        assert candidate["flops_ratio"] == pytest.approx(candidate["flops"] / teacher)
+        assert {c["name"] for c in candidate["checks"]} >= {"accuracy_parity", "size_ratio", "latency_ratio"}
+    full, pruned = gate["candidates"]["onnx_int8"], gate["candidates"]["pruned_int8"]
+    assert pruned["flops"] < full["flops"] and pruned["size_mb"] < full["size_mb"]
+    markdown = (promoted_project / "reports/gate.md").read_text()
+    assert all(f"| {v} |" in markdown for v in PRUNED_VARIANTS) and "FLOPs vs teacher" in markdown
+
+
+def test_rerunning_prune_reuses_the_logit_cache_and_makes_the_same_network(promoted_project: Path,
+                                                                          tmp_path: Path, monkeypatch):
+    from vgg2resnet.distill import teacher_signal
+    from vgg2resnet.stages import prune
+
+    monkeypatch.chdir(promoted_project)
+    params = _settings(promoted_project, tmp_path)
+    caches = {p: p.stat().st_mtime_ns for p in (promoted_project / "checkpoints/distill").glob("teacher-logits-*")}
+    assert len(caches) == 1
+    opened = []
+    build = teacher_signal.build_or_load_cache
+    monkeypatch.setattr(teacher_signal, "build_or_load_cache",
+                        lambda path, *a, **k: opened.append(path.is_file()) or build(path, *a, **k))
+    prune.run(params)
+    assert opened == [True]  # the distill stage's cache, read, not rebuilt
+    assert {p: p.stat().st_mtime_ns for p in (promoted_project / "checkpoints/distill").glob("teacher-logits-*")} \
+        == caches
+    session = Artifacts(load_params("params.yaml"))
+    for variant in PRUNED_VARIANTS:
+        again, first = read_meta(Artifacts(params).student(variant)), read_meta(session.student(variant))
+        assert again["weights_sha256"] == first["weights_sha256"]
+
+
+def test_with_prune_disabled_the_stage_records_it_and_the_gate_weighs_the_rest(promoted_project: Path,
+                                                                               tmp_path: Path, monkeypatch):
+    from vgg2resnet.stages import evaluate, gate, prune
+
+    monkeypatch.chdir(promoted_project)
+    params = _settings(promoted_project, tmp_path, enabled=False)
+    (Artifacts(params).pruned_dir / "stale.onnx").write_bytes(b"from an earlier run")
+    assert prune.run(params) == {"enabled": False}
+    assert [p.name for p in Artifacts(params).pruned_dir.iterdir()] == ["prune.json"]
+    assert json.loads((tmp_path / "metrics/prune/metrics.json").read_text()) == {"enabled": False}
+    evaluate.run(params)
+    result = gate.run(params)
+    report = json.loads(Artifacts(params).gate_json.read_text())
+    assert set(report["candidates"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+    assert result["variant"] in (None, "pytorch_fp32", "onnx_fp32", "onnx_int8")
+
+
+def _settings(project: Path, tmp_path: Path, **prune):
+    models_dir = tmp_path / "models"
+    shutil.copytree(project / "models", models_dir)
+    params = load_params(project / "params.yaml")
+    return params.model_copy(update={
+        "paths": params.paths.model_copy(update={"models_dir": models_dir, "metrics_dir": tmp_path / "metrics",
+                                                 "reports_dir": tmp_path / "reports"}),
+        "prune": params.prune.model_copy(update=prune),
+        "serving": params.serving.model_copy(update={"model_name": "vgg2resnet-prune-check"}),
+    })
