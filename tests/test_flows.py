@@ -54,8 +54,10 @@ def gpu_pool(prefect_harness, tmp_path: Path, user_folder: Path, user_teacher: d
 
     pool = f"gpu-{tmp_path.name[-12:].replace('_', '-')}"
     project = _fresh_project(tmp_path, user_folder, user_params(user_folder, user_teacher))
-    write_params(project, {"orchestration": {"gpu_work_pool": pool, "gpu_timeout_s": 600, "gpu_poll_s": 1},
-                           # the hand-off is under test here, not learning: the tiny recipe
+    # The hand-off is under test here, not learning or the default list of stages: the tiny
+    # recipe, on two stages.
+    write_params(project, {"orchestration": {"gpu_work_pool": pool, "gpu_timeout_s": 600, "gpu_poll_s": 1,
+                                             "gpu_stages": ["teacher", "distill"]},
                            "distill": TINY_PARAMS["distill"]})
     shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "prefect.yaml", project)

@@ -30,6 +30,12 @@ class UserError(Exception):
 Variant = Literal["pytorch_fp32", "onnx_fp32", "onnx_int8", "pruned_fp32", "pruned_int8"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
 PRUNED_VARIANTS: tuple[str, ...] = ("pruned_fp32", "pruned_int8")
+# The fp32 form of each variant's network, which its `fp32_agreement` is measured against: a
+# broken export or calibration shows there. The pruned network was fine-tuned, so it is a new
+# student (the gate holds it to the teacher like the first), and its int8 form follows it.
+FP32_FORM: dict[str, str] = {"pytorch_fp32": "pytorch_fp32", "onnx_fp32": "pytorch_fp32",
+                             "onnx_int8": "pytorch_fp32", "pruned_fp32": "pruned_fp32",
+                             "pruned_int8": "pruned_fp32"}
 
 
 class Section(BaseModel):

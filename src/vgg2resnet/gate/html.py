@@ -98,7 +98,7 @@ def _verdict(result: dict) -> str:
         parts += ["<h2>Candidates</h2>", _table(
             ["variant", "may be promoted", "top-1", "size MB", "size vs teacher", "MFLOPs", "FLOPs vs teacher",
              "CPU ms (batch 1)",
-             "agreement with fp32", "verdict"], rows)]
+             "agreement with its fp32 form", "verdict"], rows)]
     rows = [[escape(c["name"]), _number(c["value"]), _number(c["threshold"]),
              "pass" if c["passed"] else "<span class='fail'>FAIL</span>", escape(c["reason"])]
             for c in result["checks"]]

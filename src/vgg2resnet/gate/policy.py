@@ -1,8 +1,8 @@
 """The promotion policy: every check records its value, threshold, verdict and a one-line reason.
 
-Every variant of the student (fp32 PyTorch, fp32 ONNX, int8 ONNX) is a candidate that meets
-the same checks on its own predictions, bytes and latency. Accuracy parity is judged
-non-inferiority style on the lower bound of a paired bootstrap interval of (candidate -
+Every variant of the student (fp32 PyTorch, fp32 ONNX, int8 ONNX, and the pruned network's fp32
+and int8 ONNX) is a candidate that meets the same checks on its own predictions, bytes and
+latency. Accuracy parity is judged non-inferiority style on the lower bound of a paired bootstrap interval of (candidate -
 teacher) top-1 over the same test images, so a lucky small test set cannot pass a worse one.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from vgg2resnet.config import GateParams
+from vgg2resnet.config import FP32_FORM, GateParams
 from vgg2resnet.evaluation.metrics import majority_baseline, margin_verdict
 
 
@@ -109,9 +109,10 @@ def evaluate_policy(report: dict, predictions: pd.DataFrame, gate: GateParams,
         check_threshold("latency_ratio", student["cpu_latency_ratio"], gate.max_latency_ratio, at_most=True,
                         unit="x", what="student/teacher CPU latency at batch 1"),
     ]
-    if variant != "pytorch_fp32":  # a compression that broke the model shows here first
+    if FP32_FORM[variant] != variant:  # a compression that broke the model shows here first
+        network = "student" if FP32_FORM[variant] == "pytorch_fp32" else "pruned network"
         checks.append(check_threshold("fp32_agreement", student["fp32_agreement"], gate.min_variant_agreement,
-                                      at_most=False, unit="%", what="top-1 agreement with the fp32 student"))
+                                      at_most=False, unit="%", what=f"top-1 agreement with the fp32 {network}"))
     if gate.min_accuracy is not None:
         checks.append(check_threshold("min_accuracy", student["top1"], gate.min_accuracy, at_most=False,
                                       unit="%", what="student top-1"))

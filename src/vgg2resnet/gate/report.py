@@ -16,7 +16,7 @@ def render_markdown(report: dict) -> str:
             "## Candidates",
             "",
             "| variant | may be promoted | top-1 | size MB | size vs teacher | MFLOPs | FLOPs vs teacher "
-            "| CPU ms (batch 1) | agreement with fp32 | verdict |",
+            "| CPU ms (batch 1) | agreement with its fp32 form | verdict |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for variant, c in report["candidates"].items():

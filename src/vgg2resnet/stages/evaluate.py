@@ -17,7 +17,7 @@ import torch
 
 from vgg2resnet import atomic
 from vgg2resnet.artifacts import CONFUSION_MODELS, Artifacts
-from vgg2resnet.config import Params, built_variants
+from vgg2resnet.config import FP32_FORM, Params, built_variants
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader, load_split
 from vgg2resnet.data.transforms import transform_from_meta
@@ -98,11 +98,10 @@ def run(params: Params) -> dict:
     candidates, logits = {}, {}
     for variant in built_variants(params):
         candidates[variant], logits[variant] = evaluate_variant(params, variant, categories)
-    reference = logits["pytorch_fp32"]
     for variant, report in candidates.items():
         report.update({
             "agreement": _agreement(teacher_logits, logits[variant]),
-            "fp32_agreement": _agreement(reference, logits[variant]),
+            "fp32_agreement": _agreement(logits[FP32_FORM[variant]], logits[variant]),
             "size_ratio": report["size_mb"] / teacher["size_mb"],
             "flops_ratio": report["flops"] / teacher["flops"],
             "cpu_latency_ratio": report["cpu"]["latency_ms_p50"] / teacher["cpu"]["latency_ms_p50"],
