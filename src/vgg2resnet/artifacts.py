@@ -18,9 +18,11 @@ from vgg2resnet.config import Params, UserError
 
 # The student's forms (config.VARIANTS), each a file in paths.models_dir, with `<name>.json`
 # metadata beside it.
+PRUNED_DIR = "pruned"  # the prune stage's one output folder in paths.models_dir
 VARIANT_FILES: dict[str, str] = {"pytorch_fp32": "student.pt", "onnx_fp32": "student-fp32.onnx",
-                                 "onnx_int8": "student-int8.onnx", "pruned_fp32": "pruned/student-pruned-fp32.onnx",
-                                 "pruned_int8": "pruned/student-pruned-int8.onnx"}
+                                 "onnx_int8": "student-int8.onnx",
+                                 "pruned_fp32": f"{PRUNED_DIR}/student-pruned-fp32.onnx",
+                                 "pruned_int8": f"{PRUNED_DIR}/student-pruned-int8.onnx"}
 TRAINING_STAGES = ("teacher", "distill", "prune")
 # Confusion matrices that the evaluate stage draws (dvc plots): the teacher's and two student forms.
 CONFUSION_MODELS = ("teacher", "pytorch_fp32", "onnx_int8")
@@ -110,7 +112,7 @@ class Artifacts:
     @property
     def pruned_dir(self) -> Path:
         """The prune stage's output: the pruned forms and prune.json (alone when prune.enabled is false)."""
-        return self.params.paths.models_dir / "pruned"
+        return self.params.paths.models_dir / PRUNED_DIR
 
     @property
     def pruning_record(self) -> Path:
