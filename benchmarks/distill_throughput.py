@@ -13,26 +13,26 @@ import argparse
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import load_params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import train_views
+from vgg2resnet.data.loaders import make_loader
 from vgg2resnet.distill.loop import build_optimizer, build_scheduler, epoch_items, train_one_epoch
 from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, build_or_load_cache
 from vgg2resnet.models.builders import build_student, build_teacher
 from vgg2resnet.runtime import Runtime, select_device
 
 
-def one_epoch(views, runtime, params, teacher, cache_views, num_classes) -> float:
+def one_epoch(views, runtime, loading, params, teacher, cache_views, num_classes) -> float:
     torch.manual_seed(0)
     student = build_student(num_classes).to(runtime.device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(student, params)
     steps = -(-len(views) // params.batch_size)
     scheduler = build_scheduler(optimizer, params, steps)
     items = epoch_items(len(views), 0, 0, cache_views, runtime)
-    loader = DataLoader(views, sampler=items, batch_size=params.batch_size)
+    loader = make_loader(views, loading, params.batch_size, items)
     start = time.perf_counter()
     train_one_epoch(student, loader, optimizer, scheduler, runtime, teacher=teacher, temperature=4.0,
                     alpha=0.5 if teacher else 0.0, label_smoothing=0.0, grad_clip_norm=None, ema=None,
@@ -62,17 +62,17 @@ if __name__ == "__main__":
     live = LiveTeacher(teacher, runtime)
 
     print(f"device {runtime.device}, {len(views)} images at {args.image_size} px, batch {args.batch_size}")
-    plain = one_epoch(views, runtime, dparams, None, None, len(categories))
+    plain = one_epoch(views, runtime, params.runtime, dparams, None, None, len(categories))
     print(f"plain ResNet-50 epoch:        {plain:7.2f} img/s  1.00x time")
-    kd_live = one_epoch(views, runtime, dparams, live, None, len(categories))
+    kd_live = one_epoch(views, runtime, params.runtime, dparams, live, None, len(categories))
     print(f"KD, live VGG-16 teacher:      {kd_live:7.2f} img/s  {plain / kd_live:.2f}x time")
     start = time.perf_counter()
     cache = Artifacts(params).logit_cache("benchmark")
-    logits = build_or_load_cache(cache, live, views, args.views, args.batch_size, False)
+    logits = build_or_load_cache(cache, live, views, args.views, args.batch_size, params.runtime, False)
     build = time.perf_counter() - start
     cache.unlink()
     print(f"cache build ({args.views} views):     {build:7.2f} s      "
           f"{build / (len(views) / plain):.2f}x a plain epoch")
     cached = CachedTeacher(logits, live, 1e-3)
-    kd_cached = one_epoch(views, runtime, dparams, cached, args.views, len(categories))
+    kd_cached = one_epoch(views, runtime, params.runtime, dparams, cached, args.views, len(categories))
     print(f"KD, cached teacher logits:    {kd_cached:7.2f} img/s  {plain / kd_cached:.2f}x time")

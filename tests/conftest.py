@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import configparser
 import json
 import os
 import shutil
@@ -74,6 +75,14 @@ def repo_params(overrides: dict | None = None):
     return Params.model_validate(merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides or {}))
 
 
+def dvc_cache_type() -> str:
+    """The repository's own cache.type (data/raw linked to the cache, not copied), so that
+    test projects store data as a clone of it does."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    return config["cache"]["type"].strip('"')
+
+
 def make_project(dest: Path, remote: Path) -> Path:
     """A git+DVC repository holding this project's pipeline files, with a local remote."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -87,6 +96,7 @@ def make_project(dest: Path, remote: Path) -> Path:
     run(["git", "config", "user.name", "test"], dest)
     run(["dvc", "init", "-q"], dest)
     run(["dvc", "remote", "add", "-d", "local", str(remote)], dest)
+    run(["dvc", "config", "cache.type", dvc_cache_type()], dest)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "pipeline"], dest)
     return dest
@@ -134,6 +144,8 @@ TINY_PARAMS = {
     "gate": {"max_accuracy_drop": 100.0, "max_category_drop": 100.0, "max_latency_ratio": 100.0,
              "bootstrap_samples": 200, "min_teacher_margin": None},
     "monitoring": {"min_rows": 20, "traffic_requests": 40, "retain_fraction": 1.0},
+    # A worker costs more to start than it saves on 50 tiny images; tests with workers set them.
+    "runtime": {"num_workers": 0},
 }
 
 

@@ -122,7 +122,11 @@ def test_logit_cache_gives_the_live_teachers_loss_and_catches_staleness(
     teacher, _ = load_model(Path("models/teacher.pt"), categories)
     views = train_views(params, params.distill, categories)
     live = LiveTeacher(teacher, CPU)
-    logits = build_or_load_cache(tmp_path / "cache.pt", live, views, 2, 16, False)
+    in_process = params.runtime.model_copy(update={"num_workers": 0})
+    logits = build_or_load_cache(tmp_path / "cache.pt", live, views, 2, 16, in_process, False)
+    # Seeded views are the same tensors whichever worker decodes them: so are their logits.
+    two_workers = params.runtime.model_copy(update={"num_workers": 2})
+    assert torch.equal(build_or_load_cache(tmp_path / "cache-2.pt", live, views, 2, 16, two_workers, False), logits)
     cached = CachedTeacher(logits, live, tolerance=1e-3)
 
     items = [(i, v) for i in range(8) for v in range(2)]
@@ -131,11 +135,11 @@ def test_logit_cache_gives_the_live_teachers_loss_and_catches_staleness(
     from_cache = kd_loss(student_logits, cached(images, indices, view_ids), labels, 4.0, 0.5)[0]
     from_live = kd_loss(student_logits, live(images, indices, view_ids), labels, 4.0, 0.5)[0]
     assert from_cache.item() == pytest.approx(from_live.item(), abs=1e-4)
-    assert cached.check(views, fraction=0.1, seed=0, batch_size=16) <= 1e-3
+    assert cached.check(views, fraction=0.1, seed=0, batch_size=16, loading=in_process) <= 1e-3
 
     logits += 0.5  # a stale cache: another teacher's outputs
     with pytest.raises(StaleCacheError, match="cache_tolerance"):
-        cached.check(views, fraction=0.1, seed=0, batch_size=16)
+        cached.check(views, fraction=0.1, seed=0, batch_size=16, loading=in_process)
 
 
 @pytest.mark.parametrize("arch, other", [("vgg16", "vgg16_bn"), ("vgg16_bn", "vgg16")])

@@ -1,6 +1,7 @@
 """The one image decoder that prepare, training, the drift reference and the service share,
 checked against the formats' specifications (tests/imagefiles.py), not against its own output."""
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from vgg2resnet.data.datasets import ImageDataset
 from vgg2resnet.data.imagefolder import scan_image_folder
-from vgg2resnet.data.images import SUFFIXES, UndecodableImage, decode
+from vgg2resnet.data.images import SUFFIXES, UndecodableImage, decode, pixels
 from vgg2resnet.data.manifest import image_facts
 from vgg2resnet.data.transforms import eval_transform
 
@@ -106,3 +107,43 @@ def test_an_exif_rotated_jpeg_is_the_same_tensor_in_training_as_its_upright_twin
     assert torch.equal(dataset[0][0], dataset[1][0])
     facts = image_facts(rotated, max_pixels=10**6)
     assert (facts.width, facts.height) == (40, 24) and facts.decodes
+
+
+@settings(max_examples=150, deadline=None)
+@given(width=st.integers(1, 90), height=st.integers(1, 90), mode=st.sampled_from(["RGB", "L", "CMYK"]),
+       fmt=st.sampled_from(list(FILE_TYPES)), orientation=st.integers(0, 8), quality=st.integers(20, 100),
+       subsampling=st.integers(0, 2), progressive=st.booleans(), seed=st.integers(0, 2**16))
+def test_training_pixels_are_the_decoders_pixels(tmp_path_factory, width, height, mode, fmt, orientation,
+                                                  quality, subsampling, progressive, seed):
+    """`pixels` (torchvision's JPEG decoder, for training) equals `decode` (Pillow, for the
+    service) on every format, mode, JPEG encoding and EXIF orientation (0: no EXIF at all)."""
+    image = noise(width, height, seed)
+    if mode == "L" or (mode == "CMYK" and fmt == "JPEG"):  # CMYK: only JPEG stores it
+        image = image.convert(mode)
+    options = {"quality": quality, "subsampling": subsampling, "progressive": progressive} if fmt == "JPEG" else {}
+    if orientation:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        options["exif"] = exif.tobytes()
+    if fmt == "BMP":
+        options.pop("exif", None)  # BMP has no EXIF
+    path = tmp_path_factory.mktemp("pixels") / f"image.{FILE_TYPES[fmt][0]}"
+    try:
+        path.write_bytes(encoded(image, fmt, **options))
+    except (OSError, ValueError):  # a combination the encoder refuses (e.g. a 1 px progressive JPEG)
+        return
+    expected = torch.from_numpy(np.array(decode(path))).permute(2, 0, 1)
+    assert torch.equal(pixels(path), expected)
+
+
+def test_a_dataset_keeps_no_decoded_image_after_returning_it(tmp_path: Path):
+    """Memory must not grow with the data set: reading every item leaves the object as it was."""
+    (tmp_path / "cat").mkdir()
+    for i in range(6):
+        noise(64, 48, seed=i).save(tmp_path / "cat" / f"{i}.jpg")
+    rows = pd.DataFrame({"path": [f"cat/{i}.jpg" for i in range(6)], "category": ["cat"] * 6})
+    dataset = ImageDataset(rows, tmp_path, ["cat"], eval_transform(32, (0.5,) * 3, (0.25,) * 3))
+    before = pickle.dumps(dataset)
+    items = [dataset[i] for i in range(len(dataset))]
+    assert pickle.dumps(dataset) == before
+    assert all(item[0].shape == (3, 32, 32) for item in items)

@@ -22,7 +22,7 @@ PACKAGE = ROOT / "src" / "vgg2resnet"
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # Read, but with no effect on what a stage writes: changing them must not rerun it.
 NO_EFFECT = {
-    "runtime.num_workers", "runtime.pin_memory",  # how fast data loads
+    "runtime.num_workers", "runtime.prefetch_factor", "runtime.pin_memory",  # how fast data loads
     "paths.state_dir",  # where resumable training state and the logit cache wait (not an output)
     "gate.min_teacher_margin",  # in `teacher`, it only words a warning; the gate's check depends on it
 }

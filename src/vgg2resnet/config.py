@@ -10,10 +10,10 @@ at load time with the key's name, instead of being silently ignored or silently 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -129,9 +129,20 @@ class AugmentParams(Section):
     std: tuple[float, float, float]
 
 
+def _worker_setting(value: Any) -> int | str:
+    if value == "auto" or (type(value) is int and value >= 0):
+        return value
+    raise ValueError("must be 'auto' (one per CPU core) or a whole number >= 0 (0: the main process)")
+
+
+# One error naming the key, not one per branch of the union.
+WorkerSetting = Annotated[Literal["auto"] | int, PlainValidator(_worker_setting)]
+
+
 class RuntimeParams(Section):
     device: Literal["auto", "cpu", "cuda"]
-    num_workers: int = Field(ge=0)
+    num_workers: WorkerSetting
+    prefetch_factor: int = Field(ge=1)
     pin_memory: bool
     compile: bool
     channels_last: bool

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from vgg2resnet.compress.onnx import export_onnx, parity, quantize_int8
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.datasets import eval_loader, split_dataset
+from vgg2resnet.data.loaders import make_loader
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import write_sidecar
 from vgg2resnet.models.variants import OnnxRunner, TorchRunner, predict_logits
@@ -51,10 +52,10 @@ def quantize_on_train_sample(params: Params, fp32: Path, int8: Path, categories:
     sample = calibration_sample(params, train)
     log.info("quantizing to int8 (%s calibration on %d %s images) -> %s", c.calibration_method, len(sample),
              CALIBRATION_SPLIT, int8)
-    quantize_int8(fp32, int8, _batches(DataLoader(Subset(train, sample), batch_size=c.calibration_batch_size)),
+    quantize_int8(fp32, int8, _batches(make_loader(Subset(train, sample), params.runtime, c.calibration_batch_size)),
                   c.calibration_method, c.per_channel)
     return {"split": CALIBRATION_SPLIT, "method": c.calibration_method, "per_channel": c.per_channel,
-            "paths": [str(train.paths[i].relative_to(params.data.raw_dir)) for i in sample]}
+            "paths": [Path(train.paths[i]).relative_to(params.data.raw_dir).as_posix() for i in sample]}
 
 
 def _derived_meta(source: dict, variant: str, extra: dict) -> dict:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vgg2resnet.config import DataParams, UserError
 from vgg2resnet.data.images import SUFFIXES
-from vgg2resnet.data.manifest import image_facts
 
 
 @dataclass
@@ -76,27 +75,3 @@ def source_root(data: DataParams) -> Path:
     in data.source, or data.raw_dir for the generated demo."""
     return data.raw_dir if data.source == "demo" else Path(data.source).expanduser()
 
-
-def read_images(scan: ScanResult, root: Path, max_pixels: int, copy_to: Path | None = None,
-                skip_undecodable: bool = False) -> tuple[list[dict], list[dict]]:
-    """(manifest rows, skipped files): the facts of every scanned image, each file read once.
-
-    With copy_to, the bytes read are also written there under the same relative path (the
-    source is only read). With skip_undecodable, a file that does not decode is neither copied
-    nor listed as a row, but returned among the skipped ones with its path under root.
-    """
-    rows, skipped = [], []
-    for category, paths in scan.files.items():
-        for path in paths:
-            payload = path.read_bytes()
-            facts = image_facts(payload, max_pixels)
-            if skip_undecodable and not facts.decodes:
-                skipped.append({"path": str(path), "category": category, "error": facts.decode_error})
-                continue
-            relative = path.relative_to(root)
-            if copy_to is not None:
-                target = copy_to / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(payload)
-            rows.append({"path": relative.as_posix(), "category": category, **asdict(facts)})
-    return rows, skipped

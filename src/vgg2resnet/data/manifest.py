@@ -17,6 +17,9 @@ MANIFEST_COLUMNS = [
     "decodes", "decode_error",
 ]
 SPLITS = ("train", "val", "test")
+# Recorded in the manifest; a re-run of prepare reuses facts only from a manifest of the same
+# version. Raise it whenever image_facts, the decoder or the dhash would give other facts.
+FACTS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -73,4 +76,6 @@ def build_manifest(rows: list[dict], split: SplitParams, seed: int) -> pd.DataFr
     frame = pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c != "split"])
     frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
     frame["split"] = assign_splits(frame, split, seed)
-    return frame[MANIFEST_COLUMNS]
+    frame = frame[MANIFEST_COLUMNS]
+    frame.attrs["facts_version"] = FACTS_VERSION  # pandas keeps attrs in the parquet file
+    return frame

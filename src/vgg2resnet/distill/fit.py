@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from vgg2resnet.config import RuntimeParams, TrainParams
 from vgg2resnet.data.datasets import SeededViews
+from vgg2resnet.data.loaders import EpochItems, make_loader
 from vgg2resnet.distill.averaging import BestEpochs, average_best, kept_epochs_folder
 from vgg2resnet.distill.loop import (
     TeacherFn,
@@ -97,12 +98,11 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, para
         trained = torch.compile(trained)  # worth its compile time on a GPU only
     live = Live(str(live_dir), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None,
                 report=None) if runtime.is_main else None
-    pin = runtime_params.pin_memory and runtime.device.type == "cuda"
+    items = EpochItems()
+    loader = make_loader(train_views, runtime_params, params.batch_size, items)  # its workers serve every epoch
     for epoch in range(start_epoch, params.epochs):
-        items = epoch_items(len(train_views), epoch, runtime_params.seed,
-                            distillation.cache_views if distillation else None, runtime)
-        loader = DataLoader(train_views, sampler=items, batch_size=params.batch_size,
-                            num_workers=runtime_params.num_workers, pin_memory=pin)
+        items.set_items(epoch_items(len(train_views), epoch, runtime_params.seed,
+                                    distillation.cache_views if distillation else None, runtime))
         metrics = train_one_epoch(
             trained, loader, optimizer, scheduler, runtime,
             teacher=distillation.teacher if distillation else None,
@@ -165,8 +165,7 @@ def _choose(final: nn.Module, raw: nn.Module, has_ema: bool, metrics: dict, best
     # BatchNorm statistics for the average come from one more seeded pass over the train split.
     items = epoch_items(len(train_views), params.epochs, runtime_params.seed,
                         distillation.cache_views if distillation else None, Runtime(device=runtime.device))
-    bn_loader = DataLoader(train_views, sampler=items, batch_size=params.batch_size,
-                           num_workers=runtime_params.num_workers)
+    bn_loader = make_loader(train_views, runtime_params, params.batch_size, items)
     final, averaged = average_best(final, best, bn_loader, params.max_steps_per_epoch, validate, runtime.device)
     selected = averaged["val_accuracy_averaged" if averaged["selected"] == "averaged" else "val_accuracy_best_epoch"]
     return final, {**chosen, **averaged, "val_accuracy_selected": selected}

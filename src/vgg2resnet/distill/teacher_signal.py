@@ -16,13 +16,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vgg2resnet import atomic
 from vgg2resnet.artifacts import Artifacts
-from vgg2resnet.config import Params, UserError
+from vgg2resnet.config import Params, RuntimeParams, UserError
 from vgg2resnet.data.datasets import SeededViews
+from vgg2resnet.data.loaders import make_loader
 from vgg2resnet.distill.fit import Distillation
 from vgg2resnet.lineage import manifest_hash
 from vgg2resnet.runtime import Runtime
@@ -58,14 +58,15 @@ class CachedTeacher:
     def __call__(self, images: torch.Tensor, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         return self.logits[indices, views].to(images.device)
 
-    def check(self, views: SeededViews, fraction: float, seed: int, batch_size: int) -> float:
+    def check(self, views: SeededViews, fraction: float, seed: int, batch_size: int,
+              loading: RuntimeParams) -> float:
         """Recompute a random share of the cached (image, view) pairs; fail loudly if any differ."""
         n, k, _ = self.logits.shape
         count = max(1, int(round(n * k * fraction)))
         pairs = np.random.default_rng(seed).choice(n * k, size=min(count, n * k), replace=False)
         items = [(int(p // k), int(p % k)) for p in pairs]
         worst = 0.0
-        for images, _, indices, view_ids in DataLoader(views, sampler=items, batch_size=batch_size):
+        for images, _, indices, view_ids in make_loader(views, loading, batch_size, items):
             fresh = self.live(images.to(self.live.runtime.device), indices, view_ids).cpu()
             worst = max(worst, (fresh - self.logits[indices, view_ids]).abs().max().item())
         if worst > self.tolerance:
@@ -82,7 +83,7 @@ def cache_key(**parts) -> str:
 
 
 def build_or_load_cache(path: Path, live: LiveTeacher, views: SeededViews, num_views: int,
-                        batch_size: int, show_progress: bool) -> torch.Tensor:
+                        batch_size: int, loading: RuntimeParams, show_progress: bool) -> torch.Tensor:
     """Logits of shape (images, views, categories); built once per key and reused after."""
     if path.is_file():
         log.info("teacher logit cache: reusing %s", path)
@@ -90,7 +91,7 @@ def build_or_load_cache(path: Path, live: LiveTeacher, views: SeededViews, num_v
     n = len(views)
     logits: torch.Tensor | None = None
     items = [(i, v) for i in range(n) for v in range(num_views)]
-    loader = DataLoader(views, sampler=items, batch_size=batch_size)
+    loader = make_loader(views, loading, batch_size, items)
     for images, _, indices, view_ids in tqdm(loader, desc="teacher logit cache", unit="batch",
                                              disable=not show_progress):
         out = live(images.to(live.runtime.device), indices, view_ids).cpu()
@@ -117,7 +118,8 @@ def teacher_signal(params: Params, runtime: Runtime, teacher: nn.Module, teacher
     path = Artifacts(params).logit_cache(key)
     logits = None
     if runtime.is_main:  # one rank builds, the others wait and read it
-        logits = build_or_load_cache(path, live, views, d.cache_views, params.evaluate.batch_size, True)
+        logits = build_or_load_cache(path, live, views, d.cache_views, params.evaluate.batch_size,
+                                     params.runtime, True)
     if runtime.distributed:
         dist.barrier()
     if logits is None:
@@ -126,6 +128,6 @@ def teacher_signal(params: Params, runtime: Runtime, teacher: nn.Module, teacher
 
     def check(epoch: int) -> float:
         return cached.check(views, d.cache_check_fraction, seed=params.runtime.seed * 1000 + epoch,
-                            batch_size=params.evaluate.batch_size)
+                            batch_size=params.evaluate.batch_size, loading=params.runtime)
 
     return Distillation(cached, d.temperature, d.alpha, cache_views=d.cache_views, check=check)

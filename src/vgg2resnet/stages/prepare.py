@@ -3,7 +3,9 @@
     vgg2resnet prepare          # or: dvc repro prepare
 
 Each image is read once: hashed, fully decoded and (for a user's folder) copied into data/raw
-from the same bytes. A file that does not decode is handled by data.on_undecodable: `error`
+from the same bytes, by `runtime.num_workers` processes. A re-run decodes only the files whose
+content the previous manifest does not list, and links unchanged ones from the previous
+data/raw (see `vgg2resnet.data.intake`). A file that does not decode is handled by data.on_undecodable: `error`
 stops here, `record` keeps it in the manifest for validation to fail on, `skip` leaves it out
 of data/raw and the manifest and lists it in skipped.json, which validation reports as a warning.
 """
@@ -18,7 +20,9 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.categories import expected_categories, order_categories
 from vgg2resnet.data.demo import write_demo_images
-from vgg2resnet.data.imagefolder import ScanResult, read_images, scan_image_folder, source_root
+from vgg2resnet.data.imagefolder import ScanResult, scan_image_folder, source_root
+from vgg2resnet.data.intake import Previous, Reading, read_images
+from vgg2resnet.data.loaders import worker_count
 from vgg2resnet.data.manifest import build_manifest
 
 log = logging.getLogger(__name__)
@@ -37,13 +41,14 @@ def _undecodable_error(broken: list[tuple[Path, str]]) -> UserError:
 
 def _import_source(params: Params, staging: Path) -> tuple[ScanResult, list[dict], list[dict]]:
     """Fill staging (the next data/raw) and return the scan, the manifest rows and the skipped files."""
-    data = params.data
+    data, layout = params.data, Artifacts(params)
     skip = data.on_undecodable == "skip"
+    workers = worker_count(params.runtime)
     if data.source == "demo":
         count = write_demo_images(staging, data.demo_image_size)
         log.info("demo data set: %d digit images at %d px", count, data.demo_image_size)
         scan = scan_image_folder(staging)
-        return (scan, *read_images(scan, staging, data.max_pixels, skip_undecodable=skip))
+        return (scan, *read_images(scan, staging, Reading(data.max_pixels, None, skip, Previous.none()), workers))
     source = source_root(data)
     raw_dir = data.raw_dir
     if source.resolve() == raw_dir.resolve() or raw_dir.resolve() in source.resolve().parents:
@@ -53,8 +58,10 @@ def _import_source(params: Params, staging: Path) -> tuple[ScanResult, list[dict
         )
     scan = scan_image_folder(source)
     total = sum(len(files) for files in scan.files.values())
-    log.info("reading %d images from %s (your folder is only read) into %s", total, source, raw_dir)
-    return (scan, *read_images(scan, source, data.max_pixels, copy_to=staging, skip_undecodable=skip))
+    previous = Previous.load(layout.manifest, raw_dir)
+    log.info("reading %d images from %s (your folder is only read) into %s with %d worker(s); "
+             "%d known from the previous manifest", total, source, raw_dir, workers, len(previous.facts))
+    return (scan, *read_images(scan, source, Reading(data.max_pixels, staging, skip, previous), workers))
 
 
 def run(params: Params) -> dict:

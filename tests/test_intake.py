@@ -1,0 +1,138 @@
+"""`prepare` at scale: on every core, incremental, never touching the user's folder, and storing
+the images once more on disk rather than twice."""
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vgg2resnet.config import Params
+from vgg2resnet.data import intake
+from vgg2resnet.stages import prepare
+
+from .conftest import make_image_folder, repo_params, run, write_params
+
+
+def _params(tmp_path: Path, source: Path, workers: int | str = 0) -> Params:
+    return repo_params({"data": {"source": str(source), "raw_dir": str(tmp_path / "raw"),
+                                 "prepared_dir": str(tmp_path / "prepared")},
+                        "runtime": {"num_workers": workers}})
+
+
+def _photos(root: Path, count: int, first: int = 0) -> Path:
+    """JPEG, BMP and PNG photos of two categories, of varied sizes."""
+    rng = np.random.default_rng(first)
+    for i in range(first, first + count):
+        pixels = rng.integers(0, 256, (int(rng.integers(20, 60)), int(rng.integers(20, 60)), 3), dtype=np.uint8)
+        folder = root / ("cat" if i % 2 else "dog")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.{('jpg', 'bmp', 'png')[i % 3]}")
+    return root
+
+
+def _state(root: Path) -> dict[str, tuple]:
+    """Every file's content hash and its whole stat: mode, owner, size, inode and all three times."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        stat = path.stat()
+        facts = (stat.st_mode, stat.st_uid, stat.st_gid, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
+        if path.is_file():
+            facts += (stat.st_size, stat.st_atime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+        state[path.relative_to(root).as_posix()] = facts
+    return state
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOATIME"), reason="reading without updating access times needs O_NOATIME")
+def test_prepare_leaves_the_users_folder_byte_and_stat_identical(tmp_path: Path):
+    source = _photos(tmp_path / "mine", 24)
+    (source / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    _state(source)  # this test's own first read sets the access times (relatime); later reads leave them
+    before = _state(source)
+    params = _params(tmp_path, source, workers=2)
+    prepare.run(params.model_copy(update={"data": params.data.model_copy(update={"on_undecodable": "skip"})}))
+    assert _state(source) == before
+
+
+def test_prepare_on_two_workers_writes_what_one_process_writes(tmp_path: Path):
+    source = _photos(tmp_path / "mine", 40)
+    assert prepare.run(_params(tmp_path / "one", source, 0)) == prepare.run(_params(tmp_path / "two", source, 2))
+    for name in ("manifest.parquet", "categories.json"):
+        assert (tmp_path / "one" / "prepared" / name).read_bytes() == (tmp_path / "two" / "prepared" / name).read_bytes()
+    files = sorted(p.relative_to(tmp_path / "one" / "raw") for p in (tmp_path / "one" / "raw").rglob("*.*"))
+    assert files and all((tmp_path / "one" / "raw" / f).read_bytes() == (tmp_path / "two" / "raw" / f).read_bytes()
+                         for f in files)
+
+
+def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_writes(
+        tmp_path: Path, monkeypatch):
+    source = _photos(tmp_path / "mine", 30)
+    decoded: list[str] = []
+    facts = intake.image_facts
+    monkeypatch.setattr(intake, "image_facts",
+                        lambda payload, max_pixels: decoded.append(hashlib.sha256(payload).hexdigest())
+                        or facts(payload, max_pixels))
+    params = _params(tmp_path / "project", source)  # one process, so the counter sees every decode
+    prepare.run(params)
+    assert len(decoded) == 30
+    raw = tmp_path / "project" / "raw"
+    inodes = {p.relative_to(raw): p.stat().st_ino for p in raw.rglob("*.*")}
+
+    # One new photo; one BMP edited in place with its size and timestamps put back.
+    _photos(source, 1, first=30)
+    edited = next(p for p in sorted(source.rglob("*.bmp")))
+    stat = edited.stat()
+    payload = bytearray(edited.read_bytes())
+    payload[-1] ^= 0xFF  # the last pixel byte: still a BMP of the same size
+    edited.write_bytes(bytes(payload))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    decoded.clear()
+    prepare.run(params)
+    new = source / "dog" / "0030.jpg"
+    assert sorted(decoded) == sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (new, edited))
+
+    fresh = _params(tmp_path / "fresh", source)
+    prepare.run(fresh)
+    assert (tmp_path / "project" / "prepared" / "manifest.parquet").read_bytes() \
+        == (tmp_path / "fresh" / "prepared" / "manifest.parquet").read_bytes()
+    # Unchanged files were linked from the previous data/raw, not written again.
+    unchanged = {f for f in inodes if f != edited.relative_to(source)}
+    assert all((raw / f).stat().st_ino == inodes[f] for f in unchanged)
+    assert (raw / edited.relative_to(source)).read_bytes() == bytes(payload)
+
+
+def test_facts_of_another_facts_version_or_over_the_pixel_limit_are_not_reused(tmp_path: Path, monkeypatch):
+    source = _photos(tmp_path / "mine", 6)
+    params = _params(tmp_path / "project", source)
+    prepare.run(params)
+    manifest = tmp_path / "project" / "prepared" / "manifest.parquet"
+    assert len(intake.Previous.load(manifest, params.data.raw_dir).facts) == 6
+    monkeypatch.setattr(intake, "FACTS_VERSION", intake.FACTS_VERSION + 1)
+    assert intake.Previous.load(manifest, params.data.raw_dir).facts == {}
+    monkeypatch.undo()
+
+    first = pd.read_parquet(manifest)
+    limit = int((first["width"] * first["height"]).median())
+    small = params.model_copy(update={"data": params.data.model_copy(update={"max_pixels": limit,
+                                                                              "on_undecodable": "record"})})
+    prepare.run(small)
+    rows = pd.read_parquet(manifest)
+    assert list(rows["decodes"]) == list(first["width"] * first["height"] <= limit)
+    assert 0 < rows["decodes"].sum() < len(rows)
+
+
+def test_dvc_links_data_raw_to_its_cache_so_the_images_are_stored_once_more_not_twice(
+        project: Path, tmp_path: Path):
+    source = make_image_folder(tmp_path / "mine", per_category=6)
+    write_params(project, {"data": {"source": str(source)}})
+    run(["dvc", "repro", "prepare"], project)
+    source_bytes = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    raw_files = [p for p in (project / "data" / "raw").rglob("*") if p.is_file()]
+    cached = [project / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+              for digest in (hashlib.md5(p.read_bytes()).hexdigest() for p in raw_files)]
+    assert raw_files and all(p.is_file() for p in cached)
+    stored = {p.stat().st_ino: p.stat().st_size for p in raw_files + cached}  # a linked file counts once
+    assert sum(stored.values()) <= 1.1 * source_bytes

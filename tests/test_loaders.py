@@ -1,0 +1,104 @@
+"""The one DataLoader factory: every loader goes through it, workers keep seeded views exact,
+and the training core runs where only torch and torchvision are installed."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from vgg2resnet.config import AugmentParams
+from vgg2resnet.data.datasets import ImageDataset, SeededViews
+from vgg2resnet.data.loaders import EpochItems, available_cpus, make_loader, worker_count
+from vgg2resnet.data.transforms import train_transform
+
+from .conftest import ROOT, make_image_folder, repo_params
+
+PACKAGE = ROOT / "src" / "vgg2resnet"
+ORCHESTRATION = ("dvc", "dvclive", "bentoml", "prefect", "great_expectations", "evidently")
+
+
+def test_every_dataloader_of_the_package_is_built_by_the_factory():
+    built = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "DataLoader":
+                built.append(path.relative_to(PACKAGE).as_posix())
+    assert built == ["data/loaders.py"]
+
+
+def test_auto_workers_are_the_cores_this_process_may_use():
+    runtime = repo_params({"runtime": {"num_workers": "auto"}}).runtime
+    assert worker_count(runtime) == available_cpus() == len(os.sched_getaffinity(0))
+    assert worker_count(runtime.model_copy(update={"num_workers": 3})) == 3
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory) -> SeededViews:
+    root = make_image_folder(tmp_path_factory.mktemp("views") / "digits", per_category=3, size=40)
+    rows = pd.DataFrame([{"path": p.relative_to(root).as_posix(), "category": p.parent.name}
+                         for p in sorted(root.rglob("*.png"))])
+    augment = repo_params().augment.model_dump()
+    dataset = ImageDataset(rows, root, sorted(rows["category"].unique()), None)
+    return SeededViews(dataset, train_transform(24, AugmentParams(**augment)), seed=7)
+
+
+def test_persistent_workers_serve_each_epochs_items_as_zero_workers_do(views: SeededViews):
+    """One loader, two workers kept across epochs, items swapped per epoch: the same batches,
+    bit for bit, as a loader without workers."""
+    runtime = repo_params().runtime
+    epochs = [[(i, (i + e) % 3) for i in torch.randperm(len(views), generator=torch.Generator().manual_seed(e)).tolist()]
+              for e in range(3)]
+    batches = {}
+    for workers in (0, 2):
+        items = EpochItems()
+        loader = make_loader(views, runtime.model_copy(update={"num_workers": workers}), 8, items)
+        assert loader.persistent_workers == (workers > 0)
+        batches[workers] = []
+        for epoch in epochs:
+            items.set_items(epoch)
+            batches[workers].append([(images, indices, view_ids) for images, _, indices, view_ids in loader])
+    for epoch, zero, two in zip(epochs, batches[0], batches[2]):
+        assert len(zero) == len(two) == 4
+        assert torch.cat([indices for _, indices, _ in two]).tolist() == [i for i, _ in epoch]
+        for (a, ia, va), (b, ib, vb) in zip(zero, two):
+            assert torch.equal(ia, ib) and torch.equal(va, vb) and torch.equal(a, b)
+
+
+def test_the_training_core_imports_and_trains_without_the_orchestration_packages(tmp_path: Path):
+    """A bare GPU host has torch and torchvision, not DVC, BentoML, Prefect, GX or Evidently."""
+    script = f"""
+import sys
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {ORCHESTRATION!r}:
+            raise ImportError(f"{{name}} is not installed on this host")
+sys.meta_path.insert(0, Blocked())
+import torch
+import vgg2resnet.data.datasets, vgg2resnet.data.loaders, vgg2resnet.data.transforms
+import vgg2resnet.models.builders, vgg2resnet.models.checkpoint
+import vgg2resnet.distill.loop, vgg2resnet.distill.fit, vgg2resnet.distill.loss, vgg2resnet.distill.teacher_signal
+import vgg2resnet.runtime
+from vgg2resnet.config import load_params
+from vgg2resnet.distill.loop import build_optimizer, build_scheduler, train_one_epoch
+from vgg2resnet.models.builders import build_student
+from vgg2resnet.runtime import Runtime
+params = load_params({str(ROOT / "params.yaml")!r}).distill
+student = build_student(4)
+optimizer = build_optimizer(student, params)
+batch = (torch.randn(2, 3, 32, 32), torch.tensor([0, 3]), torch.tensor([0, 1]), torch.tensor([0, 0]))
+metrics = train_one_epoch(student, [batch], optimizer, build_scheduler(optimizer, params, 1),
+                          Runtime(torch.device("cpu")), teacher=lambda images, i, v: torch.randn(2, 4),
+                          temperature=4.0, alpha=0.5, label_smoothing=0.0, grad_clip_norm=None, ema=None,
+                          channels_last=True, max_steps=None, desc="bare host")
+assert metrics["steps"] == 1 and torch.isfinite(torch.tensor(metrics["loss"]))
+assert not [m for m in sys.modules if m.split(".")[0] in {ORCHESTRATION!r}]
+print("trained")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "trained" in result.stdout
