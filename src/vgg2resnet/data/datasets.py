@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, TrainParams
@@ -70,10 +70,13 @@ class SeededViews(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         i, view = item
-        with torch.random.fork_rng(devices=[]):
+        image = self.images.image(i)
+        if get_worker_info() is not None:  # a worker's RNG serves only its views: no state to keep
             torch.manual_seed(view_seed(self.seed, i, view))
-            tensor = self.transform(self.images.image(i))
-        return tensor, self.images.labels[i], i, view
+            return self.transform(image), self.images.labels[i], i, view
+        with torch.random.fork_rng(devices=[]):  # the training process's RNG stays where it was
+            torch.manual_seed(view_seed(self.seed, i, view))
+            return self.transform(image), self.images.labels[i], i, view
 
 
 def split_dataset(params: Params, split: str, categories: list[str], transform=None) -> ImageDataset:
