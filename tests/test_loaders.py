@@ -99,6 +99,6 @@ assert metrics["steps"] == 1 and torch.isfinite(torch.tensor(metrics["loss"]))
 assert not [m for m in sys.modules if m.split(".")[0] in {ORCHESTRATION!r}]
 print("trained")
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
     assert "trained" in result.stdout
