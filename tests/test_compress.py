@@ -72,9 +72,9 @@ def test_int8_calibration_reads_train_images_only(promoted_project: Path, tmp_pa
     params = load_params("params.yaml")
     layout = Artifacts(params)
     read: list[str] = []
-    decode = datasets.decode
-    monkeypatch.setattr(datasets, "decode", lambda path, *a, **k: read.append(
-        Path(path).relative_to(params.data.raw_dir).as_posix()) or decode(path, *a, **k))
+    pixels = datasets.pixels
+    monkeypatch.setattr(datasets, "pixels", lambda path, *a, **k: read.append(
+        Path(path).relative_to(params.data.raw_dir).as_posix()) or pixels(path, *a, **k))
     meta = read_meta(layout.student("onnx_fp32"))
     said = quantize_on_train_sample(params, layout.student("onnx_fp32"), tmp_path / "int8.onnx",
                                     data_categories(params), transform_from_meta(meta["preprocessing"]))
