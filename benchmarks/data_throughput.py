@@ -36,7 +36,7 @@ from torchvision.datasets import ImageFolder
 
 from vgg2resnet.config import Params, load_params
 from vgg2resnet.data.datasets import ImageDataset, SeededViews, load_split
-from vgg2resnet.data.loaders import EpochItems, available_cpus, make_loader
+from vgg2resnet.data.loaders import EpochItems, available_cpus, make_loader, worker_count
 from vgg2resnet.data.transforms import train_transform
 from vgg2resnet.distill.loop import epoch_items
 from vgg2resnet.runtime import Runtime
@@ -113,7 +113,7 @@ def torchvision_loader(params: Params, image_size: int, batch_size: int):
     root = params.data.raw_dir
     dataset = ImageFolder(str(root), transform=train_transform(image_size, params.augment),
                           is_valid_file=lambda p: Path(p).relative_to(root).as_posix() in train)
-    workers = available_cpus() if params.runtime.num_workers == "auto" else params.runtime.num_workers
+    workers = worker_count(params.runtime)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        persistent_workers=workers > 0)
 
