@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import torch
+from peak_rss import peak_rss
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
@@ -126,20 +126,9 @@ def images_per_s(loader) -> float:
 
 
 def peak_rss_of_epoch(params_file: Path, work: Path, image_size: int, batch_size: int) -> int:
-    """Peak summed RSS of a fresh process (and its workers) loading one epoch, sampled every 20 ms."""
-    child = subprocess.Popen([sys.executable, __file__, "--rss-child", str(params_file), str(work),
-                              str(image_size), str(batch_size)])
-    process, peak = psutil.Process(child.pid), 0
-    while child.poll() is None:
-        try:
-            tree = [process, *process.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.NoSuchProcess:
-            pass
-        time.sleep(0.02)
-    if child.returncode:
-        raise SystemExit(f"the RSS child failed with exit code {child.returncode}")
-    return peak
+    """Peak summed RSS of a fresh process (and its workers) loading one epoch."""
+    return peak_rss([sys.executable, __file__, "--rss-child", str(params_file), str(work),
+                     str(image_size), str(batch_size)])
 
 
 def multiplied(params: Params, work: Path, factor: int) -> Params:

@@ -10,6 +10,7 @@ same run. Needs `vgg2resnet prepare` (the demo data) to have run.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 
 import torch
@@ -19,8 +20,9 @@ from vgg2resnet.config import load_params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import train_views
 from vgg2resnet.data.loaders import make_loader
+from vgg2resnet.distill.logit_cache import CacheLayout, build_cache
 from vgg2resnet.distill.loop import build_optimizer, build_scheduler, epoch_items, train_one_epoch
-from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, build_or_load_cache
+from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher
 from vgg2resnet.models.builders import build_student, build_teacher
 from vgg2resnet.runtime import Runtime, select_device
 
@@ -67,12 +69,15 @@ if __name__ == "__main__":
     kd_live = one_epoch(views, runtime, params.runtime, dparams, live, None, len(categories))
     print(f"KD, live VGG-16 teacher:      {kd_live:7.2f} img/s  {plain / kd_live:.2f}x time")
     start = time.perf_counter()
-    cache = Artifacts(params).logit_cache("benchmark")
-    logits = build_or_load_cache(cache, live, views, args.views, args.batch_size, params.runtime, False)
+    folder = Artifacts(params).logit_cache("benchmark")
+    shutil.rmtree(folder, ignore_errors=True)
+    layout = CacheLayout(len(views), args.views, len(categories), dparams.cache_dtype, dparams.cache_top_k,
+                         dparams.cache_chunk_images)
+    logits = build_cache(folder, layout, live, views, args.batch_size, params.runtime, runtime, False)
     build = time.perf_counter() - start
-    cache.unlink()
     print(f"cache build ({args.views} views):     {build:7.2f} s      "
           f"{build / (len(views) / plain):.2f}x a plain epoch")
     cached = CachedTeacher(logits, live, 1e-3)
     kd_cached = one_epoch(views, runtime, params.runtime, dparams, cached, args.views, len(categories))
     print(f"KD, cached teacher logits:    {kd_cached:7.2f} img/s  {plain / kd_cached:.2f}x time")
+    shutil.rmtree(folder)

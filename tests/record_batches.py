@@ -69,4 +69,5 @@ try:
     app(standalone_mode=False)
 finally:
     out = Path(os.environ["RECORD_BATCHES"]) / f"rank-{os.environ.get('RANK', '0')}.json"
-    out.write_text(json.dumps(steps))
+    if steps or not out.exists():  # a process that relaunched itself under torchrun trained nothing
+        out.write_text(json.dumps(steps))

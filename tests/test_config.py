@@ -143,3 +143,14 @@ def test_a_value_beyond_any_bound_is_named_by_its_key(tmp_path_factory, key: str
 
 def test_the_schema_walk_sees_every_setting():
     assert len(LEAVES) > 80 and "serving.auth_token_env" in LEAVES and "distill.alpha" in BOUNDED
+
+
+@pytest.mark.parametrize(("key", "least"), [("runtime.num_workers", 0), ("runtime.processes", 1)])
+@settings(max_examples=5)
+@given(value=st.one_of(st.integers(max_value=-1), st.text(min_size=1).filter(lambda t: t != "auto"), st.floats()))
+def test_worker_and_process_counts_take_auto_or_a_count(tmp_path_factory, key: str, least: int, value):
+    """A count below `least`, a word other than auto or a fraction is refused by name."""
+    if isinstance(value, int):
+        value += least
+    message = _load_with(tmp_path_factory, key, value)
+    assert f"'{key}'" in message and "auto" in message

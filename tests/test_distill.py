@@ -1,7 +1,9 @@
 """Models, the logit cache and the distill stage on tiny data with the real architectures."""
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,6 +20,7 @@ from torch.utils.data import DataLoader
 from vgg2resnet.config import UserError, load_params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import train_views
+from vgg2resnet.distill.logit_cache import CacheLayout, build_cache, open_cache
 from vgg2resnet.distill.loop import (
     TrainingDiverged,
     build_optimizer,
@@ -24,12 +28,7 @@ from vgg2resnet.distill.loop import (
     train_one_epoch,
 )
 from vgg2resnet.distill.loss import kd_loss
-from vgg2resnet.distill.teacher_signal import (
-    CachedTeacher,
-    LiveTeacher,
-    StaleCacheError,
-    build_or_load_cache,
-)
+from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, StaleCacheError
 from vgg2resnet.models.builders import build_student, build_teacher
 from vgg2resnet.models.checkpoint import import_user_teacher, load_model
 from vgg2resnet.runtime import Runtime
@@ -123,23 +122,33 @@ def test_logit_cache_gives_the_live_teachers_loss_and_catches_staleness(
     views = train_views(params, params.distill, categories)
     live = LiveTeacher(teacher, CPU)
     in_process = params.runtime.model_copy(update={"num_workers": 0})
-    logits = build_or_load_cache(tmp_path / "cache.pt", live, views, 2, 16, in_process, False)
-    # Seeded views are the same tensors whichever worker decodes them: so are their logits.
-    two_workers = params.runtime.model_copy(update={"num_workers": 2})
-    assert torch.equal(build_or_load_cache(tmp_path / "cache-2.pt", live, views, 2, 16, two_workers, False), logits)
+    exact = CacheLayout(len(views), 2, len(categories), "float32", None, chunk_images=7)
+    logits = build_cache(tmp_path / "fp32", exact, live, views, 16, in_process, CPU, False)
     cached = CachedTeacher(logits, live, tolerance=1e-3)
-
     items = [(i, v) for i in range(8) for v in range(2)]
     images, labels, indices, view_ids = next(iter(DataLoader(views, sampler=items, batch_size=16)))
     student_logits = torch.randn(16, len(categories))
     from_cache = kd_loss(student_logits, cached(images, indices, view_ids), labels, 4.0, 0.5)[0]
     from_live = kd_loss(student_logits, live(images, indices, view_ids), labels, 4.0, 0.5)[0]
     assert from_cache.item() == pytest.approx(from_live.item(), abs=1e-4)
+
+    # fp16 (the default): seeded views are the same tensors whichever worker decodes them, so
+    # the chunks are the same bytes; the check allows for fp16's rounding and no more.
+    half = CacheLayout(len(views), 2, len(categories), "float16", None, chunk_images=7)
+    build_cache(tmp_path / "fp16", half, live, views, 16, in_process, CPU, False)
+    two_workers = params.runtime.model_copy(update={"num_workers": 2})
+    build_cache(tmp_path / "fp16-2", half, live, views, 16, two_workers, CPU, False)
+    chunks = sorted((tmp_path / "fp16").glob("values-*.npy"))
+    assert len(chunks) == half.chunks > 1
+    assert all(c.read_bytes() == (tmp_path / "fp16-2" / c.name).read_bytes() for c in chunks)
+    cached = CachedTeacher(open_cache(tmp_path / "fp16", half), live, tolerance=1e-3)
     assert cached.check(views, fraction=0.1, seed=0, batch_size=16, loading=in_process) <= 1e-3
 
-    logits += 0.5  # a stale cache: another teacher's outputs
-    with pytest.raises(StaleCacheError, match="cache_tolerance"):
-        cached.check(views, fraction=0.1, seed=0, batch_size=16, loading=in_process)
+    stale = np.load(chunks[0]) + np.float16(0.5)  # another teacher's outputs, on disk
+    np.save(chunks[0], stale)
+    with pytest.raises(StaleCacheError, match=f"cache_tolerance.*delete {tmp_path / 'fp16'}"):
+        CachedTeacher(open_cache(tmp_path / "fp16", half), live, 1e-3).check(
+            views, fraction=1.0, seed=0, batch_size=16, loading=in_process)
 
 
 @pytest.mark.parametrize("arch, other", [("vgg16", "vgg16_bn"), ("vgg16_bn", "vgg16")])
@@ -189,10 +198,10 @@ def _copy_for_distill(source: Path, dest: Path, **distill) -> Path:
     return dest
 
 
-def _distill(project: Path, *launcher: str, **env: str) -> str:
-    """Run distill (under the launcher, e.g. torchrun), recording every rank's batches; its log."""
+def _distill(project: Path, **env: str) -> str:
+    """Run distill, recording every rank's batches; its log."""
     (project / "batches").mkdir(exist_ok=True)
-    result = subprocess.run([sys.executable, *launcher, str(RECORDER), "distill"], cwd=project, text=True,
+    result = subprocess.run([sys.executable, str(RECORDER), "distill"], cwd=project, text=True,
                             capture_output=True,
                             env={**os.environ, "RECORD_BATCHES": str(project / "batches"), **env})
     assert result.returncode == 0, result.stderr
@@ -237,7 +246,7 @@ def test_distill_killed_mid_run_resumes_to_the_same_weights(distilled_project: P
 @pytest.mark.slow
 def test_two_process_ddp_trains_what_one_process_does_on_the_same_global_batch(
         distilled_project: Path, tmp_path: Path):
-    """Two gloo ranks of 8 images per step against one process of 16: each rank trains on its
+    """Two gloo ranks (runtime.processes: 2) of 8 images per step against one process of 16: each rank trains on its
     own half of every one-process batch, and both runs end on the same weights and BatchNorm
     statistics. The one-process reference forwards each rank's half on its own, as DDP does
     (tests/record_batches.py), on one thread, as torchrun gives each rank: a random-start
@@ -247,8 +256,9 @@ def test_two_process_ddp_trains_what_one_process_does_on_the_same_global_batch(
     reference = _copy_for_distill(distilled_project, tmp_path / "reference", epochs=1, ema_decay=None)
     _distill(reference, PER_RANK_FORWARD="2", OMP_NUM_THREADS="1")
     ddp = _copy_for_distill(distilled_project, tmp_path / "ddp", epochs=1, batch_size=8, ema_decay=None)
-    log = _distill(ddp, "-m", "torch.distributed.run", "--nproc-per-node", "2")
-    assert "all 2 ranks hold identical weights" in log
+    write_params(ddp, {"runtime": {"processes": 2}})  # the command launches itself under torchrun
+    log = _distill(ddp)
+    assert "runtime.processes ranks under torchrun" in log and "all 2 ranks hold identical weights" in log
 
     single = json.loads((reference / "batches/rank-0.json").read_text())
     ranks = [json.loads((ddp / f"batches/rank-{r}.json").read_text()) for r in (0, 1)]
@@ -267,3 +277,36 @@ def test_two_process_ddp_trains_what_one_process_does_on_the_same_global_batch(
     assert not all(torch.equal(one[k], start[k]) for k in start)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_dvc_repro_with_two_processes_builds_the_cache_in_shards_and_trains(distilled_project: Path,
+                                                                            tmp_path: Path):
+    """runtime.processes: 2 under `dvc repro`: the distill stage launches two gloo ranks, each
+    builds its share of a fresh cache's chunks, and both train one epoch to the same weights.
+    The two ranks' chunks hold what the session's one-process cache holds, to fp16 rounding."""
+    def skipped(folder: str, names: list[str]) -> set[str]:
+        here = Path(folder)
+        return {n for n in names if (here == distilled_project and n in ("checkpoints", "batches"))
+                or (here.name == ".dvc" and n in ("cache", "tmp"))}
+
+    project = tmp_path / "two"
+    shutil.copytree(distilled_project, project, ignore=skipped)
+    write_params(project, {"runtime": {"processes": 2}, "distill": {"epochs": 1, "average_best": None,
+                                                                   "cache_chunk_images": 10}})
+    # --single-item: runtime.processes is a teacher param too, and this test is about distill
+    log = run(["dvc", "repro", "--single-item", "distill"], project).stderr
+    assert "runtime.processes ranks under torchrun" in log and "all 2 ranks hold identical weights" in log
+    built = {int(rank): int(n) for rank, n in re.findall(r"rank (\d) built (\d+) chunks? of", log)}
+    assert "distill" not in run(["dvc", "status", "distill"], project).stdout  # recorded in dvc.lock
+
+    (sharded,) = (project / "checkpoints/distill").glob("teacher-logits-*")
+    (single,) = (distilled_project / "checkpoints/distill").glob("teacher-logits-*")
+    whole = CacheLayout(**json.loads((single / "layout.json").read_text()))
+    layout = dataclasses.replace(whole, chunk_images=10)
+    assert built.keys() == {0, 1} and sum(built.values()) == layout.chunks > 2 and min(built.values()) >= 1
+    two, one = open_cache(sharded, layout), open_cache(single, whole)
+    images, view_ids = (torch.tensor(a) for a in zip(*[(i, v) for i in range(layout.images)
+                                                        for v in range(layout.views)]))
+    a, b = two[images, view_ids], one[images, view_ids]
+    assert ((a - b).abs() <= 2 * two.rounding(b) + 1e-5).all()

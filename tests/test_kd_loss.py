@@ -80,3 +80,36 @@ def test_loss_and_its_gradient_match_the_definition_written_out(batch, classes, 
     assert kd_got.item() == pytest.approx(kd if alpha > 0 else 0.0, rel=1e-9, abs=1e-12)
     assert total.item() == pytest.approx(alpha * kd + (1 - alpha) * ce, rel=1e-9, abs=1e-12)
     np.testing.assert_allclose(logits.grad.numpy(), gradient, rtol=1e-7, atol=1e-12)
+
+
+@settings(max_examples=200)
+@given(batch=st.integers(1, 6), classes=st.integers(2, 12), data=st.data(), temperature=st.floats(0.5, 8.0),
+       seed=st.integers(0, 2**32 - 1))
+def test_top_k_teacher_is_its_softmax_renormalised_over_k(batch, classes, data, temperature, seed):
+    """A top-k cached teacher (-inf outside its k largest) against the formula written out: the
+    teacher's softmax over its k logits, the student's log-softmax over all categories, KL over
+    the k; and at k = all categories, the full-logit loss."""
+    k = data.draw(st.integers(1, classes), label="k")
+    rng = np.random.default_rng(seed)
+    student, teacher = rng.normal(0.0, 3.0, (2, batch, classes))
+    kept = np.argsort(-teacher, axis=1)[:, :k]
+    shown = np.full_like(teacher, -np.inf)
+    np.put_along_axis(shown, kept, np.take_along_axis(teacher, kept, axis=1), axis=1)
+    t_k = np.take_along_axis(teacher, kept, axis=1) / temperature
+    p = np.exp(t_k - t_k.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    log_q = _log_softmax(student / temperature)
+    kd = temperature**2 * (p * (np.log(p) - np.take_along_axis(log_q, kept, axis=1))).sum() / batch
+    dense_p = np.zeros_like(teacher)
+    np.put_along_axis(dense_p, kept, p, axis=1)
+    gradient = temperature * (np.exp(log_q) - dense_p) / batch  # sum of p over K is 1
+
+    logits = torch.tensor(student, dtype=torch.float64, requires_grad=True)
+    _, kd_got, _ = kd_loss(logits, torch.tensor(shown), torch.zeros(batch, dtype=torch.long), temperature, 1.0)
+    kd_got.backward()
+    assert kd_got.item() == pytest.approx(kd, rel=1e-9, abs=1e-12)
+    np.testing.assert_allclose(logits.grad.numpy(), gradient, rtol=1e-7, atol=1e-12)
+    if k == classes:
+        _, full, _ = kd_loss(logits.detach(), torch.tensor(teacher), torch.zeros(batch, dtype=torch.long),
+                             temperature, 1.0)
+        assert kd_got.item() == pytest.approx(full.item(), rel=1e-12, abs=1e-12)

@@ -116,20 +116,18 @@ def test_the_gate_judges_the_pruned_forms_beside_the_others(promoted_project: Pa
 
 def test_rerunning_prune_reuses_the_logit_cache_and_makes_the_same_network(promoted_project: Path,
                                                                           tmp_path: Path, monkeypatch):
-    from vgg2resnet.distill import teacher_signal
+    from vgg2resnet.distill import logit_cache
     from vgg2resnet.stages import prune
 
     monkeypatch.chdir(promoted_project)
     params = _settings(promoted_project, tmp_path)
-    caches = {p: p.stat().st_mtime_ns for p in (promoted_project / "checkpoints/distill").glob("teacher-logits-*")}
-    assert len(caches) == 1
-    opened = []
-    build = teacher_signal.build_or_load_cache
-    monkeypatch.setattr(teacher_signal, "build_or_load_cache",
-                        lambda path, *a, **k: opened.append(path.is_file()) or build(path, *a, **k))
+    assert len(list((promoted_project / "checkpoints/distill").glob("teacher-logits-*"))) == 1
+    caches = {p: p.stat().st_mtime_ns for p in (promoted_project / "checkpoints/distill").glob("teacher-logits-*/*")}
+    built = []
+    monkeypatch.setattr(logit_cache, "_fill", lambda *a, **k: built.append(a))
     prune.run(params)
-    assert opened == [True]  # the distill stage's cache, read, not rebuilt
-    assert {p: p.stat().st_mtime_ns for p in (promoted_project / "checkpoints/distill").glob("teacher-logits-*")} \
+    assert built == [] and caches  # the distill stage's cache, read, not rebuilt
+    assert {p: p.stat().st_mtime_ns for p in (promoted_project / "checkpoints/distill").glob("teacher-logits-*/*")} \
         == caches
     session = Artifacts(load_params("params.yaml"))
     for variant in PRUNED_VARIANTS:

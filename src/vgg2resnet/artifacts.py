@@ -127,7 +127,8 @@ class Artifacts:
         return self.params.paths.state_dir / stage / "last.pt"
 
     def logit_cache(self, key: str) -> Path:
-        return self.params.paths.state_dir / "distill" / f"teacher-logits-{key}.pt"
+        """The teacher-logit cache's folder of chunks (distill.logit_cache), one per cache key."""
+        return self.params.paths.state_dir / "distill" / f"teacher-logits-{key}"
 
     # evaluation, gate, package
     @property

@@ -12,6 +12,8 @@ import importlib
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,18 +78,32 @@ def validate(params: ParamsOption = Path("params.yaml")) -> None:
     _print_json(_run_stage("validate", params))
 
 
+def _run_training_stage(name: str, params: Path) -> None:
+    """A stage that trains: as runtime.processes ranks under torchrun when that is above 1 (this
+    command launches itself), else here; one answer, from rank 0."""
+    from vgg2resnet.config import load_params
+    from vgg2resnet.runtime import launch_command
+
+    loaded = load_params(params)
+    launch = launch_command(loaded.runtime, sys.argv)
+    if launch is not None:
+        logging.getLogger("vgg2resnet").info("%s: runtime.processes ranks under torchrun: %s", name, " ".join(launch))
+        raise typer.Exit(subprocess.run(launch, check=False).returncode)
+    result = importlib.import_module(f"vgg2resnet.stages.{name}").run(loaded)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_json(result)
+
+
 @command
 def teacher(params: ParamsOption = Path("params.yaml")) -> None:
-    """Import your VGG-16 checkpoint (teacher.checkpoint) or train the demo teacher."""
-    _print_json(_run_stage("teacher", params))
+    """Import your VGG-16 checkpoint (teacher.checkpoint) or train the demo teacher (runtime.processes ranks)."""
+    _run_training_stage("teacher", params)
 
 
 @command
 def distill(params: ParamsOption = Path("params.yaml")) -> None:
-    """Distill the ResNet-50 student from the teacher (torchrun for several processes)."""
-    result = _run_stage("distill", params)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one answer
-        _print_json(result)
+    """Distill the ResNet-50 student from the teacher (runtime.processes ranks)."""
+    _run_training_stage("distill", params)
 
 
 @command
@@ -98,10 +114,9 @@ def compress(params: ParamsOption = Path("params.yaml")) -> None:
 
 @command
 def prune(params: ParamsOption = Path("params.yaml")) -> None:
-    """Prune the student's channels to prune.flops_ratio of its FLOPs, KD fine-tune it, export ONNX fp32 and int8."""
-    result = _run_stage("prune", params)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one answer
-        _print_json(result)
+    """Prune the student's channels to prune.flops_ratio of its FLOPs, KD fine-tune it (runtime.processes
+    ranks), export ONNX fp32 and int8."""
+    _run_training_stage("prune", params)
 
 
 @command

@@ -118,6 +118,9 @@ class DistillParams(TrainParams):
     cache_views: int = Field(ge=1)
     cache_check_fraction: float = Field(ge=0, le=1)
     cache_tolerance: float = Field(gt=0)
+    cache_dtype: Literal["float16", "float32"]
+    cache_top_k: int | None = Field(ge=1)
+    cache_chunk_images: int = Field(ge=1)
 
 
 class AugmentParams(Section):
@@ -135,12 +138,20 @@ def _worker_setting(value: Any) -> int | str:
     raise ValueError("must be 'auto' (one per CPU core) or a whole number >= 0 (0: the main process)")
 
 
+def _process_setting(value: Any) -> int | str:
+    if value == "auto" or (type(value) is int and value >= 1):
+        return value
+    raise ValueError("must be 'auto' (one per visible GPU, else 1) or a whole number >= 1")
+
+
 # One error naming the key, not one per branch of the union.
 WorkerSetting = Annotated[Literal["auto"] | int, PlainValidator(_worker_setting)]
+ProcessSetting = Annotated[Literal["auto"] | int, PlainValidator(_process_setting)]
 
 
 class RuntimeParams(Section):
     device: Literal["auto", "cpu", "cuda"]
+    processes: ProcessSetting
     num_workers: WorkerSetting
     prefetch_factor: int = Field(ge=1)
     pin_memory: bool

@@ -1,10 +1,12 @@
-"""Where training runs: device choice, mixed precision, and torchrun's distributed environment."""
+"""Where training runs: device choice, mixed precision, torchrun's distributed environment, and
+the relaunch that makes a training stage use every GPU of its host (`runtime.processes`)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +44,35 @@ def select_device(params: RuntimeParams, local_rank: int = 0) -> torch.device:
     if params.device in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def process_count(params: RuntimeParams) -> int:
+    """runtime.processes: `auto` is one per visible GPU when training runs on CUDA, else 1."""
+    on_cuda = params.device != "cpu" and torch.cuda.is_available()
+    gpus = torch.cuda.device_count() if on_cuda else 0
+    if params.processes == "auto":
+        return max(gpus, 1)
+    if on_cuda and params.processes > gpus:
+        raise UserError(f"runtime.processes is {params.processes} but {gpus} GPU(s) are visible; set it to "
+                        "'auto' or at most the GPU count (CUDA_VISIBLE_DEVICES chooses which)")
+    return params.processes
+
+
+def launch_command(params: RuntimeParams, argv: list[str]) -> list[str] | None:
+    """The torchrun command that runs this very command (`argv`) as runtime.processes ranks, or
+    None when it runs here: one process, or already a rank (torchrun sets WORLD_SIZE).
+
+    One host gets a standalone rendezvous. Several hosts are joined through torchrun's own
+    environment variables (PET_NNODES, PET_NODE_RANK, PET_RDZV_BACKEND, PET_RDZV_ENDPOINT,
+    PET_RDZV_ID): when PET_RDZV_ENDPOINT is set, it is used instead."""
+    count = process_count(params)
+    if "WORLD_SIZE" in os.environ or count == 1:
+        return None
+    spec = getattr(sys.modules["__main__"], "__spec__", None)  # `python -m pkg` runs again as -m pkg
+    target = ["-m", spec.name.removesuffix(".__main__")] if spec is not None else [argv[0]]
+    rendezvous = [] if os.environ.get("PET_RDZV_ENDPOINT") else ["--standalone"]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(count), *rendezvous,
+            *target, *argv[1:]]
 
 
 def start(params: RuntimeParams) -> Runtime:

@@ -60,11 +60,15 @@ class EpochItems(Sampler):
 
 
 def make_loader(dataset: Dataset, runtime: RuntimeParams, batch_size: int,
-                sampler: Sampler | Sequence | None = None) -> DataLoader:
-    """Batches of `dataset` in order, or in the order `sampler` gives, with runtime's workers."""
+                sampler: Sampler | Sequence | None = None, *,
+                batches: Sequence[Sequence] | None = None) -> DataLoader:
+    """Batches of `dataset` in order, or in the order `sampler` gives, or exactly the given
+    `batches` (lists of items), with runtime's workers."""
     workers = worker_count(runtime)
     per_worker = {"persistent_workers": True, "prefetch_factor": runtime.prefetch_factor} if workers else {}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+    batching = {"batch_sampler": batches} if batches is not None else \
+        {"batch_size": batch_size, "sampler": sampler, "shuffle": False}
+    return DataLoader(dataset, **batching, num_workers=workers,
                       pin_memory=runtime.pin_memory and torch.cuda.is_available(),
                       worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(runtime.seed),
                       **per_worker)

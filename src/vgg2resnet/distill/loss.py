@@ -1,16 +1,36 @@
 """The knowledge-distillation loss of Hinton, Vinyals and Dean (2015), "Distilling the
 Knowledge in a Neural Network":
 
-    L = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
+    L = alpha * T^2 * KL(p || q) + (1 - alpha) * CE(s, y),   p = softmax(t / T), q = softmax(s / T)
 
 with s, t the student's and teacher's logits, T the temperature and y the labels. The T^2
 factor keeps the soft term's gradients on the same scale as the hard term's when T changes.
+
+With a top-k logit cache (`distill.cache_top_k`, after FKD: Shen & Xing 2022, "A Fast
+Knowledge Distillation Framework for Visual Recognition"), the teacher is known only on its
+k largest logits, its set K; the others arrive as -inf. Then
+
+    p_j = exp(t_j / T) / sum_{l in K} exp(t_l / T)            for j in K, else 0
+    KL  = sum_{j in K} p_j * (log p_j - log q_j)
+
+the teacher's softmax renormalised over K, against the student's log-softmax over all
+categories. With K = all categories this is the full-logit loss exactly.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(p || q), averaged over the batch; teacher entries of -inf carry no mass."""
+    log_q = F.log_softmax(student_logits / temperature, dim=1)
+    log_p = F.log_softmax(teacher_logits / temperature, dim=1)
+    p = log_p.exp()
+    # Where p is 0, log_p is -inf: `where` keeps that 0 * -inf out of the sum and its gradient.
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return terms.sum(dim=1).mean() * temperature**2
 
 
 def kd_loss(
@@ -26,9 +46,5 @@ def kd_loss(
     if teacher_logits is None or alpha == 0:
         kd = torch.zeros((), device=student_logits.device)
     else:
-        kd = F.kl_div(
-            F.log_softmax(student_logits / temperature, dim=1),
-            F.log_softmax(teacher_logits / temperature, dim=1),
-            reduction="batchmean", log_target=True,
-        ) * temperature**2
+        kd = soft_kl(student_logits, teacher_logits, temperature)
     return alpha * kd + (1 - alpha) * ce, kd, ce

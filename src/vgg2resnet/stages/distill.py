@@ -2,6 +2,9 @@
 
     vgg2resnet distill                                    # or: dvc repro distill
     torchrun --nproc-per-node 2 -m vgg2resnet distill     # DistributedDataParallel, same code
+
+With runtime.processes above 1 (`auto`: one per visible GPU), the command relaunches itself
+through torchrun (vgg2resnet.cli), so `dvc repro` uses every GPU of the host.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def run(params: Params) -> dict:
     torch.manual_seed(params.runtime.seed)
     student = build_student(len(categories), d.pretrained_weights)
     views = train_views(params, d, categories)
-    distillation = teacher_signal(params, runtime, teacher, teacher_weights, views)
+    distillation = teacher_signal(params, runtime, teacher, teacher_weights, views, len(categories))
     run_id = fingerprint("distill", d, params.augment, params.runtime.seed, teacher_weights,
                          manifest_hash(params), runtime.world_size)
     student, metrics = fit(

@@ -63,7 +63,8 @@ def run(params: Params) -> dict:
     state = layout.training_state("prune")
     model, metrics = fit(student, views, val, train, runtime, params.runtime, state_path=state, fingerprint=run_id,
                          live_dir=layout.training_metrics("prune"),
-                         distillation=teacher_signal(params, runtime, teacher, teacher_weights, views))
+                         distillation=teacher_signal(params, runtime, teacher, teacher_weights, views,
+                                                      len(categories)))
     record = {"enabled": True, **{k: v for k, v in pruning.items() if k != "channels"},
               "val_accuracy_student": source["val_accuracy"], "val_accuracy_pruned": pruned_val,
               "val_accuracy": metrics.get("val_accuracy_final"), "channels": pruning["channels"]}
