@@ -78,6 +78,23 @@ def child(folder: str, images: str, views: str, categories: str, batch_size: str
           f"lookups {layout.images / read:,.0f} rows/s", flush=True)
 
 
+def measure(args: argparse.Namespace, work: Path) -> None:
+    layout = layout_for(args.images, args.views, args.categories)
+    print(f"cache {layout.dtype}, top-k {layout.top_k}, {layout.chunk_images} images per chunk; "
+          f"{args.views} views x {args.categories} categories")
+    peaks = []
+    for images in (args.images, args.images * args.scale):
+        folder = work / f"cache-{images}"
+        shutil.rmtree(folder, ignore_errors=True)
+        peaks.append(peak_rss([sys.executable, __file__, "--child", str(folder), str(images), str(args.views),
+                               str(args.categories), str(args.batch_size)]))
+        stored = sum(f.stat().st_size for f in folder.iterdir())
+        print(f"{images} x {args.views} x {args.categories}: peak RSS {peaks[-1] / 2**20:.0f} MiB, "
+              f"{stored / 2**20:.0f} MiB on disk, {stored / (images * args.views):.0f} bytes per image-view")
+        shutil.rmtree(folder)
+    print(f"rss_ratio={peaks[1] / peaks[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20_000, help="the small shape's images")
@@ -86,30 +103,16 @@ def main() -> None:
     parser.add_argument("--categories", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--work", type=Path, default=None, help="where the caches go (default: a temp dir)")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # one measured process
     args = parser.parse_args()
-
-    work = args.work or Path(tempfile.mkdtemp(prefix="cache-memory-"))
-    layout = layout_for(args.images, args.views, args.categories)
-    print(f"cache {layout.dtype}, top-k {layout.top_k}, {layout.chunk_images} images per chunk; "
-          f"{args.views} views x {args.categories} categories")
-    peaks = {}
-    for images in (args.images, args.images * args.scale):
-        folder = work / f"cache-{images}"
-        shutil.rmtree(folder, ignore_errors=True)
-        peaks[images] = peak_rss([sys.executable, __file__, "--child", str(folder), str(images), str(args.views),
-                                  str(args.categories), str(args.batch_size)])
-        stored = sum(f.stat().st_size for f in folder.iterdir())
-        print(f"{images} x {args.views} x {args.categories}: peak RSS {peaks[images] / 2**20:.0f} MiB, "
-              f"{stored / 2**20:.0f} MiB on disk, {stored / (images * args.views):.0f} bytes per image-view")
-        shutil.rmtree(folder)
-    small, large = peaks.values()
-    print(f"rss_ratio={large / small:.2f}")
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
+    if args.child:
+        child(*args.child)
+    elif args.work:
+        measure(args, args.work)
+    else:
+        with tempfile.TemporaryDirectory(prefix="cache-memory-") as work:
+            measure(args, Path(work))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(*sys.argv[2:7])
-    else:
-        main()
+    main()

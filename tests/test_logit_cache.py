@@ -101,7 +101,7 @@ def test_a_cache_of_another_layout_is_refused_by_name(tmp_path: Path):
 KILLED = CacheLayout(images=12, views=2, categories=5, dtype="float16", top_k=3, chunk_images=4)
 
 
-def test_a_build_killed_after_two_of_three_chunks_resumes_and_equals_one_built_in_one_go(tmp_path: Path):
+def test_a_build_killed_after_two_of_three_chunks_resumes_and_equals_one_built_in_one_go(tmp_path: Path, caplog):
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "tests.test_logit_cache", str(killed), "8"], cwd=ROOT,
                                stderr=subprocess.PIPE, text=True)
@@ -114,8 +114,10 @@ def test_a_build_killed_after_two_of_three_chunks_resumes_and_equals_one_built_i
                                                            "values-00000.npy", "values-00001.npy"], stderr
 
     teacher = Teacher(KILLED.categories)
-    build_cache(killed, KILLED, teacher, Views(KILLED.images), 5, LOADING, CPU, show_progress=False)
+    with caplog.at_level("INFO", logger="vgg2resnet"):
+        build_cache(killed, KILLED, teacher, Views(KILLED.images), 5, LOADING, CPU, show_progress=False)
     assert sorted(set(teacher.seen)) == [8, 9, 10, 11]  # only the missing chunk was computed
+    assert f"2 of 3 chunks already built in {killed}" in caplog.text
     whole = tmp_path / "whole"
     build_cache(whole, KILLED, Teacher(KILLED.categories), Views(KILLED.images), 5, LOADING, CPU, show_progress=False)
     names = sorted(p.name for p in whole.iterdir())

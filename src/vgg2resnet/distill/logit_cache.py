@@ -195,9 +195,10 @@ def build_cache(folder: Path, layout: CacheLayout, teacher, views: Dataset, batc
         if runtime.is_main:
             log.info("teacher logit cache: reusing %s", folder)
         return cache
-    if runtime.is_main and len(missing) < layout.chunks:
-        log.info("teacher logit cache: %d of %d chunks already built in %s, building the rest",
-                 layout.chunks - len(missing), layout.chunks, folder)
+    if runtime.is_main:
+        log.info("teacher logit cache: %d of %d chunks already built in %s; building the rest, %.2f GB "
+                 "in all at %d bytes per image-view", layout.chunks - len(missing), layout.chunks, folder,
+                 layout.images * layout.views * layout.bytes_per_view() / 1e9, layout.bytes_per_view())
     mine = missing[runtime.rank::runtime.world_size]
     batches = ChunkBatches(layout, mine, batch_size)
     if mine:
