@@ -196,9 +196,14 @@ def build_cache(folder: Path, layout: CacheLayout, teacher, views: Dataset, batc
             log.info("teacher logit cache: reusing %s", folder)
         return cache
     if runtime.is_main:
-        log.info("teacher logit cache: %d of %d chunks already built in %s; building the rest, %.2f GB "
-                 "in all at %d bytes per image-view", layout.chunks - len(missing), layout.chunks, folder,
-                 layout.images * layout.views * layout.bytes_per_view() / 1e9, layout.bytes_per_view())
+        size = (f"{layout.images * layout.views * layout.bytes_per_view() / 1e9:.2f} GB in all, "
+                f"{layout.bytes_per_view()} bytes per image-view")
+        if len(missing) < layout.chunks:
+            log.info("teacher logit cache: %d of %d chunks already built in %s; building the rest (%s)",
+                     layout.chunks - len(missing), layout.chunks, folder, size)
+        else:
+            log.info("teacher logit cache: building %d chunk%s in %s (%s)", layout.chunks,
+                     "" if layout.chunks == 1 else "s", folder, size)
     mine = missing[runtime.rank::runtime.world_size]
     batches = ChunkBatches(layout, mine, batch_size)
     if mine:
