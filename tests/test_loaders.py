@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vgg2resnet.config import AugmentParams
-from vgg2resnet.data.datasets import ImageDataset, SeededViews
+from vgg2resnet.data.datasets import ImageDataset, SeededViews, view_seed
 from vgg2resnet.data.loaders import EpochItems, available_cpus, make_loader, worker_count
 from vgg2resnet.data.transforms import train_transform
 
@@ -68,6 +68,20 @@ def test_persistent_workers_serve_each_epochs_items_as_zero_workers_do(views: Se
         for (a, ia, va), (b, ib, vb) in zip(zero, two):
             assert torch.equal(ia, ib) and torch.equal(va, vb) and torch.equal(a, b)
 
+
+def test_a_seeded_view_is_the_transform_under_torch_manual_seed_of_its_view_seed(views: SeededViews):
+    """The definition a user can reproduce by hand: seed torch with view_seed(seed, i, view),
+    apply the transform. Views in the main process also leave its RNG where it was."""
+    before = torch.get_rng_state()
+    served = [views[i, view][0] for i in range(len(views)) for view in range(2)]
+    assert torch.equal(torch.get_rng_state(), before)
+    expected = []
+    for i in range(len(views)):
+        for view in range(2):
+            torch.manual_seed(view_seed(views.seed, i, view))
+            expected.append(views.transform(views.images.image(i)))
+    assert all(torch.equal(a, b) for a, b in zip(served, expected))
+    assert not torch.equal(served[0], served[1])  # two views of one image differ
 
 def test_the_training_core_imports_and_trains_without_the_orchestration_packages(tmp_path: Path):
     """A bare GPU host has torch and torchvision, not DVC, BentoML, Prefect, GX or Evidently."""
