@@ -83,6 +83,7 @@ def test_a_seeded_view_is_the_transform_under_torch_manual_seed_of_its_view_seed
     assert all(torch.equal(a, b) for a, b in zip(served, expected))
     assert not torch.equal(served[0], served[1])  # two views of one image differ
 
+
 def test_the_training_core_imports_and_trains_without_the_orchestration_packages(tmp_path: Path):
     """A bare GPU host has torch and torchvision, not DVC, BentoML, Prefect, GX or Evidently."""
     script = f"""

@@ -3,6 +3,7 @@ logit cache), for any split."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -71,13 +72,12 @@ class SeededViews(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         i, view = item
         image = self.images.image(i)
-        # The transforms draw from the CPU generator only. Seeding that one, not torch.manual_seed,
-        # matters for speed: manual_seed also queues a seed for each lazy accelerator backend,
-        # recording a stack trace each time, which cost 12% of a view's time.
-        if get_worker_info() is not None:  # a worker's RNG serves only its views: no state to keep
-            torch.default_generator.manual_seed(view_seed(self.seed, i, view))
-            return self.transform(image), self.images.labels[i], i, view
-        with torch.random.fork_rng(devices=[]):  # the training process's RNG stays where it was
+        # A worker's RNG serves only its views, so it has no state to keep; the training
+        # process's RNG stays where it was. The transforms draw from the CPU generator only, and
+        # seeding that one, not torch.manual_seed, matters for speed: manual_seed also queues a
+        # seed for each lazy accelerator backend, recording a stack trace each time (12% of a view).
+        keep_state = nullcontext() if get_worker_info() is not None else torch.random.fork_rng(devices=[])
+        with keep_state:
             torch.default_generator.manual_seed(view_seed(self.seed, i, view))
             return self.transform(image), self.images.labels[i], i, view
 
