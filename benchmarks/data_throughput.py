@@ -65,6 +65,7 @@ def with_settings(params: Params, work: Path, source: Path, workers: int | str) 
         "data": params.data.model_copy(update={"source": str(source), "raw_dir": work / "raw",
                                                "prepared_dir": work / "prepared"}),
         "runtime": params.runtime.model_copy(update={"num_workers": workers}),
+        "paths": params.paths.model_copy(update={"state_dir": work / "state"}),
     })
 
 

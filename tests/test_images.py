@@ -2,6 +2,7 @@
 checked against the formats' specifications (tests/imagefiles.py), not against its own output."""
 
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +46,37 @@ def test_formats_outside_the_allow_list_are_refused_whatever_their_name(fmt: str
         decode(encoded(noise(), fmt))
 
 
+_NAMES = st.sampled_from(["a", "B", "a-b", "a.b", ".hid", "x.JPG", "y.png", "z.txt", "w.webp", "v.jpeg.bak"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(tree=st.lists(st.lists(_NAMES, min_size=1, max_size=4), min_size=1, max_size=12))
+def test_the_scan_lists_what_pathlib_finds_in_a_generated_tree(tree: list[list[str]]):
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for parts in tree:
+            path = root / "cat" / Path(*parts)
+            if any(p.is_file() for p in [path, *path.parents]):
+                continue  # a file already has this name; the tree cannot hold both
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.is_dir():
+                path.write_bytes(b"")
+        (root / "cat" / "keep.png").write_bytes(b"")  # a category with no image is refused
+        files = sorted(p for p in (root / "cat").rglob("*") if p.is_file())
+        hidden = [p for p in files if any(part.startswith(".") for part in p.relative_to(root).parts)]
+        images = [p for p in files if p not in hidden and p.suffix.lower() in SUFFIXES]
+        scan = scan_image_folder(root)
+        assert scan.paths("cat") == images
+        assert scan.files["cat"] == [p.relative_to(root).as_posix() for p in images]
+        assert (scan.skipped_hidden, scan.skipped_non_image) == (len(hidden), len(files) - len(hidden) - len(images))
+
+
 def test_readme_and_the_image_folder_name_the_formats_the_decoder_takes(tmp_path: Path):
     assert "PNG, JPEG, WebP and BMP" in (ROOT / "README.md").read_text()
     for suffix in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif"):
         (tmp_path / "cat" / f"a{suffix}").parent.mkdir(exist_ok=True)
         (tmp_path / "cat" / f"a{suffix}").write_bytes(b"")
-    listed = {p.suffix for p in scan_image_folder(tmp_path).files["cat"]}
+    listed = {p.suffix for p in scan_image_folder(tmp_path).paths("cat")}
     assert listed == set(SUFFIXES) == {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 

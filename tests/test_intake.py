@@ -20,7 +20,7 @@ from .conftest import make_image_folder, repo_params, run, write_params
 def _params(tmp_path: Path, source: Path, workers: int | str = 0) -> Params:
     return repo_params({"data": {"source": str(source), "raw_dir": str(tmp_path / "raw"),
                                  "prepared_dir": str(tmp_path / "prepared")},
-                        "runtime": {"num_workers": workers}})
+                        "runtime": {"num_workers": workers}, "paths": {"state_dir": str(tmp_path / "state")}})
 
 
 def _photos(root: Path, count: int, first: int = 0) -> Path:
@@ -102,6 +102,54 @@ def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_
     unchanged = {f for f in inodes if f != edited.relative_to(source)}
     assert all((raw / f).stat().st_ino == inodes[f] for f in unchanged)
     assert (raw / edited.relative_to(source)).read_bytes() == bytes(payload)
+
+
+def test_a_rerun_does_not_read_a_file_whose_stat_key_is_unchanged(tmp_path: Path, monkeypatch):
+    source = _photos(tmp_path / "mine", 12)
+    params = _params(tmp_path / "project", source, workers=0)  # in process, so the spy sees every read
+    read: list[str] = []
+    reader = intake.read_source
+    monkeypatch.setattr(intake, "read_source", lambda path: read.append(Path(path).name) or reader(path))
+    prepare.run(params)
+    assert len(read) == 12
+    read.clear()
+    prepare.run(params)  # every file was written just now, inside the racy window: all read again
+    assert len(read) == 12
+
+    monkeypatch.setattr(intake, "RACY_WINDOW_NS", 0)  # as if the files had been written long ago
+    prepare.run(params)
+    read.clear()
+    prepare.run(params)
+    assert read == []
+    recorded = intake.SourceStats.load(tmp_path / "project" / "state" / "prepare" / "source-stats.parquet", source)
+    assert len(recorded.entries) == 12
+
+    # Any write moves the ctime, which nobody can set back: a same-size edit with the mtime put back,
+    # and a touch that keeps the content, are both read again; a new file is read; the rest are not.
+    edited, touched = sorted(source.rglob("*.bmp"))[:2]
+    stat = edited.stat()
+    payload = bytearray(edited.read_bytes())
+    payload[-1] ^= 0xFF
+    edited.write_bytes(bytes(payload))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.utime(touched)
+    _photos(source, 1, first=12)
+    read.clear()
+    prepare.run(params)
+    assert sorted(read) == sorted([edited.name, touched.name, "0012.jpg"])
+    raw = tmp_path / "project" / "raw"
+    assert (raw / edited.relative_to(source)).read_bytes() == bytes(payload)
+
+    fresh = _params(tmp_path / "fresh", source)
+    prepare.run(fresh)
+    assert (tmp_path / "project" / "prepared" / "manifest.parquet").read_bytes() \
+        == (tmp_path / "fresh" / "prepared" / "manifest.parquet").read_bytes()
+    assert all((raw / p.relative_to(source)).read_bytes() == p.read_bytes() for p in source.rglob("*.*"))
+
+    read.clear()
+    off = params.model_copy(update={"data": params.data.model_copy(update={"reuse_by_stat": False})})
+    prepare.run(off)
+    assert len(read) == 13
 
 
 def test_facts_of_another_facts_version_or_over_the_pixel_limit_are_not_reused(tmp_path: Path, monkeypatch):

@@ -19,7 +19,7 @@ def _params(tmp_path: Path, source: str, **data) -> Params:
     return repo_params({"data": {
         "source": source, "raw_dir": str(tmp_path / "raw"),
         "prepared_dir": str(tmp_path / "prepared"), **data,
-    }})
+    }, "paths": {"state_dir": str(tmp_path / "state")}})
 
 
 def test_demo_manifest_is_deterministic_and_stratified(tmp_path: Path):

@@ -20,6 +20,7 @@ def _params(tmp_path: Path, source: Path, categories=CATEGORIES, **validation) -
         "data": {"source": str(source), "raw_dir": str(tmp_path / "raw"),
                  "prepared_dir": str(tmp_path / "prepared"), "categories": categories,
                  "on_undecodable": "record"},
+        "paths": {"state_dir": str(tmp_path / "state")},
         "validation": {"report_dir": str(tmp_path / "reports"), "min_images_per_category": 5,
                        **validation},
     })

@@ -126,6 +126,12 @@ class Artifacts:
         """A training stage's resumable state (deleted once the stage finishes)."""
         return self.params.paths.state_dir / stage / "last.pt"
 
+    @property
+    def source_stats(self) -> Path:
+        """What `prepare` last saw of each file of data.source (local state, not a DVC output:
+        it describes this machine's files, and a change to it must not re-trigger validation)."""
+        return self.params.paths.state_dir / "prepare" / "source-stats.parquet"
+
     def logit_cache(self, key: str) -> Path:
         """The teacher-logit cache's folder of chunks (distill.logit_cache), one per cache key."""
         return self.params.paths.state_dir / "distill" / f"teacher-logits-{key}"

@@ -70,6 +70,7 @@ class DataParams(Section):
     categories: list[str] | None
     on_undecodable: Literal["error", "record", "skip"]
     max_pixels: int = Field(ge=1)
+    reuse_by_stat: bool
     incoming_dir: Path
 
 

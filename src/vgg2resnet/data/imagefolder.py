@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,13 +13,29 @@ from vgg2resnet.data.images import SUFFIXES
 
 @dataclass
 class ScanResult:
-    files: dict[str, list[Path]] = field(default_factory=dict)  # category -> files, sorted
+    root: Path
+    # category -> its images as POSIX paths under root, sorted; strings, since a scan of a
+    # million files spends most of its time building Path objects otherwise
+    files: dict[str, list[str]] = field(default_factory=dict)
     skipped_hidden: int = 0
     skipped_non_image: int = 0
 
+    def paths(self, category: str) -> list[Path]:
+        return [self.root / relative for relative in self.files[category]]
 
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+
+def _regular_files(folder: str, prefix: str) -> Iterator[str]:
+    """prefix + the POSIX path under folder of every regular file, symbolic links followed."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                yield from _regular_files(entry.path, f"{prefix}{entry.name}/")
+            elif entry.is_file():
+                yield prefix + entry.name
+
+
+def _parts(relative: str) -> list[str]:
+    return relative.split("/")  # the order of pathlib's sorted(), folder by folder
 
 
 def scan_image_folder(root: Path) -> ScanResult:
@@ -32,7 +50,7 @@ def scan_image_folder(root: Path) -> ScanResult:
             f"{root}: data folder not found; set data.source in params.yaml to an existing "
             "ImageFolder directory (one sub-folder per category) or to 'demo'"
         )
-    result = ScanResult()
+    result = ScanResult(root)
     categories = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not categories:
         raise UserError(f"{root}: no category folders found; expected <root>/<category>/<images>")
@@ -45,15 +63,13 @@ def scan_image_folder(root: Path) -> ScanResult:
                 "merge or rename one of the folders"
             )
         images = []
-        for path in sorted(folder.rglob("*")):
-            if not path.is_file():
-                continue
-            if _is_hidden(path.relative_to(root)):
+        for relative in sorted(_regular_files(str(folder), f"{folder.name}/"), key=_parts):
+            if any(part.startswith(".") for part in _parts(relative)):
                 result.skipped_hidden += 1
-            elif path.suffix.lower() not in SUFFIXES:
+            elif os.path.splitext(relative)[1].lower() not in SUFFIXES:
                 result.skipped_non_image += 1
             else:
-                images.append(path)
+                images.append(relative)
         if not images:
             raise UserError(
                 f"{folder}: category '{folder.name}' has no images "

@@ -5,10 +5,16 @@ touching the user's files.
   image is independent, so files go to `runtime.num_workers` processes in chunks.
 - **Incremental.** The facts of a file (size, mode, dhash, whether it decodes) depend only on
   its bytes, so a file whose SHA-256 the previous manifest already lists reuses that row's
-  facts instead of being decoded again. The key is the content hash, read from the file each
-  time: a file edited in place, even with its size and timestamp kept, is decoded afresh.
-  A reused row must also still fit `data.max_pixels` and come from a manifest of the same
-  `FACTS_VERSION`; anything else is decoded again.
+  facts instead of being decoded again. A reused row must also still fit `data.max_pixels`
+  and come from a manifest of the same `FACTS_VERSION`; anything else is decoded again.
+- **Not even read when unchanged** (`data.reuse_by_stat`). The last run's stat key of each
+  source file (size, mtime, ctime, inode, device) and its SHA-256 are kept as local state
+  (`SourceStats`, under `paths.state_dir`, so it never changes a DVC output). A file whose
+  stat key is the same is linked from the previous data/raw without being opened. The key
+  cannot go stale silently: any write to a file moves its ctime, which no program can set
+  back, and a file changed within `RACY_WINDOW_NS` of being recorded is not recorded, so a
+  write in the same timestamp tick is caught too (git's "racy clean" rule). Any other file
+  is read and hashed, so a file edited in place is decoded afresh.
 - **Copied once.** A file `data/raw` already holds with the same content is linked from there
   into the next `data/raw`, not written again, and DVC (`cache.type` in `.dvc/config`) links
   its cache to `data/raw`: the images take the user's bytes once more on disk, not twice.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -41,13 +48,14 @@ class Previous:
     facts: dict[str, dict]  # sha256 -> the facts of a file that decoded
     raw_dir: Path | None = None  # the data/raw those rows describe, when it is still there
     raw_sha: dict[str, str] | None = None  # relative path -> sha256 in that data/raw
+    stats: SourceStats | None = None  # what the last run saw of the source, to skip reading
 
     @classmethod
     def none(cls) -> Previous:
         return cls({})
 
     @classmethod
-    def load(cls, manifest: Path, raw_dir: Path) -> Previous:
+    def load(cls, manifest: Path, raw_dir: Path, stats: SourceStats | None = None) -> Previous:
         """The previous manifest's facts, or none when there is no readable one."""
         try:
             frame = pd.read_parquet(manifest, columns=["path", *FACT_FIELDS])
@@ -57,14 +65,52 @@ class Previous:
             return cls.none()
         decoded = frame[frame["decodes"]]
         facts = {row["sha256"]: {k: row[k] for k in FACT_FIELDS} for row in decoded.to_dict("records")}
-        return cls(facts, raw_dir if raw_dir.is_dir() else None, dict(zip(frame["path"], frame["sha256"])))
+        return cls(facts, raw_dir if raw_dir.is_dir() else None, dict(zip(frame["path"], frame["sha256"])), stats)
+
+
+StatKey = tuple[int, int, int, int, int]
+STAT_FIELDS = ["size", "mtime_ns", "ctime_ns", "ino", "dev"]
+# Timestamps advance in ticks (a few ms on ext4, 2 s on FAT), so a file written in the tick it
+# was recorded in could change without moving them; such a file is read again next time.
+RACY_WINDOW_NS = 2_000_000_000
+
+
+def stat_key(path: str | Path) -> StatKey:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    """Each source file's stat key and SHA-256 as a run of `prepare` saw them, by relative path."""
+
+    root: str  # the source folder, resolved: a key from another folder is never looked at
+    entries: dict[str, tuple[StatKey, str]]
+
+    @classmethod
+    def load(cls, path: Path, root: Path) -> SourceStats:
+        """The recorded keys for this root, or none when the file is missing or for another root."""
+        empty = cls(str(root.resolve()), {})
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError):
+            return empty
+        if frame.attrs.get("root") != empty.root or list(frame.columns) != ["path", *STAT_FIELDS, "sha256"]:
+            return empty
+        return cls(empty.root, {row[0]: (tuple(row[1:6]), row[6]) for row in frame.itertuples(index=False)})
+
+    def save(self, path: Path) -> None:
+        frame = pd.DataFrame([(rel, *key, sha) for rel, (key, sha) in self.entries.items()],
+                             columns=["path", *STAT_FIELDS, "sha256"])
+        frame.attrs["root"] = self.root
+        frame.to_parquet(path, index=False)
 
 
 @dataclass(frozen=True)
 class Job:
     """One file to read: its path, the path it takes under the root, and its category."""
 
-    path: Path
+    path: str
     relative: str
     category: str
 
@@ -79,7 +125,7 @@ class Reading:
     previous: Previous
 
 
-def read_source(path: Path) -> bytes:
+def read_source(path: str | Path) -> bytes:
     """The file's bytes, read without updating its access time where the OS permits it (Linux,
     for the file's owner or root); elsewhere a plain read, which may update it."""
     flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
@@ -128,9 +174,35 @@ def _read(job: Job, reading: Reading | None = None) -> dict:
     digest = hashlib.sha256(payload).hexdigest()
     facts = _facts(payload, digest, reading)
     if not facts["decodes"] and reading.skip_undecodable:
-        return {"skipped": {"path": str(job.path), "category": job.category, "error": facts["decode_error"]}}
+        return {"skipped": {"path": job.path, "category": job.category, "error": facts["decode_error"]}}
     if reading.copy_to is not None:
         _place(payload, digest, job.relative, reading)
+    return {"row": {"path": job.relative, "category": job.category, **facts, "sha256": digest}}
+
+
+def _unchanged(job: Job, key: StatKey, reading: Reading, made: set[str]) -> dict | None:
+    """The row of a file whose stat key the last run recorded, linked into copy_to unread; None
+    when it must be read (a new key, facts not reusable, or no previous data/raw file to link)."""
+    previous = reading.previous
+    if previous.stats is None or previous.raw_dir is None or reading.copy_to is None:
+        return None
+    recorded = previous.stats.entries.get(job.relative)
+    if recorded is None or recorded[0] != key:
+        return None
+    digest = recorded[1]
+    facts = previous.facts.get(digest)
+    if facts is None or facts["width"] * facts["height"] > reading.max_pixels \
+            or previous.raw_sha.get(job.relative) != digest:
+        return None
+    target = os.path.join(reading.copy_to, job.relative)
+    folder = os.path.dirname(target)
+    if folder not in made:  # one mkdir per folder, not per file
+        os.makedirs(folder, exist_ok=True)
+        made.add(folder)
+    try:
+        os.link(os.path.join(previous.raw_dir, job.relative), target)
+    except OSError:  # gone, or another file system: read and write it
+        return None
     return {"row": {"path": job.relative, "category": job.category, **facts, "sha256": digest}}
 
 
@@ -144,21 +216,43 @@ def _results(jobs: list[Job], reading: Reading, workers: int) -> Iterator[dict]:
         yield from pool.map(_read, jobs, chunksize=chunk)
 
 
-def read_images(scan: ScanResult, root: Path, reading: Reading, workers: int = 1,
-                show_progress: bool = True) -> tuple[list[dict], list[dict]]:
-    """(manifest rows, skipped files): the facts of every scanned image, each file read once.
+@dataclass(frozen=True)
+class Intake:
+    rows: list[dict]  # manifest rows
+    skipped: list[dict]  # files left out because they do not decode
+    stats: SourceStats  # the stat keys to skip reading by next time
+    unread: int  # files linked by their stat key without being read
 
-    With reading.copy_to, the file is also placed there under its path relative to root (the
+
+def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progress: bool = True) -> Intake:
+    """The facts of every scanned image, each file read at most once.
+
+    With reading.copy_to, the file is also placed there under its path in the scan (the
     source is only read). With reading.skip_undecodable, a file that does not decode is neither
-    placed nor listed as a row, but returned among the skipped ones with its path under root."""
-    jobs = [Job(path, path.relative_to(root).as_posix(), category)
-            for category, paths in scan.files.items() for path in paths]
-    rows, skipped = [], []
-    progress = tqdm(_results(jobs, reading, workers), total=len(jobs), desc="prepare", unit="img",
-                    disable=not show_progress, mininterval=2.0)
+    placed nor listed as a row, but returned among the skipped ones with its full path.
+    With reading.previous.stats, a file whose stat key is unchanged is not read at all."""
+    started = time.time_ns()
+    root = str(scan.root)
+    jobs = [Job(os.path.join(root, relative), relative, category)
+            for category, files in scan.files.items() for relative in files]
+    keys = {job.relative: stat_key(job.path) for job in jobs}  # taken before reading: a later write moves them
+    made: set[str] = set()
+    rows, skipped, to_read = [], [], []
+    for job in jobs:
+        known = _unchanged(job, keys[job.relative], reading, made)
+        if known is None:
+            to_read.append(job)
+        else:
+            rows.append(known["row"])
+    unread = len(rows)
+    progress = tqdm(_results(to_read, reading, workers), total=len(jobs), initial=unread, desc="prepare",
+                    unit="img", disable=not show_progress, mininterval=2.0)
     for result in progress:
         if "row" in result:
             rows.append(result["row"])
         else:
             skipped.append(result["skipped"])
-    return rows, skipped
+    settled = started - RACY_WINDOW_NS
+    entries = {row["path"]: (keys[row["path"]], row["sha256"]) for row in rows
+               if max(keys[row["path"]][1:3]) < settled}
+    return Intake(rows, skipped, SourceStats(str(scan.root.resolve()), entries), unread)

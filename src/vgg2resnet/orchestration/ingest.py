@@ -28,8 +28,8 @@ def copy_new_images(drop: Path, target: Path) -> int:
     scan = scan_image_folder(drop)
     known = {_sha256(p) for p in target.rglob("*") if p.is_file()} if target.is_dir() else set()
     copied = 0
-    for category, images in scan.files.items():
-        for image in images:
+    for category in scan.files:
+        for image in scan.paths(category):
             digest = _sha256(image)
             if digest in known:
                 continue

@@ -4,8 +4,8 @@
 
 Each image is read once: hashed, fully decoded and (for a user's folder) copied into data/raw
 from the same bytes, by `runtime.num_workers` processes. A re-run decodes only the files whose
-content the previous manifest does not list, and links unchanged ones from the previous
-data/raw (see `vgg2resnet.data.intake`). A file that does not decode is handled by data.on_undecodable: `error`
+content the previous manifest does not list, links unchanged ones from the previous data/raw,
+and does not even read a file whose stat key is unchanged (see `vgg2resnet.data.intake`). A file that does not decode is handled by data.on_undecodable: `error`
 stops here, `record` keeps it in the manifest for validation to fail on, `skip` leaves it out
 of data/raw and the manifest and lists it in skipped.json, which validation reports as a warning.
 """
@@ -21,7 +21,7 @@ from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.categories import expected_categories, order_categories
 from vgg2resnet.data.demo import write_demo_images
 from vgg2resnet.data.imagefolder import ScanResult, scan_image_folder, source_root
-from vgg2resnet.data.intake import Previous, Reading, read_images
+from vgg2resnet.data.intake import Intake, Previous, Reading, SourceStats, read_images
 from vgg2resnet.data.loaders import worker_count
 from vgg2resnet.data.manifest import build_manifest
 
@@ -39,8 +39,8 @@ def _undecodable_error(broken: list[tuple[Path, str]]) -> UserError:
     )
 
 
-def _import_source(params: Params, staging: Path) -> tuple[ScanResult, list[dict], list[dict]]:
-    """Fill staging (the next data/raw) and return the scan, the manifest rows and the skipped files."""
+def _import_source(params: Params, staging: Path) -> tuple[ScanResult, Intake]:
+    """Fill staging (the next data/raw) and return the scan and what was read."""
     data, layout = params.data, Artifacts(params)
     skip = data.on_undecodable == "skip"
     workers = worker_count(params.runtime)
@@ -48,7 +48,7 @@ def _import_source(params: Params, staging: Path) -> tuple[ScanResult, list[dict
         count = write_demo_images(staging, data.demo_image_size)
         log.info("demo data set: %d digit images at %d px", count, data.demo_image_size)
         scan = scan_image_folder(staging)
-        return (scan, *read_images(scan, staging, Reading(data.max_pixels, None, skip, Previous.none()), workers))
+        return scan, read_images(scan, Reading(data.max_pixels, None, skip, Previous.none()), workers)
     source = source_root(data)
     raw_dir = data.raw_dir
     if source.resolve() == raw_dir.resolve() or raw_dir.resolve() in source.resolve().parents:
@@ -58,16 +58,22 @@ def _import_source(params: Params, staging: Path) -> tuple[ScanResult, list[dict
         )
     scan = scan_image_folder(source)
     total = sum(len(files) for files in scan.files.values())
-    previous = Previous.load(layout.manifest, raw_dir)
+    stats = SourceStats.load(layout.source_stats, source) if data.reuse_by_stat else None
+    previous = Previous.load(layout.manifest, raw_dir, stats)
     log.info("reading %d images from %s (your folder is only read) into %s with %d worker(s); "
              "%d known from the previous manifest", total, source, raw_dir, workers, len(previous.facts))
-    return (scan, *read_images(scan, source, Reading(data.max_pixels, staging, skip, previous), workers))
+    intake = read_images(scan, Reading(data.max_pixels, staging, skip, previous), workers)
+    if stats is not None:
+        log.info("%d of %d images unchanged since the last run (size, mtime, ctime, inode): linked unread",
+                 intake.unread, total)
+    return scan, intake
 
 
 def run(params: Params) -> dict:
     data, layout = params.data, Artifacts(params)
     with atomic.atomic_dir(layout.raw_dir) as staging:
-        scan, rows, skipped = _import_source(params, staging)
+        scan, intake = _import_source(params, staging)
+        rows, skipped = intake.rows, intake.skipped
         broken = [(source_root(data) / r["path"], r["decode_error"]) for r in rows if not r["decodes"]]
         if broken and data.on_undecodable == "error":
             raise _undecodable_error(broken)  # leaves data/raw as it was
@@ -83,6 +89,9 @@ def run(params: Params) -> dict:
         manifest.to_parquet(tmp, index=False)
     atomic.write_json(layout.categories, categories)
     atomic.write_json(layout.skipped, skipped)
+    if data.source != "demo" and data.reuse_by_stat:
+        with atomic.atomic_path(layout.source_stats) as tmp:
+            intake.stats.save(tmp)
     counts = manifest["split"].value_counts()
     summary = {
         "images": len(manifest),
