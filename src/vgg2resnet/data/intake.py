@@ -203,7 +203,7 @@ def _unchanged(job: Job, key: StatKey, reading: Reading, made: set[str]) -> dict
         os.link(os.path.join(previous.raw_dir, job.relative), target)
     except OSError:  # gone, or another file system: read and write it
         return None
-    return {"row": {"path": job.relative, "category": job.category, **facts, "sha256": digest}}
+    return {"path": job.relative, "category": job.category, **facts, "sha256": digest}
 
 
 def _results(jobs: list[Job], reading: Reading, workers: int) -> Iterator[dict]:
@@ -239,11 +239,11 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
     made: set[str] = set()
     rows, skipped, to_read = [], [], []
     for job in jobs:
-        known = _unchanged(job, keys[job.relative], reading, made)
-        if known is None:
+        row = _unchanged(job, keys[job.relative], reading, made)
+        if row is None:
             to_read.append(job)
         else:
-            rows.append(known["row"])
+            rows.append(row)
     unread = len(rows)
     progress = tqdm(_results(to_read, reading, workers), total=len(jobs), initial=unread, desc="prepare",
                     unit="img", disable=not show_progress, mininterval=2.0)
