@@ -23,6 +23,7 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # Read, but with no effect on what a stage writes: changing them must not rerun it.
 NO_EFFECT = {
     "runtime.num_workers", "runtime.prefetch_factor", "runtime.pin_memory",  # how fast data loads
+    "data.reuse_by_stat",  # whether prepare re-reads unchanged files: the same output either way
     "paths.state_dir",  # where resumable training state and the logit cache wait (not an output)
     "gate.min_teacher_margin",  # in `teacher`, it only words a warning; the gate's check depends on it
 }
