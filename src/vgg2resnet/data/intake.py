@@ -137,11 +137,20 @@ def read_source(path: str | Path) -> bytes:
         return handle.read()
 
 
-def _facts(payload: bytes, digest: str, reading: Reading) -> dict:
+def _known_facts(digest: str, reading: Reading) -> dict | None:
+    """The previous manifest's facts for this content, when they still fit data.max_pixels."""
     known = reading.previous.facts.get(digest)
     if known is not None and known["width"] * known["height"] <= reading.max_pixels:
         return dict(known)
-    return asdict(image_facts(payload, reading.max_pixels))
+    return None
+
+
+def _facts(payload: bytes, digest: str, reading: Reading) -> dict:
+    return _known_facts(digest, reading) or asdict(image_facts(payload, reading.max_pixels))
+
+
+def _row(job: Job, facts: dict, digest: str) -> dict:
+    return {"path": job.relative, "category": job.category, **facts, "sha256": digest}
 
 
 def _place(payload: bytes, digest: str, relative: str, reading: Reading) -> None:
@@ -177,7 +186,7 @@ def _read(job: Job, reading: Reading | None = None) -> dict:
         return {"skipped": {"path": job.path, "category": job.category, "error": facts["decode_error"]}}
     if reading.copy_to is not None:
         _place(payload, digest, job.relative, reading)
-    return {"row": {"path": job.relative, "category": job.category, **facts, "sha256": digest}}
+    return {"row": _row(job, facts, digest)}
 
 
 def _unchanged(job: Job, key: StatKey, reading: Reading, made: set[str]) -> dict | None:
@@ -190,9 +199,8 @@ def _unchanged(job: Job, key: StatKey, reading: Reading, made: set[str]) -> dict
     if recorded is None or recorded[0] != key:
         return None
     digest = recorded[1]
-    facts = previous.facts.get(digest)
-    if facts is None or facts["width"] * facts["height"] > reading.max_pixels \
-            or previous.raw_sha.get(job.relative) != digest:
+    facts = _known_facts(digest, reading)
+    if facts is None or previous.raw_sha.get(job.relative) != digest:
         return None
     target = os.path.join(reading.copy_to, job.relative)
     folder = os.path.dirname(target)
@@ -203,7 +211,7 @@ def _unchanged(job: Job, key: StatKey, reading: Reading, made: set[str]) -> dict
         os.link(os.path.join(previous.raw_dir, job.relative), target)
     except OSError:  # gone, or another file system: read and write it
         return None
-    return {"path": job.relative, "category": job.category, **facts, "sha256": digest}
+    return _row(job, facts, digest)
 
 
 def _results(jobs: list[Job], reading: Reading, workers: int) -> Iterator[dict]:
