@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from vgg2resnet.config import Params
@@ -184,3 +186,34 @@ def test_dvc_links_data_raw_to_its_cache_so_the_images_are_stored_once_more_not_
     assert raw_files and all(p.is_file() for p in cached)
     stored = {p.stat().st_ino: p.stat().st_size for p in raw_files + cached}  # a linked file counts once
     assert sum(stored.values()) <= 1.1 * source_bytes
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=st.lists(st.sampled_from(["keep", "touch", "edit"]), min_size=6, max_size=6),
+       added=st.integers(0, 2))
+def test_a_rerun_reads_exactly_the_files_that_were_written_or_added(tmp_path_factory, monkeypatch,
+                                                                    actions: list[str], added: int):
+    work = tmp_path_factory.mktemp("stat")
+    source = _photos(work / "mine", 6)
+    params = _params(work / "project", source)
+    # An edited JPEG may no longer decode; what is read is the question here, not what decodes.
+    params = params.model_copy(update={"data": params.data.model_copy(update={"on_undecodable": "record"})})
+    monkeypatch.setattr(intake, "RACY_WINDOW_NS", 0)  # as if the files had been written long ago
+    prepare.run(params)
+    files = sorted(p for p in source.rglob("*.*"))
+    for path, action in zip(files, actions):
+        stat = path.stat()
+        if action == "touch":
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same times back: only ctime moves
+        elif action == "edit":
+            payload = bytearray(path.read_bytes())
+            payload[-1] ^= 0xFF
+            path.write_bytes(bytes(payload))
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    _photos(source, added, first=6)
+    read: list[str] = []
+    reader = intake.read_source
+    monkeypatch.setattr(intake, "read_source", lambda path: read.append(Path(path).name) or reader(path))
+    prepare.run(params)
+    expected = [p.name for p, action in zip(files, actions) if action != "keep"]
+    assert sorted(read) == sorted(expected + [f"{i:04d}.{('jpg', 'bmp', 'png')[i % 3]}" for i in range(6, 6 + added)])
