@@ -92,6 +92,18 @@ def test_split_must_leave_training_data():
         repo_params({"data": {"split": {"val": 0.45, "test": 0.45}}})
 
 
+@settings(max_examples=25)
+@given(timeout_s=st.integers(1, 600), budget_ms=st.integers(1, 700_000))
+def test_the_batching_budget_may_not_outlast_the_timeout(tmp_path_factory, timeout_s: int, budget_ms: int):
+    """A budget beyond timeout_s could never shed a request, which would have answered 504 first."""
+    serving = {"timeout_s": timeout_s, "max_latency_ms": budget_ms}
+    if budget_ms <= timeout_s * 1000:
+        assert repo_params({"serving": serving}).serving.max_latency_ms == budget_ms
+    else:
+        message = _load_with(tmp_path_factory, "serving", {**repo_params().serving.model_dump(), **serving})
+        assert "'serving'" in message and "max_latency_ms" in message and "timeout_s * 1000" in message
+
+
 def _leaves(model: type[BaseModel], prefix: str = ""):
     """(dotted key, field) of every leaf setting, from the settings schema itself."""
     for key, field in _fields(model, prefix):

@@ -215,6 +215,15 @@ class ServingParams(Section):
     embedding_dims: int = Field(ge=2, le=64)
     auth_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+    @model_validator(mode="after")
+    def _budget_within_timeout(self) -> ServingParams:
+        # A request that waits longer than timeout_s has already been answered 504, so a larger
+        # budget would never shed anything: it is a mistake for a shorter one.
+        if self.max_latency_ms > self.timeout_s * 1000:
+            raise ValueError(f"max_latency_ms ({self.max_latency_ms}) exceeds timeout_s * 1000 "
+                             f"({self.timeout_s * 1000}): lower max_latency_ms or raise timeout_s")
+        return self
+
 
 class MonitoringParams(Section):
     log_dir: Path
