@@ -10,6 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchvision.transforms import v2
 
 from vgg2resnet.config import AugmentParams
 from vgg2resnet.data.datasets import ImageDataset, SeededViews, view_seed
@@ -82,6 +85,33 @@ def test_a_seeded_view_is_the_transform_under_torch_manual_seed_of_its_view_seed
             expected.append(views.transform(views.images.image(i)))
     assert all(torch.equal(a, b) for a, b in zip(served, expected))
     assert not torch.equal(served[0], served[1])  # two views of one image differ
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), height=st.integers(16, 300), width=st.integers(16, 300),
+       size=st.integers(8, 64), hflip=st.booleans())
+def test_a_view_is_the_plain_uint8_pipeline_up_to_rounding(seed: int, height: int, width: int, size: int, hflip: bool):
+    """train_transform jitters and rotates in float for speed. Under one seed its view is the
+    view of torchvision's documented order (every augmentation on uint8, then float): the same
+    crop, flip, angle and jitter factors. Each of the three uint8 jitter steps truncates to a
+    whole level (an error under 1) and scales the error before it by at most 1 + 2 * jitter; a
+    single mismatched draw differs by tens of levels."""
+    augment = repo_params({"augment": {"hflip": hflip}}).augment
+    jitter = augment.color_jitter
+    plain = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(augment.crop_scale_min, 1.0), antialias=True),
+                        *([v2.RandomHorizontalFlip()] if hflip else []),
+                        v2.RandomRotation(augment.rotation_degrees, fill=255), v2.ColorJitter(jitter, jitter, jitter),
+                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(augment.mean), list(augment.std))])
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    views = []
+    for transform in (train_transform(size, augment), plain):
+        torch.manual_seed(seed)
+        views.append(transform(image))
+    in_pixel_levels = (views[0] - views[1]).abs() * torch.tensor(augment.std).view(3, 1, 1) * 255
+    bound = 0.0
+    for _ in range(3):
+        bound = bound * (1 + 2 * jitter) + 1
+    assert in_pixel_levels.max() < bound
 
 
 def test_the_training_core_imports_and_trains_without_the_orchestration_packages(tmp_path: Path):

@@ -24,19 +24,24 @@ def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float])
 
 def train_transform(image_size: int, augment: AugmentParams) -> v2.Compose:
     """Random view of an image; every random draw comes from torch's global RNG, so a seed
-    set just before the call regenerates the exact same view (what the logit cache relies on)."""
+    set just before the call regenerates the exact same view (what the logit cache relies on).
+
+    The crop and resize run on uint8, where torch has a vectorised antialiased kernel; the
+    rotation and colour jitter run on float, where they cost a third less than on uint8 (each
+    uint8 op converts to float and back). The random draws come in the same order either way."""
     steps: list = [
         v2.ToImage(),
         v2.RandomResizedCrop(image_size, scale=(augment.crop_scale_min, 1.0), antialias=True),
     ]
     if augment.hflip:
         steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.ToDtype(torch.float32, scale=True))
     if augment.rotation_degrees > 0:
-        steps.append(v2.RandomRotation(augment.rotation_degrees, fill=255))
+        steps.append(v2.RandomRotation(augment.rotation_degrees, fill=1.0))  # white corners, as 255 in uint8
     if augment.color_jitter > 0:
         strength = augment.color_jitter
         steps.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(augment.mean), std=list(augment.std))]
+    steps.append(v2.Normalize(mean=list(augment.mean), std=list(augment.std)))
     return v2.Compose(steps)
 
 
