@@ -49,6 +49,24 @@ def _state(root: Path) -> dict[str, tuple]:
 
 
 @pytest.mark.skipif(not hasattr(os, "O_NOATIME"), reason="reading without updating access times needs O_NOATIME")
+def _spy_on_reads(monkeypatch) -> list[str]:
+    """The names of the source files read from now on (in this process)."""
+    read: list[str] = []
+    reader = intake.read_source
+    monkeypatch.setattr(intake, "read_source", lambda path: read.append(Path(path).name) or reader(path))
+    return read
+
+
+def _edit_keeping_times(path: Path) -> bytes:
+    """Flip the last byte in place and put the access and modification times back."""
+    stat = path.stat()
+    payload = bytearray(path.read_bytes())
+    payload[-1] ^= 0xFF
+    path.write_bytes(bytes(payload))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return bytes(payload)
+
+
 def test_prepare_leaves_the_users_folder_byte_and_stat_identical(tmp_path: Path):
     source = _photos(tmp_path / "mine", 24)
     (source / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
@@ -86,11 +104,7 @@ def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_
     # One new photo; one BMP edited in place with its size and timestamps put back.
     _photos(source, 1, first=30)
     edited = next(p for p in sorted(source.rglob("*.bmp")))
-    stat = edited.stat()
-    payload = bytearray(edited.read_bytes())
-    payload[-1] ^= 0xFF  # the last pixel byte: still a BMP of the same size
-    edited.write_bytes(bytes(payload))
-    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    payload = _edit_keeping_times(edited)  # the last pixel byte: still a BMP of the same size
     decoded.clear()
     prepare.run(params)
     new = source / "dog" / "0030.jpg"
@@ -103,15 +117,13 @@ def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_
     # Unchanged files were linked from the previous data/raw, not written again.
     unchanged = {f for f in inodes if f != edited.relative_to(source)}
     assert all((raw / f).stat().st_ino == inodes[f] for f in unchanged)
-    assert (raw / edited.relative_to(source)).read_bytes() == bytes(payload)
+    assert (raw / edited.relative_to(source)).read_bytes() == payload
 
 
 def test_a_rerun_does_not_read_a_file_whose_stat_key_is_unchanged(tmp_path: Path, monkeypatch):
     source = _photos(tmp_path / "mine", 12)
     params = _params(tmp_path / "project", source, workers=0)  # in process, so the spy sees every read
-    read: list[str] = []
-    reader = intake.read_source
-    monkeypatch.setattr(intake, "read_source", lambda path: read.append(Path(path).name) or reader(path))
+    read = _spy_on_reads(monkeypatch)
     prepare.run(params)
     assert len(read) == 12
     read.clear()
@@ -129,18 +141,14 @@ def test_a_rerun_does_not_read_a_file_whose_stat_key_is_unchanged(tmp_path: Path
     # Any write moves the ctime, which nobody can set back: a same-size edit with the mtime put back,
     # and a touch that keeps the content, are both read again; a new file is read; the rest are not.
     edited, touched = sorted(source.rglob("*.bmp"))[:2]
-    stat = edited.stat()
-    payload = bytearray(edited.read_bytes())
-    payload[-1] ^= 0xFF
-    edited.write_bytes(bytes(payload))
-    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    payload = _edit_keeping_times(edited)
     os.utime(touched)
     _photos(source, 1, first=12)
     read.clear()
     prepare.run(params)
     assert sorted(read) == sorted([edited.name, touched.name, "0012.jpg"])
     raw = tmp_path / "project" / "raw"
-    assert (raw / edited.relative_to(source)).read_bytes() == bytes(payload)
+    assert (raw / edited.relative_to(source)).read_bytes() == payload
 
     fresh = _params(tmp_path / "fresh", source)
     prepare.run(fresh)
@@ -206,14 +214,9 @@ def test_a_rerun_reads_exactly_the_files_that_were_written_or_added(tmp_path_fac
         if action == "touch":
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same times back: only ctime moves
         elif action == "edit":
-            payload = bytearray(path.read_bytes())
-            payload[-1] ^= 0xFF
-            path.write_bytes(bytes(payload))
-            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            _edit_keeping_times(path)
     _photos(source, added, first=6)
-    read: list[str] = []
-    reader = intake.read_source
-    monkeypatch.setattr(intake, "read_source", lambda path: read.append(Path(path).name) or reader(path))
+    read = _spy_on_reads(monkeypatch)
     prepare.run(params)
     expected = [p.name for p, action in zip(files, actions) if action != "keep"]
     assert sorted(read) == sorted(expected + [f"{i:04d}.{('jpg', 'bmp', 'png')[i % 3]}" for i in range(6, 6 + added)])

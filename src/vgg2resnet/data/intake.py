@@ -56,13 +56,14 @@ class Previous:
 
     @classmethod
     def load(cls, manifest: Path, raw_dir: Path, stats: SourceStats | None = None) -> Previous:
-        """The previous manifest's facts, or none when there is no readable one."""
+        """The previous manifest's facts, or none when there is no readable one; `stats` is
+        kept either way, since it also says that this run records stat keys for the next."""
         try:
             frame = pd.read_parquet(manifest, columns=["path", *FACT_FIELDS])
         except (OSError, ValueError, KeyError):  # missing, unreadable or from another schema
-            return cls.none()
+            return cls({}, stats=stats)
         if frame.attrs.get("facts_version") != FACTS_VERSION:  # facts computed another way
-            return cls.none()
+            return cls({}, stats=stats)
         decoded = frame[frame["decodes"]]
         facts = {row["sha256"]: {k: row[k] for k in FACT_FIELDS} for row in decoded.to_dict("records")}
         return cls(facts, raw_dir if raw_dir.is_dir() else None, dict(zip(frame["path"], frame["sha256"])), stats)
@@ -193,7 +194,7 @@ def _unchanged(job: Job, key: StatKey, reading: Reading, made: set[str]) -> dict
     """The row of a file whose stat key the last run recorded, linked into copy_to unread; None
     when it must be read (a new key, facts not reusable, or no previous data/raw file to link)."""
     previous = reading.previous
-    if previous.stats is None or previous.raw_dir is None or reading.copy_to is None:
+    if previous.raw_dir is None or reading.copy_to is None:
         return None
     recorded = previous.stats.entries.get(job.relative)
     if recorded is None or recorded[0] != key:
@@ -228,7 +229,7 @@ def _results(jobs: list[Job], reading: Reading, workers: int) -> Iterator[dict]:
 class Intake:
     rows: list[dict]  # manifest rows
     skipped: list[dict]  # files left out because they do not decode
-    stats: SourceStats  # the stat keys to skip reading by next time
+    stats: SourceStats | None  # the stat keys to skip reading by next time, when recording them
     unread: int  # files linked by their stat key without being read
 
 
@@ -238,20 +239,23 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
     With reading.copy_to, the file is also placed there under its path in the scan (the
     source is only read). With reading.skip_undecodable, a file that does not decode is neither
     placed nor listed as a row, but returned among the skipped ones with its full path.
-    With reading.previous.stats, a file whose stat key is unchanged is not read at all."""
+    With reading.previous.stats, a file whose stat key is unchanged is not read at all, and
+    the keys of this run are returned for the next; without, no file is even stat'ed."""
     started = time.time_ns()
-    root = str(scan.root)
+    root, recorded = str(scan.root), reading.previous.stats
     jobs = [Job(os.path.join(root, relative), relative, category)
             for category, files in scan.files.items() for relative in files]
-    keys = {job.relative: stat_key(job.path) for job in jobs}  # taken before reading: a later write moves them
-    made: set[str] = set()
-    rows, skipped, to_read = [], [], []
-    for job in jobs:
-        row = _unchanged(job, keys[job.relative], reading, made)
-        if row is None:
-            to_read.append(job)
-        else:
-            rows.append(row)
+    rows, skipped, to_read = [], [], jobs
+    if recorded is not None:
+        keys = {job.relative: stat_key(job.path) for job in jobs}  # taken before reading: a later write moves them
+        made: set[str] = set()
+        to_read = []
+        for job in jobs:
+            row = _unchanged(job, keys[job.relative], reading, made)
+            if row is None:
+                to_read.append(job)
+            else:
+                rows.append(row)
     unread = len(rows)
     progress = tqdm(_results(to_read, reading, workers), total=len(jobs), initial=unread, desc="prepare",
                     unit="img", disable=not show_progress, mininterval=2.0)
@@ -260,7 +264,9 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
             rows.append(result["row"])
         else:
             skipped.append(result["skipped"])
+    if recorded is None:
+        return Intake(rows, skipped, None, unread)
     settled = started - RACY_WINDOW_NS
     entries = {row["path"]: (keys[row["path"]], row["sha256"]) for row in rows
                if max(keys[row["path"]][1:3]) < settled}
-    return Intake(rows, skipped, SourceStats(str(scan.root.resolve()), entries), unread)
+    return Intake(rows, skipped, SourceStats(recorded.root, entries), unread)

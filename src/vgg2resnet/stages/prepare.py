@@ -89,7 +89,7 @@ def run(params: Params) -> dict:
         manifest.to_parquet(tmp, index=False)
     atomic.write_json(layout.categories, categories)
     atomic.write_json(layout.skipped, skipped)
-    if data.source != "demo" and data.reuse_by_stat:
+    if intake.stats is not None:
         with atomic.atomic_path(layout.source_stats) as tmp:
             intake.stats.save(tmp)
     counts = manifest["split"].value_counts()
