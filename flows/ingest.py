@@ -4,8 +4,8 @@
 
 Copies what is new into `data.incoming_dir`, `dvc add`s it, commits the .dvc file to git with
 the version in the message and pushes the data; the same drop twice makes no new version. When
-`data.source` is that folder, `prepare` is then reproduced (forced: DVC does not watch the
-folder's files through params), so the pipeline sees the new version.
+`data.source` is that folder, `sources` and `prepare` are then reproduced, so the manifest
+holds the new version at once (`dvc repro` and the migrate flow would find it as well).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def ingest(drop: str, project_dir: str = ".", push: bool = True) -> dict:
     params = load_params(root / "params.yaml")
     result = version_drop(Path(drop), root, params.data.incoming_dir, push=push)
     if result["new_version"] and Path(params.data.source) == params.data.incoming_dir:
-        reproduce("prepare", root, force=True)
+        for stage in ("sources", "prepare"):
+            reproduce(stage, root)
     create_markdown_artifact(key="data-version", markdown=(
         f"Data version `{result['version']}`: {result['new_images']} new image(s) from `{drop}`"
         + ("" if result["new_version"] else " (nothing new: same version)")))

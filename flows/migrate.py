@@ -5,6 +5,9 @@
 
 DVC decides what is stale (an up-to-date stage is skipped) and dvc.lock records each run; the
 flow adds retries on lock contention, GPU routing of the heavy stages and Prefect artifacts.
+The `sources` stage runs every time, so images added to, changed in or removed from your
+folder since the last run reach this one; when there are none, the `data-change` artifact
+says so instead of the run ending silently.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, load_params
 from vgg2resnet.orchestration.pipeline import (
     StageFailed,
+    data_change,
+    data_version_of,
     gate_outcome,
     hand_off,
     is_stale,
@@ -91,8 +96,22 @@ def migrate(project_dir: str = ".") -> dict[str, bool]:
     logger = get_run_logger()
     root = Path(project_dir).resolve()
     params = load_params(root / "params.yaml")
-    orchestration, layout = params.orchestration, Artifacts(params)
     ran: dict[str, bool] = {}
+    before = data_version_of(root, params)
+    try:
+        _run_stages(root, params, ran)
+    finally:  # also when validation or the gate stops the run: say what it did with the data
+        change = data_change(before, data_version_of(root, params), ran)
+        logger.info(change)
+        create_markdown_artifact(key="data-change", markdown=change, description="what this run did with the data")
+    logger.info("stages run: %s; skipped (up to date): %s", [s for s, r in ran.items() if r],
+                [s for s, r in ran.items() if not r])
+    return ran
+
+
+def _run_stages(root: Path, params: Params, ran: dict[str, bool]) -> None:
+    """Every stage in the DAG's order, noting in `ran` whether each ran; the reports as artifacts."""
+    orchestration, layout = params.orchestration, Artifacts(params)
     # One stage at a time: DVC commands must never run concurrently on one repository.
     for stage in stage_names(root):
         if orchestration.gpu_work_pool and stage in orchestration.gpu_stages:
@@ -116,9 +135,6 @@ def migrate(project_dir: str = ".") -> dict[str, bool]:
                 f"Serving `{package['model_tag']}` ({package['variant']}"
                 f"{', a new version' if package['new_version'] else ', already promoted'}); "
                 f"Bento `{package['bento']}`: `{package['serve']}`"))
-    logger.info("stages run: %s; skipped (up to date): %s", [s for s, r in ran.items() if r],
-                [s for s, r in ran.items() if not r])
-    return ran
 
 
 @flow(name="migrate-stage")

@@ -33,7 +33,7 @@ atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 # on the same worker, in file order: each is built once, and the tests that change a shared
 # project and put it back never overlap. The first matching fixture names the group.
 SHARED_FIXTURES = {"distilled_project": "session-project", "user_project": "user-path",
-                   "prefect_harness": "prefect-server"}
+                   "source_project": "source-changes", "prefect_harness": "prefect-server"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the markers into node ids
@@ -49,6 +49,13 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def stale_stages(project: Path) -> dict:
+    """What `dvc status` finds out of date, less the `sources` stage, which runs on every `dvc
+    repro` by design and which DVC therefore always reports as "always changed"."""
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    return {stage: reasons for stage, reasons in status.items() if reasons != ["always changed"]}
 
 
 def merge(base: dict, extra: dict) -> dict:

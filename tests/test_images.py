@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vgg2resnet.data.datasets import ImageDataset
+from vgg2resnet.data.formats import SUFFIXES
 from vgg2resnet.data.imagefolder import scan_image_folder
-from vgg2resnet.data.images import SUFFIXES, UndecodableImage, decode, pixels
+from vgg2resnet.data.images import UndecodableImage, decode, pixels
 from vgg2resnet.data.manifest import image_facts
 from vgg2resnet.data.transforms import eval_transform
 

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vgg2resnet.config import Params
-from vgg2resnet.data import intake
+from vgg2resnet.data import intake, sources
 from vgg2resnet.stages import prepare
 
 from .conftest import make_image_folder, repo_params, run, write_params
+from .userdata import edit_keeping_times
 
 
 def _params(tmp_path: Path, source: Path, workers: int | str = 0) -> Params:
@@ -57,16 +58,6 @@ def _spy_on_reads(monkeypatch) -> list[str]:
     return read
 
 
-def _edit_keeping_times(path: Path) -> bytes:
-    """Flip the last byte in place and put the access and modification times back."""
-    stat = path.stat()
-    payload = bytearray(path.read_bytes())
-    payload[-1] ^= 0xFF
-    path.write_bytes(bytes(payload))
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    return bytes(payload)
-
-
 def test_prepare_leaves_the_users_folder_byte_and_stat_identical(tmp_path: Path):
     source = _photos(tmp_path / "mine", 24)
     (source / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
@@ -104,7 +95,7 @@ def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_
     # One new photo; one BMP edited in place with its size and timestamps put back.
     _photos(source, 1, first=30)
     edited = next(p for p in sorted(source.rglob("*.bmp")))
-    payload = _edit_keeping_times(edited)  # the last pixel byte: still a BMP of the same size
+    payload = edit_keeping_times(edited)  # the last pixel byte: still a BMP of the same size
     decoded.clear()
     prepare.run(params)
     new = source / "dog" / "0030.jpg"
@@ -130,7 +121,7 @@ def test_a_rerun_does_not_read_a_file_whose_stat_key_is_unchanged(tmp_path: Path
     prepare.run(params)  # every file was written just now, inside the racy window: all read again
     assert len(read) == 12
 
-    monkeypatch.setattr(intake, "RACY_WINDOW_NS", 0)  # as if the files had been written long ago
+    monkeypatch.setattr(sources, "RACY_WINDOW_NS", 0)  # as if the files had been written long ago
     prepare.run(params)
     read.clear()
     prepare.run(params)
@@ -141,7 +132,7 @@ def test_a_rerun_does_not_read_a_file_whose_stat_key_is_unchanged(tmp_path: Path
     # Any write moves the ctime, which nobody can set back: a same-size edit with the mtime put back,
     # and a touch that keeps the content, are both read again; a new file is read; the rest are not.
     edited, touched = sorted(source.rglob("*.bmp"))[:2]
-    payload = _edit_keeping_times(edited)
+    payload = edit_keeping_times(edited)
     os.utime(touched)
     _photos(source, 1, first=12)
     read.clear()
@@ -206,7 +197,7 @@ def test_a_rerun_reads_exactly_the_files_that_were_written_or_added(tmp_path_fac
     params = _params(work / "project", source)
     # An edited JPEG may no longer decode; what is read is the question here, not what decodes.
     params = params.model_copy(update={"data": params.data.model_copy(update={"on_undecodable": "record"})})
-    monkeypatch.setattr(intake, "RACY_WINDOW_NS", 0)  # as if the files had been written long ago
+    monkeypatch.setattr(sources, "RACY_WINDOW_NS", 0)  # as if the files had been written long ago
     prepare.run(params)
     files = sorted(p for p in source.rglob("*.*"))
     for path, action in zip(files, actions):
@@ -214,7 +205,7 @@ def test_a_rerun_reads_exactly_the_files_that_were_written_or_added(tmp_path_fac
         if action == "touch":
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same times back: only ctime moves
         elif action == "edit":
-            _edit_keeping_times(path)
+            edit_keeping_times(path)
     _photos(source, added, first=6)
     read = _spy_on_reads(monkeypatch)
     prepare.run(params)

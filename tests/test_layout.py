@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from vgg2resnet.artifacts import CONFUSION_MODELS, TRAINING_STAGES, VARIANT_FILES, Artifacts
 from vgg2resnet.config import PRUNED_VARIANTS, VARIANTS, load_params
+from vgg2resnet.data.sources import SOURCE_RECORDS
 
 from .conftest import ROOT, repo_params, write_params
 
@@ -195,6 +196,9 @@ def test_dvc_yaml_names_the_artifacts_where_vgg2resnet_artifacts_puts_them():
     layout = Artifacts(params)
     outs = {name: paths(s.get("outs")) | paths(s.get("metrics")) | paths(s.get("plots"))
             for name, s in STAGES.items()}
+    assert outs["sources"] == str_(*(layout.source_record(name) for name in SOURCE_RECORDS.values()))
+    for stage, name in SOURCE_RECORDS.items():  # a stage reading outside files depends on their record
+        assert str_(layout.source_record(name)) <= paths(STAGES[stage]["deps"]), stage
     assert outs["prepare"] == str_(layout.raw_dir, layout.prepared_dir)
     assert outs["validate"] == str_(layout.validation_docs, layout.validation_result)
     for stage in ("teacher", "distill"):

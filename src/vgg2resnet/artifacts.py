@@ -79,6 +79,15 @@ class Artifacts:
     def categories(self) -> Path:
         return self.prepared_dir / "categories.json"
 
+    def source_record(self, name: str) -> Path:
+        """A record of the `sources` stage (`vgg2resnet.data.sources.SOURCE_RECORDS`): `<name>.json`."""
+        return self.params.data.sources_dir / f"{name}.json"
+
+    @property
+    def source_hashes(self) -> Path:
+        """The `sources` stage's content hashes by stat key (local state, like `source_stats`)."""
+        return self.params.paths.state_dir / "sources"
+
     @property
     def skipped(self) -> Path:
         """Files that data.on_undecodable: skip left out, by their path in the user's folder."""

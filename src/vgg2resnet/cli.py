@@ -67,6 +67,13 @@ def _run_stage(name: str, params: Path) -> dict:
 
 
 @command
+def sources(params: ParamsOption = Path("params.yaml")) -> None:
+    """Record what the pipeline reads outside the repository (your folder, teacher and weight files),
+    so `dvc repro` reruns the stages that read what changed."""
+    _print_json(_run_stage("sources", params))
+
+
+@command
 def prepare(params: ParamsOption = Path("params.yaml")) -> None:
     """Build data/raw (demo or your ImageFolder) and the manifest with its splits."""
     _print_json(_run_stage("prepare", params))

@@ -64,6 +64,7 @@ class DataParams(Section):
     source: str
     raw_dir: Path
     prepared_dir: Path
+    sources_dir: Path
     demo_image_size: int = Field(ge=8, le=1024)
     seed: int
     split: SplitParams

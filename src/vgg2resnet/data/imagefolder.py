@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vgg2resnet.config import DataParams, UserError
-from vgg2resnet.data.images import SUFFIXES
+from vgg2resnet.data.formats import SUFFIXES
 
 
 @dataclass

@@ -31,15 +31,13 @@ import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from vgg2resnet.data.formats import FORMAT_LIST, FORMATS
+
 try:  # deprecated since torchvision 0.29 in favour of TorchCodec; Pillow decodes when it is gone
     from torchvision.io import ImageReadMode, decode_jpeg
 except ImportError:
     decode_jpeg = None
 
-# Pillow format name -> the file suffixes an ImageFolder tree may hold it under.
-FORMATS = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg"), "WEBP": (".webp",), "BMP": (".bmp",)}
-SUFFIXES = frozenset(suffix for suffixes in FORMATS.values() for suffix in suffixes)
-FORMAT_LIST = "PNG, JPEG, WebP or BMP"
 # EXIF orientation -> the turn that shows the stored pixels upright (EXIF 2.3, tag 0x0112).
 UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,

@@ -12,8 +12,8 @@ touching the user's files.
   (`SourceStats`, under `paths.state_dir`, so it never changes a DVC output). A file whose
   stat key is the same is linked from the previous data/raw without being opened. The key
   cannot go stale silently: any write to a file moves its ctime, which no program can set
-  back, and a file changed within `RACY_WINDOW_NS` of being recorded is not recorded, so a
-  write in the same timestamp tick is caught too (git's "racy clean" rule). Any other file
+  back, and a file changed within a timestamp tick of being recorded is not recorded, so a
+  write in the same tick is caught too (`vgg2resnet.data.sources.settled`). Any other file
   is read and hashed, so a file edited in place is decoded afresh.
 - **Copied once.** A file `data/raw` already holds with the same content is linked from there
   into the next `data/raw`, not written again, and DVC (`cache.type` in `.dvc/config`) links
@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from vgg2resnet.data.imagefolder import ScanResult
 from vgg2resnet.data.manifest import FACTS_VERSION, ImageFacts, image_facts
+from vgg2resnet.data.sources import SourceStats, StatKey, read_source, settled, stat_key
 
 FACT_FIELDS = list(ImageFacts.__dataclass_fields__)
 
@@ -69,44 +70,6 @@ class Previous:
         return cls(facts, raw_dir if raw_dir.is_dir() else None, dict(zip(frame["path"], frame["sha256"])), stats)
 
 
-StatKey = tuple[int, int, int, int, int]
-STAT_FIELDS = ["size", "mtime_ns", "ctime_ns", "ino", "dev"]
-# Timestamps advance in ticks (a few ms on ext4, 2 s on FAT), so a file written in the tick it
-# was recorded in could change without moving them; such a file is read again next time.
-RACY_WINDOW_NS = 2_000_000_000
-
-
-def stat_key(path: str | Path) -> StatKey:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
-
-
-@dataclass(frozen=True)
-class SourceStats:
-    """Each source file's stat key and SHA-256 as a run of `prepare` saw them, by relative path."""
-
-    root: str  # the source folder, resolved: a key from another folder is never looked at
-    entries: dict[str, tuple[StatKey, str]]
-
-    @classmethod
-    def load(cls, path: Path, root: Path) -> SourceStats:
-        """The recorded keys for this root, or none when the file is missing or for another root."""
-        empty = cls(str(root.resolve()), {})
-        try:
-            frame = pd.read_parquet(path)
-        except (OSError, ValueError):
-            return empty
-        if frame.attrs.get("root") != empty.root or list(frame.columns) != ["path", *STAT_FIELDS, "sha256"]:
-            return empty
-        return cls(empty.root, {row[0]: (tuple(row[1:6]), row[6]) for row in frame.itertuples(index=False)})
-
-    def save(self, path: Path) -> None:
-        frame = pd.DataFrame([(rel, *key, sha) for rel, (key, sha) in self.entries.items()],
-                             columns=["path", *STAT_FIELDS, "sha256"])
-        frame.attrs["root"] = self.root
-        frame.to_parquet(path, index=False)
-
-
 @dataclass(frozen=True)
 class Job:
     """One file to read: its path, the path it takes under the root, and its category."""
@@ -124,18 +87,6 @@ class Reading:
     copy_to: Path | None
     skip_undecodable: bool
     previous: Previous
-
-
-def read_source(path: str | Path) -> bytes:
-    """The file's bytes, read without updating its access time where the OS permits it (Linux,
-    for the file's owner or root); elsewhere a plain read, which may update it."""
-    flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
-    try:
-        fd = os.open(path, flags)
-    except PermissionError:
-        fd = os.open(path, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
 
 
 def _known_facts(digest: str, reading: Reading) -> dict | None:
@@ -266,7 +217,5 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
             skipped.append(result["skipped"])
     if recorded is None:
         return Intake(rows, skipped, None, unread)
-    settled = started - RACY_WINDOW_NS
-    entries = {row["path"]: (keys[row["path"]], row["sha256"]) for row in rows
-               if max(keys[row["path"]][1:3]) < settled}
+    entries = {row["path"]: (keys[row["path"]], row["sha256"]) for row in rows if settled(keys[row["path"]], started)}
     return Intake(rows, skipped, SourceStats(recorded.root, entries), unread)

@@ -19,7 +19,7 @@ import yaml
 
 from vgg2resnet.artifacts import DVC_LOCK, Artifacts, read_json
 from vgg2resnet.config import DEFAULT_PARAMS, Params, UserError, load_params
-from vgg2resnet.lineage import git_revision
+from vgg2resnet.lineage import git_revision, recorded_data_version
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,17 @@ class StageFailed(RuntimeError):
     """A stage's command failed; the message says which stage and why, when the stage recorded it."""
 
 
+def data_version_of(root: Path, params: Params) -> str | None:
+    """The data version (DVC's md5 of data.raw_dir) that the project's dvc.lock records now."""
+    return recorded_data_version(Artifacts(params).raw_dir, Path(root) / DVC_LOCK)
+
+
 def stage_names(root: Path) -> list[str]:
     """Stage names in dvc.yaml's order, which is the DAG's order."""
     return list(yaml.safe_load((Path(root) / "dvc.yaml").read_text())["stages"])
 
 
-def reproduce(stage: str, root: Path, force: bool = False, pull: bool = False) -> bool:
+def reproduce(stage: str, root: Path, pull: bool = False) -> bool:
     """Reproduce one stage (not its upstream); True if it ran, False if DVC found it up to date.
     With pull, DVC first looks for the stage's result in the remote's run cache."""
     from dvc.exceptions import ReproductionError
@@ -42,7 +47,7 @@ def reproduce(stage: str, root: Path, force: bool = False, pull: bool = False) -
     # DVC's in-process API resolves some output paths against the working directory.
     with contextlib.chdir(root), Repo(str(root)) as repo:
         try:
-            ran = repo.reproduce(stage, single_item=True, force=force, pull=pull)
+            ran = repo.reproduce(stage, single_item=True, pull=pull)
         except ReproductionError as exc:
             raise StageFailed(f"stage '{stage}' failed: {explain_failure(stage, Path(root))}") from exc
     log.info("stage %s: %s", stage, "ran" if ran else "up to date, skipped")
@@ -64,6 +69,26 @@ def explain_failure(stage: str, root: Path) -> str:
         problems = json.loads(result.read_text())["summary"]["problems"]
         return "; ".join(p["message"] for p in problems if p["severity"] == "fail") or "see " + str(result)
     return f"see the output of `vgg2resnet {stage}`"
+
+
+def data_change(before: str | None, after: str | None, ran: dict[str, bool]) -> str:
+    """What a run of the pipeline did with the data: a new version, or none (and so whether the
+    run could have changed the served model). `before` and `after` are the data versions
+    dvc.lock recorded around the run; `ran` says which stages ran, in the DAG's order."""
+    names = list(ran)
+    later = names[names.index("prepare") + 1:] if "prepare" in names else []
+    retrained = [stage for stage in later if ran[stage]]
+    if "prepare" not in ran:
+        return f"The run stopped before `prepare`; the data version is still {after or 'unrecorded'}."
+    if before != after:
+        was = f" (was {before})" if before else ""
+        return f"New data version {after}{was}; stages run on it: {', '.join(retrained) or 'none yet'}."
+    if not retrained:
+        return (f"No new images since data version {after}: retraining would reproduce the served model, so "
+                "nothing was retrained. Add labelled images to data.source (for example with the ingest flow, "
+                "`python -m flows.ingest DROP`) and the next run retrains on them.")
+    return (f"No new images since data version {after}; stages rerun because their settings or code changed: "
+            f"{', '.join(retrained)}.")
 
 
 def gate_outcome(root: Path, params: Params) -> dict:

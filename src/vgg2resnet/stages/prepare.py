@@ -21,9 +21,10 @@ from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.categories import expected_categories, order_categories
 from vgg2resnet.data.demo import write_demo_images
 from vgg2resnet.data.imagefolder import ScanResult, scan_image_folder, source_root
-from vgg2resnet.data.intake import Intake, Previous, Reading, SourceStats, read_images
+from vgg2resnet.data.intake import Intake, Previous, Reading, read_images
 from vgg2resnet.data.loaders import worker_count
 from vgg2resnet.data.manifest import build_manifest
+from vgg2resnet.data.sources import SourceStats
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 20
