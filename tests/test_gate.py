@@ -4,12 +4,16 @@ into a real BentoML model store (the test session's own BENTOML_HOME)."""
 import html
 import json
 import math
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from vgg2resnet.artifacts import Artifacts, StoreLayout
@@ -17,14 +21,16 @@ from vgg2resnet.cli import app
 from vgg2resnet.config import VARIANTS, GateParams, UserError, load_params
 from vgg2resnet.gate.policy import (
     accuracy_parity,
+    category_drops,
     evaluate_policy,
+    holm,
     paired_bootstrap,
     teacher_margin,
 )
 from vgg2resnet.packaging import store
 from vgg2resnet.stages import gate, package
 
-from .conftest import ROOT, promoted_tag, repo_params, write_params
+from .conftest import ROOT, promoted_tag, repo_params, run, write_params
 
 
 def gate_params(**overrides) -> GateParams:
@@ -40,16 +46,15 @@ def _predictions(n: int, teacher_right: int, student_right: int) -> pd.DataFrame
     labels = np.arange(n) % 2
     teacher = np.where(np.arange(n) < teacher_right, labels, 1 - labels)
     student = np.where(np.arange(n) < student_right, labels, 1 - labels)
-    return pd.DataFrame({"label": labels, "teacher": teacher, "pytorch_fp32": student})
+    return pd.DataFrame({"label": labels, "category": np.where(labels == 0, "a", "b"), "teacher": teacher,
+                         "pytorch_fp32": student})
 
 
-def _report(student_top1=95.0, teacher_top1=95.0, size_mb=94.0, teacher_mb=537.0, latency=0.5,
-            per_category=None) -> dict:
-    per = per_category or ({"a": 95.0, "b": 95.0}, {"a": 95.0, "b": 95.0})
+def _report(student_top1=95.0, teacher_top1=95.0, size_mb=94.0, teacher_mb=537.0, latency=0.5) -> dict:
     return {
-        "teacher": {"top1": teacher_top1, "size_mb": teacher_mb, "per_category": per[0]},
+        "teacher": {"top1": teacher_top1, "size_mb": teacher_mb},
         "candidates": {"pytorch_fp32": {
-            "top1": student_top1, "size_mb": size_mb, "per_category": per[1], "fp32_agreement": 100.0,
+            "top1": student_top1, "size_mb": size_mb, "fp32_agreement": 100.0,
             "size_ratio": size_mb / teacher_mb, "cpu_latency_ratio": latency}},
     }
 
@@ -79,6 +84,18 @@ def test_bootstrap_bound_rejects_a_lucky_point_estimate_on_a_tiny_test_set():
     assert lower < -10.0 and not check.passed
 
 
+def test_parity_says_how_often_an_equal_student_passes_on_this_split_and_what_split_would_do():
+    """2,000 paired images, 200 on which exactly one model is right (10%), margin 1 pt: the
+    difference's standard error is sqrt(0.1 / 2000) = 0.71 pt, so an equal student passes with
+    P(Z > 1.645 - 1 / 0.71) = 41%; 0.1 x (2 x 1.645 / 0.01)^2 = 10,823 images would make it 95%."""
+    check = accuracy_parity(_predictions(2000, 1900, 1900).assign(
+        pytorch_fp32=lambda f: np.where(np.arange(2000) < 100, 1 - f.label, f.label)), GATE)
+    assert check.details["disagreement"] == pytest.approx(0.1)
+    assert check.details["equal_student_passes"] == pytest.approx(0.41, abs=0.01)
+    assert check.details["images_for_confidence"] == 10823
+    assert "passes about 41% of the time (about 10823 paired test images would make it 95%)" in check.reason
+
+
 def test_a_student_better_than_the_teacher_is_said_to_be():
     check = accuracy_parity(_predictions(500, 400, 450), GATE)
     assert check.passed and "+10.00 pt" in check.reason
@@ -89,7 +106,6 @@ def test_a_student_better_than_the_teacher_is_said_to_be():
     (_report(size_mb=130.0, teacher_mb=1000.0), {"size_mb"}),
     (_report(size_mb=100.0, teacher_mb=200.0), {"size_ratio"}),
     (_report(latency=1.5), {"latency_ratio"}),
-    (_report(per_category=({"a": 95.0, "b": 95.0}, {"a": 95.0, "b": 80.0})), {"category_drop"}),
     (_report(size_mb=float("nan")), {"size_mb", "size_ratio"}),
 ])
 def test_each_threshold_check(report, failing):
@@ -97,6 +113,98 @@ def test_each_threshold_check(report, failing):
     assert {c.name for c in checks if not c.passed} == failing
     for check in checks:
         assert check.reason  # every check says why
+
+
+# Per-category drops on generated paired predictions. Each image is one of four outcomes:
+# both right, only the teacher right, only the student right, both wrong.
+OUTCOMES = {"both": (True, True), "teacher": (True, False), "student": (False, True), "neither": (False, False)}
+
+
+def _paired(categories: dict[str, list[str]]) -> pd.DataFrame:
+    """Predictions with, per category name, the given outcomes (a wrong answer is another label)."""
+    rows = []
+    for label, (name, outcomes) in enumerate(categories.items()):
+        for outcome in outcomes:
+            teacher_right, student_right = OUTCOMES[outcome]
+            rows.append({"label": label, "category": name, "teacher": label if teacher_right else label + 1,
+                         "pytorch_fp32": label if student_right else label + 1})
+    return pd.DataFrame(rows)
+
+
+def _outcome_lists(outcomes=tuple(OUTCOMES), max_images=40):
+    return st.lists(st.sampled_from(outcomes), min_size=1, max_size=max_images)
+
+
+def _category_sets(outcomes=tuple(OUTCOMES)):
+    return st.dictionaries(st.text("abcdefghij", min_size=1, max_size=6), _outcome_lists(outcomes), min_size=1,
+                           max_size=12)
+
+
+def _failed(check) -> set[str]:
+    return {row["category"] for row in check.details["failed"]}
+
+
+@settings(max_examples=60)
+@given(categories=_category_sets(("both", "neither")))
+def test_a_student_identical_to_the_teacher_never_fails_a_category(categories):
+    check = category_drops(_paired(categories), GATE)
+    assert check.passed and not _failed(check)
+
+
+@settings(max_examples=60)
+@given(others=_category_sets(), extra=st.integers(0, 30), data=st.data())
+def test_a_student_that_loses_a_whole_large_category_always_fails_and_it_is_named(others, extra, data):
+    """Wrong on every image of one category that the teacher gets right; the category is large
+    enough that the loss is significant even at Holm's first step (2^-n < alpha / K)."""
+    lost = data.draw(st.text("klmnop", min_size=1, max_size=6))
+    count = len(others) + 1
+    images = math.floor(math.log2(count / (1 - GATE.confidence))) + 1 + extra
+    check = category_drops(_paired({**others, lost: ["teacher"] * images}), GATE)
+    assert not check.passed and lost in _failed(check) and lost in check.reason
+    assert all(row["drop_pt"] > GATE.max_category_drop for row in check.details["failed"])
+
+
+@settings(max_examples=60)
+@given(categories=_category_sets(), seed=st.integers(0, 2**16))
+def test_the_per_category_verdict_does_not_depend_on_the_order_of_categories(categories, seed):
+    names = list(categories)
+    shuffled = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    first = category_drops(_paired(categories), GATE)
+    second = category_drops(_paired({name: categories[name] for name in shuffled}), GATE)
+    assert first.passed == second.passed and _failed(first) == _failed(second)
+    assert first.value == second.value
+
+
+@settings(max_examples=60)
+@given(categories=_category_sets(), agreeing=_category_sets(("both", "neither")))
+def test_categories_where_both_models_agree_never_turn_a_pass_into_a_fail(categories, agreeing):
+    before = category_drops(_paired(categories), GATE)
+    extra = {f"agree-{name}": outcomes for name, outcomes in agreeing.items()}
+    after = category_drops(_paired({**categories, **extra}), GATE)
+    assert after.passed or not before.passed
+    assert _failed(after) <= _failed(before)
+
+
+@settings(max_examples=25)  # statsmodels collects garbage on every call
+@given(p_values=st.lists(st.floats(0, 1), min_size=1, max_size=50))
+def test_holm_adjusts_p_values_as_statsmodels_does(p_values):
+    from statsmodels.stats.multitest import multipletests
+
+    expected = multipletests(p_values, method="holm")[1]
+    assert holm(np.array(p_values)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_category_too_small_to_judge_is_listed_with_the_images_it_would_need():
+    # 10 categories, alpha 0.05: a loss is significant at Holm's first step only past
+    # log2(10 / 0.05) = 7.6 images the teacher gets right.
+    categories = {f"c{i}": ["both"] * 30 for i in range(9)}
+    categories["small"] = ["teacher"] * 4  # lost entirely, but only 4 images
+    check = category_drops(_paired(categories), GATE)
+    assert check.passed and "too few test images" in check.reason
+    [short] = check.details["too_few_images"]
+    assert short == {"category": "small", "test_images": 4, "teacher_top1": 100.0, "needed": 8}
+    categories["small"] = ["teacher"] * 8
+    assert _failed(category_drops(_paired(categories), GATE)) == {"small"}
 
 
 def test_nan_metric_fails_closed_with_a_reason():
@@ -323,3 +431,13 @@ def test_package_refuses_a_model_file_other_than_the_one_the_gate_judged(promote
     with pytest.raises(UserError, match="is not the file the gate judged"):
         package.promote(params)
     assert [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")] == before
+
+
+def test_the_gate_power_benchmark_runs_on_the_real_policy():
+    """benchmarks/gate_power.py at 2 trials, so that it cannot rot; its goals stay in the benchmark."""
+    output = run([sys.executable, str(ROOT / "benchmarks" / "gate_power.py"), "--trials", "2", "--configs", "12x30",
+                  "--planted-images", "30", "60"], ROOT).stdout
+    figures = re.search(r"12x30: category_drop false_reject_rate=([\d.]+) detect_rate=([\d.]+); accuracy_parity "
+                        r"false_reject_rate=([\d.]+) detect_rate=([\d.]+); category_images_for_0.9=(\d+|>60)", output)
+    assert figures, output
+    assert all(0.0 <= float(value) <= 1.0 for value in figures.groups()[:4])

@@ -21,6 +21,7 @@ from plotly.subplots import make_subplots
 
 from vgg2resnet.config import ReportParams
 from vgg2resnet.data.images import UndecodableImage, decode
+from vgg2resnet.gate.report import category_tables
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -102,7 +103,16 @@ def _verdict(result: dict) -> str:
     rows = [[escape(c["name"]), _number(c["value"]), _number(c["threshold"]),
              "pass" if c["passed"] else "<span class='fail'>FAIL</span>", escape(c["reason"])]
             for c in result["checks"]]
-    return "".join(parts) + "<h2>Checks</h2>" + _table(["check", "value", "threshold", "result", "reason"], rows)
+    parts += ["<h2>Checks</h2>", _table(["check", "value", "threshold", "result", "reason"], rows)]
+    for table in category_tables(result):
+        parts += [f"<h3>{escape(table['title'])}</h3><p>{escape(table['text'])}</p>", _escaped_table(*table["drops"])]
+        if table["few_text"]:
+            parts += [f"<p>{escape(table['few_text'])}</p>", _escaped_table(*table["few"])]
+    return "".join(parts)
+
+
+def _escaped_table(header: list[str], rows: list[list[str]]) -> str:
+    return _table(header, [[escape(cell) for cell in row] for row in rows])
 
 
 def _models(report: dict) -> dict[str, dict]:

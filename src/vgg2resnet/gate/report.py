@@ -1,6 +1,39 @@
-"""The gate report as Markdown, for a reviewer (and for Prefect's markdown artifact)."""
+"""The gate report as Markdown, for a reviewer (and for Prefect's markdown artifact), and the
+per-category tables that the Markdown and the page (`gate.html`) both show."""
 
 from __future__ import annotations
+
+MAX_ROWS = 20  # gate.json lists every category; the reports show the first ones
+
+
+def category_tables(result: dict) -> list[dict]:
+    """For each category_drop check in the result: a title, a sentence, and tables (header, rows)
+    of the failing or largest drops and of the categories with too few test images to judge."""
+    tables = []
+    for check in result["checks"]:
+        details = check.get("details")
+        if not check["name"].endswith("category_drop") or not details:
+            continue
+        shown = details["failed"] or details["largest_drops"]
+        drops = [[r["category"], str(r["test_images"]), f"{r['drop_pt']:.1f}",
+                  f"{r['interval_pt'][0]:.1f} to {r['interval_pt'][1]:.1f}", f"{r['p_value']:.2g}",
+                  f"{r['p_holm']:.2g}"] for r in shown]
+        short = details["too_few_images"]
+        few = [[r["category"], str(r["test_images"]), f"{r['teacher_top1']:.1f}%",
+                "cannot drop that far" if r["needed"] is None else str(r["needed"])] for r in short[:MAX_ROWS]]
+        tables.append({
+            "title": f"Per-category drops ({check['name']})",
+            "text": (f"{details['method']}, over {details['categories']} categories at {details['confidence']:.0%} "
+                     f"confidence. {'Failing' if details['failed'] else 'No category fails; the largest observed'} "
+                     "drops (student below teacher, in points; intervals hold for all categories at once):"),
+            "drops": (["category", "test images", "drop", "interval", "p", "Holm p"], drops),
+            "few_text": (f"{len(short)} categories have too few test images to judge: even losing every image "
+                         "the teacher gets right there could not be told from chance"
+                         + (f" (the first {MAX_ROWS} shown; gate.json lists all)" if len(short) > MAX_ROWS else "")
+                         + ".") if short else "",
+            "few": (["category", "test images", "teacher top-1", "test images needed"], few),
+        })
+    return tables
 
 
 def render_markdown(report: dict) -> str:
@@ -37,6 +70,14 @@ def render_markdown(report: dict) -> str:
         threshold = "n/a" if check["threshold"] is None else f"{check['threshold']:.4g}"
         lines.append(f"| {check['name']} | {value} | {threshold} | {'pass' if check['passed'] else 'FAIL'} "
                      f"| {check['reason']} |")
+    for table in category_tables(report):
+        lines += ["", f"## {table['title']}", "", table["text"], "", *_markdown_table(*table["drops"])]
+        if table["few_text"]:
+            lines += ["", table["few_text"], "", *_markdown_table(*table["few"])]
     lines += ["", "## Lineage", ""]
     lines += [f"- {key}: `{value}`" for key, value in report["lineage"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]

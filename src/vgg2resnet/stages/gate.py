@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -100,8 +101,7 @@ def run(params: Params, strict: bool = False) -> dict:
         candidates = {v: _candidate(v, report["candidates"][v], checks_of[v], params) for v in variants}
         chosen = choose([v for v, c in candidates.items() if c["passed"]], report["candidates"], params.gate)
         checks = checks_of[chosen] if chosen else [
-            Check(f"{v}.{c.name}", c.value, c.threshold, c.passed, c.reason)
-            for v in params.gate.variants if v in variants for c in checks_of[v]]
+            replace(c, name=f"{v}.{c.name}") for v in params.gate.variants if v in variants for c in checks_of[v]]
     except ValueError as exc:
         report, predictions, teacher, variants = {}, None, {}, {}
         checks = [failed_input("inputs", str(exc))]
