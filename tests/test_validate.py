@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vgg2resnet.config import Params, UserError
+from vgg2resnet.data.manifest import SPLITS
 from vgg2resnet.stages import prepare, validate
+from vgg2resnet.validation.frames import _near_duplicate_across_splits
 
 from .conftest import make_image_folder, repo_params
 
@@ -181,10 +185,40 @@ def test_a_mode_outside_the_allowed_ones_fails_modes(tmp_path: Path, images: Pat
 
 
 def test_near_duplicates_across_splits_warn_and_can_be_made_to_fail(tmp_path: Path, images: Path):
-    params = _params(tmp_path, images, near_duplicate_max_distance=64)  # every other image is within 64 bits
-    _warning(params, "near_duplicates")
+    planted: list[str] = []
+
+    def near_duplicate_pair(manifest: pd.DataFrame) -> None:
+        """A val image whose dhash is one bit away from a train image's, its bytes still its own."""
+        train = manifest.index[manifest["split"] == "train"][0]
+        val = manifest.index[manifest["split"] == "val"][0]
+        manifest.loc[val, "dhash"] = f"{int(manifest.loc[train, 'dhash'], 16) ^ 1:016x}"
+        planted[:] = [str(images / manifest.loc[i, "path"]) for i in (train, val)]
+
+    params = _params(tmp_path, images, near_duplicate_max_distance=1)
+    problem = _warning(params, "near_duplicates", near_duplicate_pair)
+    assert set(planted) <= set(problem["offending"])
     shutil.rmtree(tmp_path / "reports")
-    _failure(_strict(params, "near_duplicates"), "near_duplicates")
+    _failure(_strict(params, "near_duplicates"), "near_duplicates", near_duplicate_pair)
+
+
+def _brute_force_near_duplicates(hashes: list[int], splits: list[str], max_distance: int) -> list[bool]:
+    return [any(bin(h ^ other).count("1") <= max_distance and s != other_split
+                for other, other_split in zip(hashes, splits)) for h, s in zip(hashes, splits)]
+
+
+@settings(max_examples=150)
+@given(data=st.data(), max_distance=st.integers(0, 64))
+def test_the_near_duplicate_check_flags_exactly_what_comparing_every_pair_flags(data, max_distance: int):
+    """Random hashes with planted near-duplicates: each planted copy differs from an earlier hash
+    in 0..max_distance + 1 bits, and may land in the same split or another."""
+    hashes = data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=8))
+    for _ in range(data.draw(st.integers(0, 30))):
+        bits = data.draw(st.sets(st.integers(0, 63), max_size=min(max_distance + 1, 64)))
+        hashes.append(data.draw(st.sampled_from(hashes)) ^ sum(1 << bit for bit in bits))
+    splits = data.draw(st.lists(st.sampled_from(SPLITS), min_size=len(hashes), max_size=len(hashes)))
+    frame = pd.DataFrame({"dhash": [f"{h:016x}" for h in hashes], "split": splits})
+    flags = _near_duplicate_across_splits(frame, max_distance)
+    assert flags.tolist() == _brute_force_near_duplicates(hashes, splits, max_distance)
 
 
 def _duplicate_within_train(manifest: pd.DataFrame) -> None:
