@@ -22,7 +22,6 @@ It prints each figure per size, in µs per file where the cost grows with the fo
 from __future__ import annotations
 
 import argparse
-import configparser
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from data_throughput import dvc_cache_type
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +58,7 @@ def project_on(folder: Path, work: Path) -> Path:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["source"] = str(folder)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    config = configparser.ConfigParser()
-    config.read(ROOT / ".dvc" / "config")
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"],
-                    ["dvc", "config", "cache.type", config["cache"]["type"].strip('"')]):
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "cache.type", dvc_cache_type()]):
         subprocess.run(command, cwd=project, check=True)
     return project
 
