@@ -1,5 +1,5 @@
 """The path every user takes first: their own image folder and their own VGG-16, through `dvc repro`
-from a fresh repository, exactly as README's "Bring your own VGG-16" and "Using your own data" say."""
+from a fresh repository, exactly as docs/distillation.md ("Bring your own VGG-16") and docs/data.md say."""
 
 import json
 import re
