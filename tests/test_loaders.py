@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -15,8 +16,8 @@ from hypothesis import strategies as st
 from torchvision.transforms import v2
 
 from vgg2resnet.config import AugmentParams
-from vgg2resnet.data.datasets import ImageDataset, SeededViews, view_seed
-from vgg2resnet.data.loaders import EpochItems, available_cpus, make_loader, worker_count
+from vgg2resnet.data.datasets import ImageDataset, SeededViews, sample_rows, view_seed
+from vgg2resnet.data.loaders import EpochItems, available_cpus, make_loader, with_progress, worker_count
 from vgg2resnet.data.transforms import train_transform
 
 from .conftest import ROOT, make_image_folder, repo_params
@@ -32,6 +33,33 @@ def test_every_dataloader_of_the_package_is_built_by_the_factory():
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "DataLoader":
                 built.append(path.relative_to(PACKAGE).as_posix())
     assert built == ["data/loaders.py"]
+
+
+@given(sizes=st.lists(st.integers(1, 80), min_size=1, max_size=15), limit=st.integers(1, 600),
+       seed=st.integers(0, 2**32 - 1), interleave=st.booleans())
+def test_a_sample_is_bounded_stratified_seeded_and_in_the_rows_order(sizes, limit: int, seed: int, interleave: bool):
+    categories = [f"c{i}" for i, n in enumerate(sizes) for _ in range(n)]
+    if interleave:  # a row's category is not known from its position
+        categories = [categories[i] for i in np.random.default_rng(seed).permutation(len(categories))]
+    rows = pd.DataFrame({"path": [f"{i:05d}.png" for i in range(len(categories))], "category": categories})
+    sample = sample_rows(rows, limit, seed)
+    assert len(sample) == min(limit, len(rows))
+    assert sample["path"].is_unique and set(sample["path"]) <= set(rows["path"])
+    assert sample["path"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(sample, sample_rows(rows, limit, seed))
+    counts = sample["category"].value_counts()
+    for i, n in enumerate(sizes):
+        assert abs(counts.get(f"c{i}", 0) - len(sample) * n / len(rows)) < 1
+    assert sample_rows(rows, None, seed) is rows
+
+
+def test_progress_counts_every_image_of_every_batch(capsys):
+    class Batches(list):  # what with_progress reads of a DataLoader
+        dataset = range(9)
+
+    batches = Batches([(torch.zeros(n, 3), n) for n in (4, 4, 1)])
+    assert list(with_progress(batches, "nine")) == list(batches)
+    assert "9/9" in capsys.readouterr().err
 
 
 def test_auto_workers_are_the_cores_this_process_may_use():

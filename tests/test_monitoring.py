@@ -36,6 +36,33 @@ def test_the_reference_is_stored_with_the_promoted_version(served):
     assert not (served["project"] / "models/reference.parquet").exists()
 
 
+def test_a_promotion_profiles_a_seeded_sample_of_val_when_told_to(served, params):
+    """monitoring.reference_images bounds the reference: its rows are the full reference's rows of
+    the sampled images (image statistics, prediction, confidence; the embedding's PCA was fitted
+    on a monitoring.projection_images sample of train, so its axes differ)."""
+    import bentoml
+
+    from vgg2resnet.artifacts import Artifacts
+    from vgg2resnet.data.datasets import load_split, sample_rows
+    from vgg2resnet.packaging import store
+
+    full = bentoml.models.get(served["tag"])
+    limit = 7
+    sampled_params = params.model_copy(update={
+        "serving": params.serving.model_copy(update={"model_name": "sampled-reference"}),
+        "monitoring": params.monitoring.model_copy(update={"reference_images": limit, "projection_images": 16}),
+    })
+    artifact = Artifacts(params).student(full.info.metadata["variant"])
+    tag, saved = store.promote(sampled_params, artifact, full.info.metadata)
+    sampled = read_reference(bentoml.models.get(tag))
+    val = load_split(params.data.prepared_dir / "manifest.parquet", "val")
+    chosen = val["path"].isin(sample_rows(val, limit, params.data.seed)["path"]).to_numpy()
+    columns = [c for c in sampled.columns if not c.startswith("emb_")]
+    assert saved and len(sampled) == limit < len(val)
+    pd.testing.assert_frame_equal(sampled[columns], read_reference(full)[columns][chosen].reset_index(drop=True),
+                                  check_exact=False, rtol=1e-4, atol=1e-4)
+
+
 def test_the_reference_holds_what_the_service_logs_for_the_same_images(served, params):
     """Reference and traffic are compared column by column, so they must be the same numbers for
     the same image: the val split sent over HTTP, as files, is logged as the reference profiled it."""

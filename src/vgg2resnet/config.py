@@ -239,6 +239,8 @@ class MonitoringParams(Section):
     retained_dir: Path
     max_agreement_drop: float = Field(ge=0)
     agreement_confidence: float = Field(gt=0.5, lt=1)
+    projection_images: int = Field(ge=16)
+    reference_images: int = Field(ge=16)
 
 
 class OrchestrationParams(Section):

@@ -25,6 +25,22 @@ def load_split(manifest_path: Path, split: str) -> pd.DataFrame:
     return rows.sort_values("path").reset_index(drop=True)
 
 
+def sample_rows(rows: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """At most `limit` of the rows, in their order, the same for the same seed; all of them when
+    limit is None or not smaller. Each category gets its quota (limit x its share of the rows)
+    rounded down or up, by largest remainders, so it is within one row of its share; its rows are
+    the first of a seeded shuffle."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    quota = rows["category"].value_counts(sort=False) * limit / len(rows)
+    take = np.floor(quota).astype(int)
+    remainders = (quota - take).sort_values(ascending=False, kind="stable")
+    take[remainders.index[:limit - take.sum()]] += 1
+    shuffled = rows.iloc[np.random.default_rng(seed).permutation(len(rows))]
+    chosen = shuffled.index[shuffled.groupby("category").cumcount() < shuffled["category"].map(take)]
+    return rows.loc[sorted(chosen)].reset_index(drop=True)
+
+
 def view_seed(seed: int, index: int, view: int) -> int:
     """A 63-bit seed naming one augmented view of one image."""
     return int(np.random.SeedSequence([seed, index, view]).generate_state(1, np.uint64)[0] >> 1)
@@ -82,9 +98,14 @@ class SeededViews(Dataset):
             return self.transform(image), self.images.labels[i], i, view
 
 
-def split_dataset(params: Params, split: str, categories: list[str], transform=None) -> ImageDataset:
+def split_dataset(params: Params, split: str, categories: list[str], transform=None,
+                  limit: int | None = None) -> ImageDataset:
+    """A split in manifest order, or a stratified sample of `limit` of its images (seeded by data.seed)."""
     layout = Artifacts(params)
-    return ImageDataset(load_split(layout.manifest, split), layout.raw_dir, categories, transform)
+    rows = load_split(layout.manifest, split)
+    if limit is not None:  # data.seed is read only here, so only the stages that sample depend on it
+        rows = sample_rows(rows, limit, params.data.seed)
+    return ImageDataset(rows, layout.raw_dir, categories, transform)
 
 
 def train_views(params: Params, train: TrainParams, categories: list[str]) -> SeededViews:
@@ -94,8 +115,9 @@ def train_views(params: Params, train: TrainParams, categories: list[str]) -> Se
 
 
 def eval_loader(params: Params, split: str, categories: list[str], batch_size: int,
-                transform=None, image_size: int | None = None) -> DataLoader:
-    """A split in manifest order, through `transform` or the eval preset at image_size."""
+                transform=None, image_size: int | None = None, limit: int | None = None) -> DataLoader:
+    """A split in manifest order (or a sample of `limit` images, see `split_dataset`), through
+    `transform` or the eval preset at image_size."""
     if transform is None:
         transform = eval_transform(image_size, params.augment.mean, params.augment.std)
-    return make_loader(split_dataset(params, split, categories, transform), params.runtime, batch_size)
+    return make_loader(split_dataset(params, split, categories, transform, limit), params.runtime, batch_size)

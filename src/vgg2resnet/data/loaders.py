@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 from vgg2resnet.config import RuntimeParams
 
@@ -61,9 +62,9 @@ class EpochItems(Sampler):
 
 def make_loader(dataset: Dataset, runtime: RuntimeParams, batch_size: int,
                 sampler: Sampler | Sequence | None = None, *,
-                batches: Sequence[Sequence] | None = None) -> DataLoader:
+                batches: Sequence[Sequence] | None = None, collate: Callable | None = None) -> DataLoader:
     """Batches of `dataset` in order, or in the order `sampler` gives, or exactly the given
-    `batches` (lists of items), with runtime's workers."""
+    `batches` (lists of items), with runtime's workers; `collate` replaces the default stacking."""
     workers = worker_count(runtime)
     per_worker = {"persistent_workers": True, "prefetch_factor": runtime.prefetch_factor} if workers else {}
     batching = {"batch_sampler": batches} if batches is not None else \
@@ -71,4 +72,13 @@ def make_loader(dataset: Dataset, runtime: RuntimeParams, batch_size: int,
     return DataLoader(dataset, **batching, num_workers=workers,
                       pin_memory=runtime.pin_memory and torch.cuda.is_available(),
                       worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(runtime.seed),
-                      **per_worker)
+                      collate_fn=collate, **per_worker)
+
+
+def with_progress(loader: DataLoader, desc: str) -> Iterator:
+    """The loader's batches, with a progress bar in images per second: the first element of each
+    batch holds its images."""
+    with tqdm(total=len(loader.dataset), desc=desc, unit="img", mininterval=2.0) as bar:
+        for batch in loader:
+            yield batch
+            bar.update(len(batch[0]))

@@ -40,21 +40,29 @@ class LogWindow:
 
 
 def read_inference_log(log_dir: Path, since: datetime, until: datetime | None = None) -> LogWindow:
-    """Records logged at or after `since` (and before `until`); corrupt lines are skipped and counted."""
+    """Records logged at or after `since` (and before `until`); corrupt lines are skipped and counted.
+
+    Memory holds the window only: files last written before `since` are not opened, and the
+    others are read a line at a time."""
     records, skipped, files = [], 0, 0
+    start, end = pd.Timestamp(since), None if until is None else pd.Timestamp(until)
+    start = start if start.tzinfo else start.tz_localize("UTC")
     for path in sorted(Path(log_dir).glob("*.log")) if Path(log_dir).is_dir() else []:
+        if pd.Timestamp(path.stat().st_mtime, unit="s", tz="UTC") < start:
+            continue
         files += 1
-        for line in path.read_text(errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                stamp = pd.Timestamp(record["logged_at"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                skipped += 1
-                continue
-            if stamp >= pd.Timestamp(since) and (until is None or stamp < pd.Timestamp(until)):
-                records.append(record)
+        with path.open(errors="replace") as lines:
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    stamp = pd.Timestamp(record["logged_at"])
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    skipped += 1
+                    continue
+                if stamp >= start and (end is None or stamp < end):
+                    records.append(record)
     if skipped:
         log.warning("skipped %d unreadable line(s) in %s", skipped, log_dir)
     return LogWindow(pd.DataFrame.from_records(records), skipped, files)

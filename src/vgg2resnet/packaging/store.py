@@ -6,11 +6,11 @@ are immutable and nothing is overwritten: a rollback saves the older version's f
 as a new version, so the history keeps every step.
 
 A promoted version's folder (`StoreLayout`) holds the model file and its metadata, the
-projection of its drift embedding (a PCA of its penultimate features over the train split),
-and its drift reference: the service's own features and predictions over the val split of the
-data it was trained on. The reference is computed when the version is promoted and stored
-with it, so a run that promotes nothing never replaces it, a rollback restores it with its
-model, and the monitor compares traffic with the reference of the version that served it.
+projection of its drift embedding (a PCA of its penultimate features over a sample of the train
+split), and its drift reference: the service's own features and predictions over a sample of the
+val split of the data it was trained on. The reference is computed when the version is promoted
+and stored with it, so a run that promotes nothing never replaces it, a rollback restores it
+with its model, and the monitor compares traffic with the reference of the version that served it.
 """
 
 from __future__ import annotations
@@ -22,13 +22,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
+from torch.utils.data import Dataset
 
 from vgg2resnet.artifacts import Artifacts, StoreLayout, sidecar
 from vgg2resnet.config import Params, UserError
-from vgg2resnet.data.datasets import eval_loader, load_split
+from vgg2resnet.data.datasets import eval_loader, load_split, sample_rows
 from vgg2resnet.data.images import decode
+from vgg2resnet.data.loaders import make_loader, with_progress
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.variants import load_runner
 from vgg2resnet.serving.classifier import Classifier, fit_projection
@@ -124,31 +128,50 @@ def promote(params: Params, artifact: Path, metadata: dict[str, Any]) -> tuple[s
 
 
 def _fit_projection(params: Params, artifact: Path, categories: list[str]) -> dict[str, torch.Tensor]:
-    """The drift embedding: PCA of the variant's penultimate features over the training split."""
+    """The drift embedding: PCA of the variant's penultimate features over a stratified sample
+    of `monitoring.projection_images` training images (memory and time bounded whatever the
+    split's size: the whole of 10^6 images would be 8 GB of features for 8 kept dimensions)."""
     runner, meta = load_runner(artifact, categories)
     loader = eval_loader(params, "train", categories, params.evaluate.batch_size,
-                         transform_from_meta(meta["preprocessing"]))
-    features = torch.cat([runner(images)[1] for images, *_ in loader])
+                         transform_from_meta(meta["preprocessing"]), limit=params.monitoring.projection_images)
+    features = torch.cat([runner(images)[1] for images, *_ in with_progress(loader, "drift projection")])
     return fit_projection(features, params.serving.embedding_dims)
 
 
-def profile(classifier: Classifier, paths: list[Path], batch_size: int, top_k: int) -> pd.DataFrame:
+class _Decoded(Dataset):
+    """Images decoded as the service decodes an upload, in the loader's workers."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = np.array([str(p) for p in paths])  # see ImageDataset: no list in forked workers
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Image.Image:
+        return decode(Path(self.paths[i]))
+
+
+def _as_batch(images: list[Image.Image]) -> tuple[list[Image.Image]]:
+    return (images,)
+
+
+def profile(classifier: Classifier, paths: list[Path], params: Params, desc: str = "drift reference") -> pd.DataFrame:
     """One row per image: the drift features, the prediction and its confidence, as the service logs them."""
+    loader = make_loader(_Decoded(paths), params.runtime, params.evaluate.batch_size, collate=_as_batch)
     rows = []
-    for start in range(0, len(paths), batch_size):
-        images = [decode(p) for p in paths[start:start + batch_size]]
-        for result in classifier.predict(images, top_k):
+    for (images,) in with_progress(loader, desc):
+        for result in classifier.predict(images, params.serving.top_k):
             rows.append({**result["features"], "prediction": result["category"],
                          "confidence": result["confidence"]})
     return pd.DataFrame(rows)
 
 
 def _write_reference(params: Params, folder: Path) -> None:
-    """Profile the val split with the folder's own classifier; write it into that folder."""
+    """Profile a stratified sample of `monitoring.reference_images` val images with the folder's
+    own classifier; write it into that folder."""
     layout = Artifacts(params)
-    rows = load_split(layout.manifest, "val")
-    table = profile(Classifier(folder), [layout.raw_dir / p for p in rows["path"]],
-                    params.evaluate.batch_size, params.serving.top_k)
+    rows = sample_rows(load_split(layout.manifest, "val"), params.monitoring.reference_images, params.data.seed)
+    table = profile(Classifier(folder), [layout.raw_dir / p for p in rows["path"]], params)
     table.to_parquet(folder / StoreLayout.REFERENCE, index=False)
     log.info("drift reference: %d validation images profiled", len(table))
 

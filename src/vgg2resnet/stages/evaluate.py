@@ -20,14 +20,19 @@ from vgg2resnet.artifacts import CONFUSION_MODELS, Artifacts
 from vgg2resnet.config import FP32_FORM, Params, built_variants
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader, load_split
+from vgg2resnet.data.loaders import with_progress
 from vgg2resnet.data.transforms import transform_from_meta
-from vgg2resnet.distill.loop import predict
-from vgg2resnet.evaluation.metrics import classification_report, measure_latency
+from vgg2resnet.evaluation.metrics import (
+    Outcomes,
+    classification_report,
+    collect_outcomes,
+    measure_latency,
+)
 from vgg2resnet.lineage import manifest_hash
 from vgg2resnet.models.builders import count_flops, count_parameters
 from vgg2resnet.models.checkpoint import load_model, read_meta
-from vgg2resnet.models.variants import TorchRunner, load_runner, predict_logits
-from vgg2resnet.runtime import Runtime, select_device
+from vgg2resnet.models.variants import TorchRunner, load_runner
+from vgg2resnet.runtime import select_device
 
 log = logging.getLogger(__name__)
 SPLIT = "test"
@@ -40,40 +45,38 @@ def _latency(params: Params, forward: Callable, size: int, device: torch.device)
                            runs=e.latency_runs)
 
 
-def _report(params: Params, path: Path, sidecar: dict, logits: torch.Tensor, labels: torch.Tensor,
-            categories: list[str]) -> dict:
+def _report(params: Params, path: Path, sidecar: dict, outcomes: Outcomes, categories: list[str]) -> dict:
     return {
-        **classification_report(logits, labels, categories, params.evaluate.calibration_bins),
+        **classification_report(outcomes, categories, params.evaluate.calibration_bins),
         "size_mb": path.stat().st_size / 1e6,
         "sha256": sidecar["sha256"],
     }
 
 
-def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, torch.Tensor, torch.Tensor]:
+def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, Outcomes]:
     path = Artifacts(params).teacher
     model, meta = load_model(path, categories)
     loader = eval_loader(params, SPLIT, categories, params.evaluate.batch_size,
                          transform_from_meta(meta["preprocessing"]))
-    logits = predict(model, loader, Runtime(device=CPU))
-    labels = loader.dataset.labels
+    outcomes = collect_outcomes(model.eval(), with_progress(loader, "evaluate teacher"))
     size = meta["preprocessing"]["image_size"]
-    report = {**_report(params, path, read_meta(path), logits, labels, categories),
+    report = {**_report(params, path, read_meta(path), outcomes, categories),
               "parameters": count_parameters(model), "flops": count_flops(model, size),
               "cpu": _latency(params, model, size, CPU)}
     device = select_device(params.runtime)
     if device.type == "cuda":
         report["cuda"] = _latency(params, model.to(device), size, device)
-    return report, logits, labels
+    return report, outcomes
 
 
-def evaluate_variant(params: Params, variant: str, categories: list[str]) -> tuple[dict, torch.Tensor]:
+def evaluate_variant(params: Params, variant: str, categories: list[str]) -> tuple[dict, Outcomes]:
     path = Artifacts(params).student(variant)
     runner, meta = load_runner(path, categories, CPU)
     loader = eval_loader(params, SPLIT, categories, params.evaluate.batch_size,
                          transform_from_meta(meta["preprocessing"]))
-    logits = predict_logits(runner, loader)
+    outcomes = collect_outcomes(lambda images: runner(images)[0], with_progress(loader, f"evaluate {variant}"))
     size = meta["preprocessing"]["image_size"]
-    report = {**_report(params, path, read_meta(path), logits, loader.dataset.labels, categories),
+    report = {**_report(params, path, read_meta(path), outcomes, categories),
               "variant": variant, "cpu": _latency(params, runner, size, CPU)}
     # An ONNX form has its network's FLOPs and parameters, counted in PyTorch when it was made.
     if isinstance(runner, TorchRunner):
@@ -83,29 +86,30 @@ def evaluate_variant(params: Params, variant: str, categories: list[str]) -> tup
     device = select_device(params.runtime)
     if device.type == "cuda":
         report["cuda"] = _latency(params, load_runner(path, categories, device)[0], size, device)
-    return report, logits
+    return report, outcomes
 
 
-def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    return 100.0 * (a.argmax(1) == b.argmax(1)).float().mean().item()
+def _agreement(a: Outcomes, b: Outcomes) -> float:
+    return 100.0 * (a.predicted == b.predicted).float().mean().item()
 
 
 def run(params: Params) -> dict:
     from dvclive import Live
 
     categories = data_categories(params)
-    teacher, teacher_logits, labels = evaluate_teacher(params, categories)
-    candidates, logits = {}, {}
+    teacher, teacher_outcomes = evaluate_teacher(params, categories)
+    candidates, outcomes = {}, {}
     for variant in built_variants(params):
-        candidates[variant], logits[variant] = evaluate_variant(params, variant, categories)
+        candidates[variant], outcomes[variant] = evaluate_variant(params, variant, categories)
     for variant, report in candidates.items():
         report.update({
-            "agreement": _agreement(teacher_logits, logits[variant]),
-            "fp32_agreement": _agreement(logits[FP32_FORM[variant]], logits[variant]),
+            "agreement": _agreement(teacher_outcomes, outcomes[variant]),
+            "fp32_agreement": _agreement(outcomes[FP32_FORM[variant]], outcomes[variant]),
             "size_ratio": report["size_mb"] / teacher["size_mb"],
             "flops_ratio": report["flops"] / teacher["flops"],
             "cpu_latency_ratio": report["cpu"]["latency_ms_p50"] / teacher["cpu"]["latency_ms_p50"],
         })
+    labels = teacher_outcomes.labels
     report = {"split": SPLIT, "images": len(labels), "categories": categories,
               "manifest_sha256": manifest_hash(params), "teacher": teacher, "candidates": candidates}
     layout = Artifacts(params)
@@ -114,11 +118,10 @@ def run(params: Params) -> dict:
     # One row per test image in manifest order, named by its manifest path: the gate report's
     # gallery shows the images on which the models disagree.
     columns = {"path": load_split(layout.manifest, SPLIT)["path"].to_numpy(), "label": labels.numpy(),
-               "category": names, "teacher": teacher_logits.argmax(1).numpy(),
-               "teacher_confidence": teacher_logits.softmax(1).max(1).values.numpy()}
-    for variant, values in logits.items():
-        columns[variant] = values.argmax(1).numpy()
-        columns[f"{variant}_confidence"] = values.softmax(1).max(1).values.numpy()
+               "category": names}
+    for name, values in (("teacher", teacher_outcomes), *outcomes.items()):
+        columns[name] = values.predicted.numpy()
+        columns[f"{name}_confidence"] = values.confidence.numpy()
     predictions = pd.DataFrame(columns)
     with atomic.atomic_path(layout.predictions) as tmp:
         predictions.to_parquet(tmp, index=False)

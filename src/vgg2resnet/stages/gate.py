@@ -28,14 +28,14 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, UserError, built_variants
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader
+from vgg2resnet.data.loaders import with_progress
 from vgg2resnet.data.transforms import transform_from_meta
-from vgg2resnet.evaluation.metrics import topk_accuracy
+from vgg2resnet.evaluation.metrics import collect_outcomes
 from vgg2resnet.gate.html import gallery_counts, render_html
 from vgg2resnet.gate.policy import Check, choose, evaluate_policy, failed_input
 from vgg2resnet.gate.report import render_markdown
 from vgg2resnet.lineage import git_revision, manifest_hash, params_hash, recorded_data_version
 from vgg2resnet.models.checkpoint import read_meta
-from vgg2resnet.models.variants import predict_logits
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.classifier import open_model_dir
 
@@ -88,7 +88,8 @@ def _promoted_top1(params: Params, categories: list[str], weights_sha256: str) -
         return None
     loader = eval_loader(params, "test", categories, params.evaluate.batch_size,
                          transform_from_meta(meta["preprocessing"]))
-    return topk_accuracy(predict_logits(runner, loader), loader.dataset.labels, 1)
+    outcomes = collect_outcomes(lambda images: runner(images)[0], with_progress(loader, f"evaluate {promoted.tag}"))
+    return 100.0 * outcomes.correct.float().mean().item()
 
 
 def run(params: Params, strict: bool = False) -> dict:
