@@ -1,0 +1,69 @@
+"""The pipeline at the input size users' VGG-16s take: every stage of dvc.yaml at 224 px on a
+handful of images (one training step each), then the promoted model served over HTTP."""
+
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from .conftest import (
+    ROOT,
+    TINY_PARAMS,
+    make_image_folder,
+    make_project,
+    promoted_tag,
+    run,
+    stale_stages,
+    write_params,
+)
+
+pytestmark = pytest.mark.slow
+SIZE = 224
+CATEGORIES = ["zero", "one", "two"]
+
+
+def test_every_stage_runs_at_224_px_and_the_service_classifies_a_224_px_upload(tmp_path: Path):
+    import bentoml
+
+    from vgg2resnet.config import load_params
+    from vgg2resnet.monitoring.monitor import read_inference_log
+    from vgg2resnet.packaging import store
+    from vgg2resnet.serving.server import local_server
+
+    images = make_image_folder(tmp_path / "images", per_category=10, categories=CATEGORIES, size=SIZE)
+    project = make_project(tmp_path / "project", tmp_path / "remote")
+    one_step = {"epochs": 1, "max_steps_per_epoch": 1, "batch_size": 4, "image_size": SIZE}
+    write_params(project, {
+        **TINY_PARAMS,
+        "data": {**TINY_PARAMS["data"], "source": str(images)},
+        "teacher": one_step,
+        "distill": {**one_step, "cache_views": 1},
+        "compress": {"calibration_images": 8, "calibration_batch_size": 4},
+        "evaluate": {"batch_size": 8, "latency_batch_size": 2, "latency_warmup": 1, "latency_runs": 2},
+        "monitoring": {**TINY_PARAMS["monitoring"], "projection_images": 16, "reference_images": 16},
+    })
+    run(["dvc", "repro"], project)
+    assert stale_stages(project) == {}
+
+    params = load_params(project / "params.yaml")
+    tag = promoted_tag(project)
+    version = bentoml.models.get(tag)
+    assert version.info.metadata["preprocessing"]["image_size"] == SIZE
+    assert len(store.read_reference(version)) == 6  # every val image: fewer than reference_images
+
+    # A photo-sized upload of another shape: the service resizes it as evaluation did.
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    upload = io.BytesIO()
+    Image.fromarray(pixels).save(upload, format="JPEG")
+    started = datetime.now(UTC)
+    with local_server(tag, cwd=project, project_root=ROOT, params_file=project / "params.yaml") as url:
+        answer = requests.post(f"{url}/classify", files={"image": ("photo.jpg", upload.getvalue(), "image/jpeg")},
+                               timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["category"] in CATEGORIES
+    logged = read_inference_log(project / params.monitoring.log_dir, since=started).rows
+    assert logged[["width", "height"]].values.tolist() == [[400, 300]]
