@@ -49,8 +49,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TRAINING = ("teacher", "distill", "compress", "prune", "evaluate", "gate", "package")
-DATA_STAGES = ("sources", "prepare", "validate")
+STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+DATA_STAGES = ["sources", "prepare", "validate"]  # what --no-training runs
 
 
 def synthetic_folder(root: Path, images: int, categories: int, size: int) -> Path:
@@ -88,14 +88,25 @@ def merged(base: dict, extra: dict) -> dict:
             for k, v in {**base, **extra}.items()}
 
 
-def make_project(project: Path, remote: Path, overrides: dict) -> Path:
-    """A git+DVC copy of this repository's pipeline with the overrides and a folder remote."""
-    project.mkdir(parents=True)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, project / name)
-    for folder in ("src", "services"):
-        shutil.copytree(ROOT / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    params = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+PIPELINE = ("params.yaml", "dvc.yaml", ".dvcignore", "src", "services")
+
+
+def snapshot(target: Path) -> Path:
+    """This repository's pipeline as it is now: every size runs the same code, whatever is
+    edited while the benchmark runs."""
+    target.mkdir(parents=True)
+    for name in PIPELINE:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, target / name)
+    return target
+
+
+def make_project(project: Path, code: Path, remote: Path, overrides: dict) -> Path:
+    """A git+DVC copy of the pipeline in `code`, with the overrides and a folder remote."""
+    shutil.copytree(code, project)
+    params = merged(yaml.safe_load((code / "params.yaml").read_text()), overrides)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (project / ".gitignore").write_text("__pycache__/\n")
     for command in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
@@ -139,18 +150,18 @@ def logged_requests(project: Path, count: int, store: Path, model_tag: str | Non
     return log_dir
 
 
-def measure(images: int, args: argparse.Namespace, work: Path) -> dict[str, tuple[float, int]]:
+def measure(images: int, args: argparse.Namespace, code: Path, work: Path) -> dict[str, tuple[float, int]]:
     start = time.perf_counter()
     folder = synthetic_folder(work / "photos", images, args.categories, args.size)
     print(f"{images} images: wrote the folder in {time.perf_counter() - start:.0f} s", flush=True)
-    project = make_project(work / "project", work / "remote",
+    project = make_project(work / "project", code, work / "remote",
                            settings(folder, args.size, args.steps, args.categories, images))
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     log = work / "commands.log"
     figures = {}
     time.sleep(2.5)  # the folder's stat keys settle (vgg2resnet.data.sources.settled), as an older folder's have
-    stages = DATA_STAGES if args.no_training else DATA_STAGES + TRAINING
+    stages = DATA_STAGES if args.no_training else STAGES
     for stage in stages:
         figures[stage] = measured([BIN / "dvc", "repro", "--single-item", stage], project, log, env)
         report(images, stage, figures[stage])
@@ -213,7 +224,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pipeline-scale-", dir=args.work))
     print(f"scratch folder {work}; each command's output goes to its commands.log", flush=True)
     try:
-        results = [measure(n, args, work / str(n)) for n in args.images]
+        code = snapshot(work / "code")
+        results = [measure(n, args, code, work / str(n)) for n in args.images]
         if len(results) == 2:
             (small, large), (n_small, n_large) = results, args.images
             for name in small:

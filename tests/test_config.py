@@ -153,6 +153,50 @@ def test_a_value_beyond_any_bound_is_named_by_its_key(tmp_path_factory, key: str
     assert f"'{key}'" in _load_with(tmp_path_factory, key, value)
 
 
+def _coercible(key: str) -> list:
+    """Wrong values that a lax parser would have turned into the setting's type: a number for a
+    boolean, a boolean or a string for a number, a whole float for a count, an empty or numeric
+    path, infinity and NaN where a finite number belongs."""
+    annotation = str(LEAVES[key].annotation).removeprefix("<class '").removesuffix("'>")
+    kind = annotation.removesuffix(" | None")
+    if "Path" in annotation:
+        return ["", "  ", 1]
+    return {"bool": [1, 0, "true"], "int": [True, "3", 3.0], "float": [True, "0.5", float("inf"), float("nan")],
+            "typing.Union[typing.Literal['auto'], int]": [True, "3", 3.0]}.get(kind, [])
+
+
+COERCIBLE = {key: values for key in LEAVES if (values := _coercible(key))}
+
+
+@pytest.mark.parametrize("key", sorted(COERCIBLE))
+def test_a_value_of_another_type_is_refused_not_coerced(tmp_path_factory, key: str):
+    for value in COERCIBLE[key]:
+        assert f"'{key}'" in _load_with(tmp_path_factory, key, value), value
+
+
+def test_every_kind_of_setting_is_tried_for_coercion():
+    tried = {str(LEAVES[key].annotation) for key in COERCIBLE}
+    assert {"<class 'bool'>", "<class 'int'>", "<class 'float'>", "<class 'pathlib.Path'>", "float | None",
+            "int | None"} <= tried and len(COERCIBLE) > 80
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("orchestration.gpu_stages", ["tecaher"], "'teacher'"),
+    ("data.source", "", "at least 1 character"),
+    ("augment.std", [0.2, 0.0, 0.2], "greater than 0"),
+    ("augment.mean", [0.5, 0.5], "at least 3 items"),
+])
+def test_names_and_lists_are_checked(tmp_path_factory, key: str, value, says: str):
+    message = _load_with(tmp_path_factory, key, value)
+    assert key in message and says in message
+
+
+def test_a_bound_pair_in_the_wrong_order_is_refused(tmp_path_factory):
+    message = _load_with(tmp_path_factory, "validation", {**repo_params().validation.model_dump(mode="json"),
+                                                          "min_side": 100, "max_side": 50})
+    assert "min_side (100) is above max_side (50)" in message
+
+
 def test_the_schema_walk_sees_every_setting():
     assert len(LEAVES) > 80 and "serving.auth_token_env" in LEAVES and "distill.alpha" in BOUNDED
 

@@ -84,6 +84,22 @@ def test_bootstrap_bound_rejects_a_lucky_point_estimate_on_a_tiny_test_set():
     assert lower < -10.0 and not check.passed
 
 
+@given(n=st.integers(50, 600), student_only=st.floats(0, 0.3), teacher_only=st.floats(0, 0.2),
+       confidence=st.sampled_from([0.9, 0.95, 0.99]))
+@settings(max_examples=15)
+def test_the_bootstrap_bound_is_that_of_resampling_the_images(n: int, student_only: float, teacher_only: float,
+                                                              confidence: float):
+    """Drawn as counts, the resamples have the distribution of resampled images: the bounds of
+    both ways agree within their Monte-Carlo error and one step of the mean (1/n)."""
+    rng = np.random.default_rng(n)
+    kinds = rng.choice(4, n, p=[student_only, teacher_only, 0.5, 0.5 - student_only - teacher_only])
+    student, teacher = np.isin(kinds, [0, 2]), np.isin(kinds, [1, 2])
+    _, lower = paired_bootstrap(student, teacher, 20_000, confidence, seed=1)
+    diff = student.astype(float) - teacher
+    means = diff[rng.integers(0, n, size=(20_000, n))].mean(axis=1)
+    assert lower == pytest.approx(100 * np.quantile(means, 1 - confidence), abs=100 * (0.2 * diff.std() / n**0.5 + 1 / n))
+
+
 def test_parity_says_how_often_an_equal_student_passes_on_this_split_and_what_split_would_do():
     """2,000 paired images, 200 on which exactly one model is right (10%), margin 1 pt: the
     difference's standard error is sqrt(0.1 / 2000) = 0.71 pt, so an equal student passes with

@@ -8,19 +8,25 @@ import ast
 import re
 import shutil
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 from pydantic import BaseModel
 
 from vgg2resnet.artifacts import CONFUSION_MODELS, TRAINING_STAGES, VARIANT_FILES, Artifacts
-from vgg2resnet.config import PRUNED_VARIANTS, VARIANTS, load_params
+from vgg2resnet.config import PRUNED_VARIANTS, VARIANTS, Stage, load_params
 from vgg2resnet.data.sources import SOURCE_RECORDS
 
 from .conftest import ROOT, repo_params, write_params
 
 PACKAGE = ROOT / "src" / "vgg2resnet"
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def test_the_settings_know_the_stages_of_dvc_yaml():
+    """orchestration.gpu_stages is checked against config.Stage: a typo must not run a stage locally."""
+    assert list(get_args(Stage)) == list(STAGES)
 # Read, but with no effect on what a stage writes: changing them must not rerun it.
 NO_EFFECT = {
     "runtime.num_workers", "runtime.prefetch_factor", "runtime.pin_memory",  # how fast data loads

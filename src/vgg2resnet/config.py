@@ -5,6 +5,8 @@ params.yaml holds every value (with a comment saying what it does); the classes 
 only types and bounds, so there is no second default to drift from it. Every section rejects
 unknown keys and requires every known one, so a typo or a key missing after an upgrade fails
 at load time with the key's name, instead of being silently ignored or silently defaulted.
+Values are checked, not coerced: `true` is not an epoch count, `"3"` is not a number, an empty
+path is not the project root, and infinity is not a temperature.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -38,8 +48,23 @@ FP32_FORM: dict[str, str] = {"pytorch_fp32": "pytorch_fp32", "onnx_fp32": "pytor
                              "pruned_int8": "pruned_fp32"}
 
 
+# The stages of dvc.yaml, in its order (tests/test_layout.py holds the two equal).
+Stage = Literal["sources", "prepare", "validate", "teacher", "distill", "compress", "prune", "evaluate", "gate",
+                "package"]
+
+
+def _path_setting(value: Any) -> Path:
+    if isinstance(value, Path) or (isinstance(value, str) and value.strip()):
+        return Path(value)
+    raise ValueError("must be a path (a non-empty string); an empty one would mean the project root")
+
+
+# A path given as a string in params.yaml: neither empty nor a number.
+SettingPath = Annotated[Path, BeforeValidator(_path_setting)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SplitParams(Section):
@@ -54,17 +79,17 @@ class SplitParams(Section):
 
 
 class PathsParams(Section):
-    models_dir: Path
-    metrics_dir: Path
-    reports_dir: Path
-    state_dir: Path
+    models_dir: SettingPath
+    metrics_dir: SettingPath
+    reports_dir: SettingPath
+    state_dir: SettingPath
 
 
 class DataParams(Section):
-    source: str
-    raw_dir: Path
-    prepared_dir: Path
-    sources_dir: Path
+    source: str = Field(min_length=1)
+    raw_dir: SettingPath
+    prepared_dir: SettingPath
+    sources_dir: SettingPath
     demo_image_size: int = Field(ge=8, le=1024)
     seed: int
     split: SplitParams
@@ -72,11 +97,11 @@ class DataParams(Section):
     on_undecodable: Literal["error", "record", "skip"]
     max_pixels: int = Field(ge=1)
     reuse_by_stat: bool
-    incoming_dir: Path
+    incoming_dir: SettingPath
 
 
 class ValidationParams(Section):
-    report_dir: Path
+    report_dir: SettingPath
     min_images_per_category: int = Field(ge=1)
     max_imbalance_ratio: float = Field(ge=1.0)
     min_side: int = Field(ge=1)
@@ -84,6 +109,13 @@ class ValidationParams(Section):
     allowed_modes: list[str]
     near_duplicate_max_distance: int = Field(ge=0, le=64)
     severity: dict[str, Literal["fail", "warn"]]
+
+    @model_validator(mode="after")
+    def _sides_in_order(self) -> ValidationParams:
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side ({self.min_side}) is above max_side ({self.max_side}): no image could pass; "
+                             "swap them")
+        return self
 
 
 class TrainParams(Section):
@@ -100,13 +132,13 @@ class TrainParams(Section):
     grad_clip_norm: float | None = Field(gt=0)
     max_steps_per_epoch: int | None = Field(ge=1)
     image_size: int = Field(ge=16)
-    pretrained_weights: Path | None
+    pretrained_weights: SettingPath | None
 
 
 class TeacherParams(TrainParams):
     arch: Literal["vgg16", "vgg16_bn"]
-    checkpoint: Path | None
-    categories_file: Path | None
+    checkpoint: SettingPath | None
+    categories_file: SettingPath | None
 
 
 class DistillParams(TrainParams):
@@ -130,8 +162,8 @@ class AugmentParams(Section):
     hflip: bool
     rotation_degrees: float = Field(ge=0, le=180)
     color_jitter: float = Field(ge=0, le=1)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=3, max_length=3)
 
 
 def _worker_setting(value: Any) -> int | str:
@@ -206,7 +238,7 @@ class GateParams(Section):
 
 
 class ServingParams(Section):
-    model_name: str
+    model_name: str = Field(min_length=1)
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)
     max_concurrency: int = Field(ge=1)
@@ -227,8 +259,8 @@ class ServingParams(Section):
 
 
 class MonitoringParams(Section):
-    log_dir: Path
-    report_dir: Path
+    log_dir: SettingPath
+    report_dir: SettingPath
     window_hours: float = Field(gt=0)
     min_rows: int = Field(ge=2)
     drift_share: float = Field(gt=0, le=1)
@@ -236,7 +268,7 @@ class MonitoringParams(Section):
     traffic_requests: int = Field(ge=1, le=100_000)
     event_cooldown_hours: float = Field(ge=0)
     retain_fraction: float = Field(ge=0, le=1)
-    retained_dir: Path
+    retained_dir: SettingPath
     max_agreement_drop: float = Field(ge=0)
     agreement_confidence: float = Field(gt=0.5, lt=1)
     projection_images: int = Field(ge=16)
@@ -245,7 +277,7 @@ class MonitoringParams(Section):
 
 class OrchestrationParams(Section):
     gpu_work_pool: str | None
-    gpu_stages: list[str]
+    gpu_stages: list[Stage]
     gpu_deployment: str
     gpu_timeout_s: int = Field(ge=60)
     gpu_poll_s: float = Field(gt=0)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from vgg2resnet.compress.onnx import export_onnx, parity, quantize_int8
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.datasets import eval_loader, split_dataset
-from vgg2resnet.data.loaders import make_loader
+from vgg2resnet.data.loaders import make_loader, with_progress
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import write_sidecar
 from vgg2resnet.models.variants import OnnxRunner, TorchRunner, predict_logits
@@ -76,8 +76,8 @@ def export_forms(params: Params, model: nn.Module, source: dict, targets: dict[s
     export_onnx(model, fp32, source["preprocessing"]["image_size"], c.opset)
 
     val = eval_loader(params, "val", categories, params.evaluate.batch_size, transform)
-    reference = predict_logits(TorchRunner(model, CPU), val)
-    fp32_parity = parity(reference, predict_logits(OnnxRunner(fp32, CPU), val))
+    reference = predict_logits(TorchRunner(model, CPU), with_progress(val, "val parity: PyTorch"))
+    fp32_parity = parity(reference, predict_logits(OnnxRunner(fp32, CPU), with_progress(val, "val parity: ONNX fp32")))
     if fp32_parity["max_abs_logit"] > c.parity_max_abs_logit or fp32_parity["agreement"] < c.parity_min_agreement:
         fp32.unlink()
         raise UserError(
@@ -88,7 +88,7 @@ def export_forms(params: Params, model: nn.Module, source: dict, targets: dict[s
     write_sidecar(fp32, _derived_meta(source, fp32_name, {**meta, "opset": c.opset, "parity": fp32_parity}))
 
     calibration = quantize_on_train_sample(params, fp32, int8, categories, transform)
-    int8_parity = parity(reference, predict_logits(OnnxRunner(int8, CPU), val))
+    int8_parity = parity(reference, predict_logits(OnnxRunner(int8, CPU), with_progress(val, "val parity: ONNX int8")))
     write_sidecar(int8, _derived_meta(source, int8_name, {**meta, "opset": c.opset, "calibration": calibration,
                                                           "parity": int8_parity}))
     log.info("val parity vs PyTorch: %s max |dlogit| %.2g, agreement %.2f%%; %s max |dlogit| %.2g, "

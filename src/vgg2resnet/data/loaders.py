@@ -75,10 +75,10 @@ def make_loader(dataset: Dataset, runtime: RuntimeParams, batch_size: int,
                       collate_fn=collate, **per_worker)
 
 
-def with_progress(loader: DataLoader, desc: str) -> Iterator:
-    """The loader's batches, with a progress bar in images per second: the first element of each
-    batch holds its images."""
-    with tqdm(total=len(loader.dataset), desc=desc, unit="img", mininterval=2.0) as bar:
+def with_progress(loader: DataLoader, desc: str, leave: bool = True) -> Iterator:
+    """The loader's batches, with a progress bar in images per second (`leave`: kept on screen
+    once done): the first element of each batch holds its images."""
+    with tqdm(total=len(loader.dataset), desc=desc, unit="img", mininterval=2.0, leave=leave) as bar:
         for batch in loader:
             yield batch
             bar.update(len(batch[0]))

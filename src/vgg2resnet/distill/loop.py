@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from vgg2resnet import atomic
 from vgg2resnet.config import TrainParams, UserError
+from vgg2resnet.data.loaders import with_progress
 from vgg2resnet.distill.loss import kd_loss
 from vgg2resnet.models.builders import head_parameters
 from vgg2resnet.runtime import Runtime
@@ -129,22 +130,29 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, runtime: Runtime, channels_last: bool = False) -> torch.Tensor:
-    """Logits for every item of the loader, in order, on the CPU."""
+def predict_labelled(model: nn.Module, loader: DataLoader, runtime: Runtime,
+                     channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every item of the loader, in order, on the CPU, in one pass."""
     model.eval()
-    outputs = []
-    for images, *_ in loader:
+    outputs, labels = [], []
+    batches = with_progress(loader, "predict", leave=False) if runtime.is_main else loader
+    for images, batch_labels, *_ in batches:
         images = images.to(runtime.device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
             outputs.append(model(images).float().cpu())
-    return torch.cat(outputs)
+        labels.append(batch_labels)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def predict(model: nn.Module, loader: DataLoader, runtime: Runtime, channels_last: bool = False) -> torch.Tensor:
+    """Logits for every item of the loader, in order, on the CPU."""
+    return predict_labelled(model, loader, runtime, channels_last)[0]
 
 
 def evaluate(model: nn.Module, loader: DataLoader, runtime: Runtime) -> dict[str, float]:
-    logits = predict(model, loader, runtime)
-    labels = torch.cat([batch[1] for batch in loader])
+    logits, labels = predict_labelled(model, loader, runtime)
     return {
         "accuracy": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
         "loss": torch.nn.functional.cross_entropy(logits, labels).item(),

@@ -44,14 +44,18 @@ def failed_input(name: str, reason: str) -> Check:
 
 
 def paired_bootstrap(student_correct: np.ndarray, teacher_correct: np.ndarray, samples: int,
-                     confidence: float, seed: int, chunk: int = 256) -> tuple[float, float]:
-    """(point estimate, one-sided lower bound) of the top-1 difference in points."""
+                     confidence: float, seed: int) -> tuple[float, float]:
+    """(point estimate, one-sided lower bound) of the top-1 difference in points.
+
+    A resample's mean depends only on how many of its images only the student got right and
+    how many only the teacher did, so each resample is drawn as those two counts (multinomial:
+    the same distribution as resampling the images), and memory and time stay flat in the
+    number of test images (resampled indices of 250,000 images are 2 MB per resample)."""
     diff = student_correct.astype(np.int8) - teacher_correct.astype(np.int8)
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([
-        diff[rng.integers(0, len(diff), size=(min(chunk, samples - start), len(diff)))].mean(axis=1)
-        for start in range(0, samples, chunk)
-    ])
+    n = len(diff)
+    shares = [np.count_nonzero(diff == 1) / n, np.count_nonzero(diff == -1) / n]
+    counts = np.random.default_rng(seed).multinomial(n, [*shares, max(0.0, 1 - sum(shares))], size=samples)
+    means = (counts[:, 0] - counts[:, 1]) / n
     return 100.0 * float(diff.mean()), 100.0 * float(np.quantile(means, 1 - confidence))
 
 

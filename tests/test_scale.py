@@ -1,13 +1,17 @@
-"""The pipeline at the input size users' VGG-16s take: every stage of dvc.yaml at 224 px on a
-handful of images (one training step each), then the promoted model served over HTTP."""
+"""The pipeline at users' sizes: every stage of dvc.yaml at the 224 px users' VGG-16s take, on a
+handful of images (one training step each), then the promoted model served over HTTP; and the
+scale benchmark, run small so that it cannot rot (its goals stay in the benchmark)."""
 
 import io
+import re
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+import yaml
 from PIL import Image
 
 from .conftest import (
@@ -67,3 +71,12 @@ def test_every_stage_runs_at_224_px_and_the_service_classifies_a_224_px_upload(t
     assert answer.json()["category"] in CATEGORIES
     logged = read_inference_log(project / params.monitoring.log_dir, since=started).rows
     assert logged[["width", "height"]].values.tolist() == [[400, 300]]
+
+
+def test_the_scale_benchmark_measures_every_stage_dvc_and_the_monitor(tmp_path: Path):
+    output = run([sys.executable, str(ROOT / "benchmarks" / "pipeline_scale.py"), "--images", "300",
+                  "--categories", "10", "--work", str(tmp_path)], ROOT / "benchmarks").stdout
+    measured = re.findall(r"^300 images: (\w+) [\d.]+ s, \d+ µs per image, peak PSS (\d+) MiB$", output, re.MULTILINE)
+    stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    assert [name for name, _ in measured] == [*stages, "dvc_push", "dvc_status", "dvc_pull", "monitor"], output
+    assert all(int(mib) > 0 for _, mib in measured)
