@@ -14,16 +14,17 @@ DIR is a project whose pipeline promoted a model (for example the 10^5-image pro
 - `reference_max_score_n=` and `reference_drifted_n=`: Evidently's drift report, as
   `vgg2resnet monitor` runs it, of one half of the val split (traffic with no drift by
   construction) against a reference of n images drawn from the other half: the largest
-  column score (Wasserstein distance, normed, above 1,000 reference rows; drift above 0.1)
-  and whether it called drift. The score is the reference's sampling noise: it must stay well
-  under the threshold.
+  column score with its method (above 1,000 reference rows Evidently uses the normed
+  Wasserstein distance, drift above 0.1; at 1,000 or fewer, a test's p-value, drift below
+  0.05) and whether it called drift, and the embedding's drift score (ROC AUC of a
+  classifier telling the two apart; drift above monitoring.embedding_threshold). Above 1,000
+  rows the column score is the reference's sampling noise: it must stay well under 0.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, required=True)
     parser.add_argument("--bentoml-home", type=Path, default=None, help="the project's BentoML home")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2500, 5000, 10000])
+    parser.add_argument("--train-images", type=int, default=40_000, help="train images whose features are taken")
     args = parser.parse_args()
     if args.bentoml_home:
         os.environ["BENTOML_HOME"] = str(args.bentoml_home.resolve())
     os.chdir(args.project)
-    sys.path.insert(0, str(Path.cwd()))
 
     from vgg2resnet.config import load_params
     from vgg2resnet.data.datasets import eval_loader, load_split, sample_rows
@@ -53,10 +54,10 @@ def main() -> None:
     folder = Path(version.path)
     dims = params.serving.embedding_dims
 
-    # PCA: held-out features of a quarter of the train split, fits on the rest.
+    # PCA: held-out features of a quarter of the train images taken, fits on the rest.
     classifier = Classifier(folder)
     loader = eval_loader(params, "train", classifier.categories, params.evaluate.batch_size,
-                         transform_from_meta(classifier.meta["preprocessing"]), limit=40_000)
+                         transform_from_meta(classifier.meta["preprocessing"]), limit=args.train_images)
     features = torch.cat([classifier.runner(images)[1] for images, *_ in loader]).double()
     order = np.random.default_rng(0).permutation(len(features))
     held_out, pool = features[order[: len(order) // 4]], features[order[len(order) // 4:]]
@@ -84,9 +85,10 @@ def main() -> None:
             reference = sample_rows(pool_rows.reset_index(drop=True), n, params.data.seed)
             _, summary = build_report(reference, traffic.reset_index(drop=True), embedding_columns(dims),
                                       params.monitoring)
-            scores = {c: s["score"] for c, s in summary["column_scores"].items()}
-            worst = max(scores, key=scores.get)
-            print(f"reference_max_score_{n}={scores[worst]:.3f} ({worst}) reference_drifted_{n}="
+            columns = summary["column_scores"]
+            worst = max(columns, key=lambda c: columns[c]["score"])
+            print(f"reference_max_score_{n}={columns[worst]['score']:.3f} ({worst}, {columns[worst]['method']}) "
+                  f"reference_drifted_{n}="
                   f"{summary['drift_detected']} embedding_score_{n}={summary['embedding_drift'].get('score', 0):.3f}",
                   flush=True)
 
