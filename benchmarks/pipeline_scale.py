@@ -161,21 +161,20 @@ def measure(images: int, args: argparse.Namespace, code: Path, work: Path) -> di
     log = work / "commands.log"
     figures = {}
     time.sleep(2.5)  # the folder's stat keys settle (vgg2resnet.data.sources.settled), as an older folder's have
-    stages = DATA_STAGES if args.no_training else STAGES
-    for stage in stages:
+    for stage in DATA_STAGES if args.no_training else STAGES:
         figures[stage] = measured([BIN / "dvc", "repro", "--single-item", stage], project, log, env)
         report(images, stage, figures[stage])
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-qm", "reproduced"], cwd=project, check=True, stdout=subprocess.DEVNULL)
-    push = [BIN / "dvc", "push"] if not args.no_training else [BIN / "dvc", "push", *DATA_STAGES]
-    for name, command, cwd in (("dvc_push", push, project), ("dvc_status", [BIN / "dvc", "status"], project)):
+    targets = DATA_STAGES if args.no_training else []  # without training, only the data's outputs exist
+    for name, command, cwd in (("dvc_push", [BIN / "dvc", "push", *targets], project),
+                               ("dvc_status", [BIN / "dvc", "status"], project)):
         figures[name] = measured(command, cwd, log, env)
         report(images, name, figures[name])
     clone = work / "clone"
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
     subprocess.run([BIN / "dvc", "config", "--local", "cache.type", dvc_cache_type()], cwd=clone, check=True)
-    pull = [BIN / "dvc", "pull"] if not args.no_training else [BIN / "dvc", "pull", *DATA_STAGES]
-    figures["dvc_pull"] = measured(pull, clone, log, env)
+    figures["dvc_pull"] = measured([BIN / "dvc", "pull", *targets], clone, log, env)
     report(images, "dvc_pull", figures["dvc_pull"])
     package = project / "reports" / "package.json"
     tag = json.loads(package.read_text())["model_tag"] if package.is_file() else None

@@ -98,14 +98,18 @@ class SeededViews(Dataset):
             return self.transform(image), self.images.labels[i], i, view
 
 
+def split_rows(params: Params, split: str, limit: int | None = None) -> pd.DataFrame:
+    """A split's rows in manifest order, or a stratified sample of `limit` of them (seeded by data.seed)."""
+    rows = load_split(Artifacts(params).manifest, split)
+    if limit is not None:  # data.seed is read only here, so only the stages that sample depend on it
+        rows = sample_rows(rows, limit, params.data.seed)
+    return rows
+
+
 def split_dataset(params: Params, split: str, categories: list[str], transform=None,
                   limit: int | None = None) -> ImageDataset:
     """A split in manifest order, or a stratified sample of `limit` of its images (seeded by data.seed)."""
-    layout = Artifacts(params)
-    rows = load_split(layout.manifest, split)
-    if limit is not None:  # data.seed is read only here, so only the stages that sample depend on it
-        rows = sample_rows(rows, limit, params.data.seed)
-    return ImageDataset(rows, layout.raw_dir, categories, transform)
+    return ImageDataset(split_rows(params, split, limit), Artifacts(params).raw_dir, categories, transform)
 
 
 def train_views(params: Params, train: TrainParams, categories: list[str]) -> SeededViews:

@@ -46,9 +46,8 @@ def read_inference_log(log_dir: Path, since: datetime, until: datetime | None = 
     others are read a line at a time."""
     records, skipped, files = [], 0, 0
     start, end = pd.Timestamp(since), None if until is None else pd.Timestamp(until)
-    start = start if start.tzinfo else start.tz_localize("UTC")
     for path in sorted(Path(log_dir).glob("*.log")) if Path(log_dir).is_dir() else []:
-        if pd.Timestamp(path.stat().st_mtime, unit="s", tz="UTC") < start:
+        if path.stat().st_mtime < start.timestamp():
             continue
         files += 1
         with path.open(errors="replace") as lines:

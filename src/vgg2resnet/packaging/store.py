@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from vgg2resnet.artifacts import Artifacts, StoreLayout, sidecar
 from vgg2resnet.config import Params, UserError
-from vgg2resnet.data.datasets import eval_loader, load_split, sample_rows
+from vgg2resnet.data.datasets import eval_loader, split_rows
 from vgg2resnet.data.images import decode
 from vgg2resnet.data.loaders import make_loader, with_progress
 from vgg2resnet.data.transforms import transform_from_meta
@@ -155,11 +155,11 @@ def _as_batch(images: list[Image.Image]) -> tuple[list[Image.Image]]:
     return (images,)
 
 
-def profile(classifier: Classifier, paths: list[Path], params: Params, desc: str = "drift reference") -> pd.DataFrame:
+def profile(classifier: Classifier, paths: list[Path], params: Params) -> pd.DataFrame:
     """One row per image: the drift features, the prediction and its confidence, as the service logs them."""
     loader = make_loader(_Decoded(paths), params.runtime, params.evaluate.batch_size, collate=_as_batch)
     rows = []
-    for (images,) in with_progress(loader, desc):
+    for (images,) in with_progress(loader, "drift reference"):
         for result in classifier.predict(images, params.serving.top_k):
             rows.append({**result["features"], "prediction": result["category"],
                          "confidence": result["confidence"]})
@@ -169,9 +169,8 @@ def profile(classifier: Classifier, paths: list[Path], params: Params, desc: str
 def _write_reference(params: Params, folder: Path) -> None:
     """Profile a stratified sample of `monitoring.reference_images` val images with the folder's
     own classifier; write it into that folder."""
-    layout = Artifacts(params)
-    rows = sample_rows(load_split(layout.manifest, "val"), params.monitoring.reference_images, params.data.seed)
-    table = profile(Classifier(folder), [layout.raw_dir / p for p in rows["path"]], params)
+    rows = split_rows(params, "val", params.monitoring.reference_images)
+    table = profile(Classifier(folder), [Artifacts(params).raw_dir / p for p in rows["path"]], params)
     table.to_parquet(folder / StoreLayout.REFERENCE, index=False)
     log.info("drift reference: %d validation images profiled", len(table))
 
