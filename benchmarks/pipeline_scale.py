@@ -156,8 +156,9 @@ def measure(images: int, args: argparse.Namespace, code: Path, work: Path) -> di
     print(f"{images} images: wrote the folder in {time.perf_counter() - start:.0f} s", flush=True)
     project = make_project(work / "project", code, work / "remote",
                            settings(folder, args.size, args.steps, args.categories, images))
+    # PYTHONPATH: the snapshot's package, not the checkout's (an editable install) that may be edited meanwhile.
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(project / "src")}
     log = work / "commands.log"
     figures = {}
     time.sleep(2.5)  # the folder's stat keys settle (vgg2resnet.data.sources.settled), as an older folder's have
