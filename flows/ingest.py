@@ -25,7 +25,8 @@ from vgg2resnet.orchestration.pipeline import reproduce
 def ingest(drop: str, project_dir: str = ".", push: bool = True) -> dict:
     root = Path(project_dir).resolve()
     params = load_params(root / "params.yaml")
-    result = version_drop(Path(drop), root, params.data.incoming_dir, push=push)
+    result = version_drop(Path(drop), root, params.data.incoming_dir, params.data.follow_external_links,
+                          push=push)
     if result["new_version"] and Path(params.data.source) == params.data.incoming_dir:
         for stage in ("sources", "prepare"):
             reproduce(stage, root)

@@ -21,6 +21,7 @@ from prefect.deployments import run_deployment
 
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, load_params
+from vgg2resnet.locking import exclusive
 from vgg2resnet.orchestration.pipeline import (
     StageFailed,
     data_change,
@@ -97,13 +98,17 @@ def migrate(project_dir: str = ".") -> dict[str, bool]:
     root = Path(project_dir).resolve()
     params = load_params(root / "params.yaml")
     ran: dict[str, bool] = {}
-    before = data_version_of(root, params)
-    try:
-        _run_stages(root, params, ran)
-    finally:  # also when validation or the gate stops the run: say what it did with the data
-        change = data_change(before, data_version_of(root, params), ran)
-        logger.info(change)
-        create_markdown_artifact(key="data-change", markdown=change, description="what this run did with the data")
+    # The project's run lock, which the stage commands under `dvc repro` inherit: a second run
+    # (scheduled, drift-triggered or typed) stops instead of writing over this one.
+    with exclusive(root / Artifacts(params).run_lock):
+        before = data_version_of(root, params)
+        try:
+            _run_stages(root, params, ran)
+        finally:  # also when validation or the gate stops the run: say what it did with the data
+            change = data_change(before, data_version_of(root, params), ran)
+            logger.info(change)
+            create_markdown_artifact(key="data-change", markdown=change,
+                                     description="what this run did with the data")
     logger.info("stages run: %s; skipped (up to date): %s", [s for s, r in ran.items() if r],
                 [s for s, r in ran.items() if not r])
     return ran

@@ -8,6 +8,7 @@ import io
 import struct
 
 import numpy as np
+from hypothesis import strategies as st
 from PIL import Image
 
 FILE_TYPES = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp"),
@@ -73,3 +74,26 @@ def sideways_photo() -> tuple[bytes, np.ndarray, np.ndarray]:
     rotated = with_orientation(np.asarray(noise(width=40, height=24)), 6, "JPEG")
     stored = np.asarray(Image.open(io.BytesIO(rotated)).convert("RGB"))
     return rotated, stored, np.rot90(stored, -1)
+
+
+# Pillow modes an upload or a user's file may come in; CMYK is a JPEG, the others PNGs.
+MODES = ("RGB", "L", "RGBA", "LA", "P", "1", "CMYK", "I;16")
+
+
+def in_mode(mode: str, width: int, height: int, seed: int = 0) -> bytes:
+    """A file of noise in `mode` (16-bit greyscale spanning the full 16-bit range)."""
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        return encoded(Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16)), "PNG")
+    image = noise(width, height, seed)
+    image = image.convert("RGBA").convert(mode) if mode in ("RGBA", "LA") else image.convert(mode)
+    return encoded(image, "JPEG" if mode == "CMYK" else "PNG")
+
+
+@st.composite
+def policy_cases(draw) -> tuple[str, int, int]:
+    """A mode and a size around the input policy's bounds: tiny sides and shapes far from square."""
+    shorter = draw(st.integers(1, 24))
+    longer = draw(st.integers(shorter, 14 * shorter))
+    wide = draw(st.booleans())
+    return draw(st.sampled_from(MODES)), *((longer, shorter) if wide else (shorter, longer))

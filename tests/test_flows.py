@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .conftest import (
     TINY_PARAMS,
     make_project,
     promoted_tag,
+    repo_params,
     run,
     stale_stages,
     user_params,
@@ -207,6 +209,16 @@ def test_monitor_flow_emits_the_drift_event_once_per_cool_down(prefect_harness, 
     assert marker["event_id"] == summary["event_id"]
     again = monitor(project_dir=str(served["project"]), since=since)
     assert again["drift_detected"] and again["event_id"] is None  # the same episode: no second retraining
+
+
+def test_monitors_judging_drift_at_once_emit_one_event(prefect_harness, tmp_path: Path, monkeypatch):
+    from vgg2resnet.monitoring.monitor import emit_drift_event
+
+    monkeypatch.chdir(tmp_path)
+    params = repo_params({"monitoring": {"report_dir": str(tmp_path / "drift")}})
+    with ThreadPoolExecutor(6) as pool:
+        ids = list(pool.map(lambda _: emit_drift_event({"model_tag": "at-once:1"}, params), range(6)))
+    assert len([event for event in ids if event is not None]) == 1, ids
 
 
 def test_ingest_twice_makes_one_version_and_a_new_drop_another(prefect_harness, tmp_path: Path, tiny_images: Path):

@@ -26,13 +26,24 @@ from PIL import Image
 
 from vgg2resnet.artifacts import StoreLayout
 from vgg2resnet.config import VARIANTS, UserError, load_params
+from vgg2resnet.data.manifest import image_facts
+from vgg2resnet.data.policy import InputPolicy
 from vgg2resnet.monitoring.traffic import send_traffic
+from vgg2resnet.packaging import store
 from vgg2resnet.serving.auth import service_token
 from vgg2resnet.serving.server import local_server
 from vgg2resnet.stages import gate, package
 
 from .conftest import ROOT, classify_files, merge
-from .imagefiles import FILE_TYPES, encoded, noise, shortest_decodable, sideways_photo
+from .imagefiles import (
+    FILE_TYPES,
+    encoded,
+    in_mode,
+    noise,
+    policy_cases,
+    shortest_decodable,
+    sideways_photo,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +79,8 @@ def test_openapi_documents_both_endpoints_as_file_uploads_answering_json(server)
     spec = requests.get(f"{server['url']}/docs.json", timeout=30).json()
     for endpoint, field in (("classify", "image"), ("classify_batch", "images")):
         post = spec["paths"][f"/{endpoint}"]["post"]
-        assert field in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+        form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert field in form["properties"] and form["additionalProperties"] is False
         assert list(post["responses"]["200"]["content"]) == ["application/json"]
 
 
@@ -147,7 +159,6 @@ def test_a_rollback_serves_the_earlier_model_and_the_monitor_judges_its_traffic(
     """Promote A, then B, roll back, serve `name:latest` as a user would: the answers are A's
     offline predictions, and the monitor judges the traffic against A's reference."""
     from vgg2resnet.monitoring.monitor import run_monitor
-    from vgg2resnet.packaging import store
 
     project, name = served["project"], "rollback-end-to-end"
     monkeypatch.chdir(project)
@@ -406,6 +417,55 @@ def _schemathesis(url: str, workdir: Path, *options: str) -> None:
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
+@settings(max_examples=80, deadline=None)
+@given(case=policy_cases())
+def test_an_upload_is_classified_only_when_the_input_policy_of_training_admits_it(server, spec, case):
+    """The service refuses what validation refuses (tests/test_validate.py holds validation to the
+    same policy), naming each rule broken, and converts the rest as training does."""
+    mode, width, height = case
+    payload = in_mode(mode, width, height)
+    facts = image_facts(payload, 10**8)  # what prepare would record of this file
+    policy = InputPolicy.of(load_params(server["project"] / "params.yaml").validation)
+    refusals = policy.refusals(facts.width, facts.height, facts.mode)
+    answer = requests.post(f"{server['url']}/classify", files={"image": ("case", payload)}, timeout=60)
+    check_answer(answer, spec, images=1)
+    if refusals:
+        assert answer.status_code == 400 and all(reason in answer.json()["error"] for reason in refusals)
+    else:
+        assert answer.status_code == 200, answer.text
+
+
+def test_a_request_over_the_pixel_budget_is_refused_from_the_headers(server, spec):
+    budget = load_params(server["project"] / "params.yaml").serving.max_request_pixels
+    side = int((budget / 2) ** 0.5) + 1  # two such images pass every per-image limit, not the budget
+    blank = encoded(Image.new("L", (side, side)), "PNG")
+    files = [("images", (f"{i}.png", blank, "image/png")) for i in range(2)]
+    answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
+    check_answer(answer, spec)
+    assert answer.status_code == 400 and "serving.max_request_pixels" in answer.json()["error"]
+    assert str(2 * side * side) in answer.json()["error"]
+
+
+def test_a_body_over_the_byte_limit_is_refused_with_a_413_whether_its_length_is_declared_or_not(server, spec):
+    limit = load_params(server["project"] / "params.yaml").serving.max_request_bytes
+    boundary = "x" * 16
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+    body = head + _png() + b"\0" * (limit - len(head))  # over the limit by the PNG's size
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def chunks():
+        for start in range(0, len(body), 1 << 20):
+            yield body[start:start + (1 << 20)]
+
+    for data in (body, chunks()):  # Content-Length, then chunked transfer encoding
+        answer = requests.post(f"{server['url']}/classify", data=data, headers=headers, timeout=120)
+        check_answer(answer, spec)
+        assert answer.status_code == 413 and "serving.max_request_bytes" in answer.json()["error"]
+    ok = requests.post(f"{server['url']}/classify", files={"image": ("ok.png", _png())}, timeout=60)
+    assert ok.status_code == 200
+
+
 def test_64_clients_mixing_good_and_bad_uploads_get_no_5xx_and_no_good_request_fails(server):
     good, batch = _png(), [("images", (f"{i}.png", _png(), "image/png")) for i in range(4)]
     bad = [b"", b"not an image", encoded(noise(), "JPEG")[:200], _png()[:60], encoded(noise(), "GIF")]
@@ -447,12 +507,36 @@ def test_an_exif_rotated_jpeg_gets_the_prediction_of_its_upright_twin(server):
     assert answers[0]["top_k"] != answers[2]["top_k"]  # the orientation matters to the model
 
 
-def _serve_with(served: dict, workdir: Path, serving: dict):
+def _serve_with(served: dict, workdir: Path, serving: dict, host: str = "127.0.0.1"):
     """The session's model served with other serving settings."""
+    workdir.mkdir(parents=True, exist_ok=True)
     settings_file = workdir / "params.yaml"
     settings_file.write_text(yaml.safe_dump(merge(yaml.safe_load((served["project"] / "params.yaml").read_text()),
                                                   {"serving": serving})))
-    return settings_file, local_server(served["tag"], cwd=workdir, project_root=ROOT, params_file=settings_file)
+    return settings_file, local_server(served["tag"], cwd=workdir, project_root=ROOT, params_file=settings_file,
+                                       host=host)
+
+
+def test_a_version_whose_files_changed_since_it_was_saved_is_never_served(served, tmp_path: Path):
+    promoted = bentoml.models.get(served["tag"])
+    files = {p.name: p for p in Path(promoted.path).iterdir() if p.is_file() and p.name != "model.yaml"}
+    tag = store.save_version("damaged-copy", files, dict(promoted.info.metadata), promoted=False)
+    model = StoreLayout.model_in(Path(bentoml.models.get(tag).path))
+    model.write_bytes(model.read_bytes()[:-1])  # as a copy cut short by a crash
+    with pytest.raises(RuntimeError, match=rf"{tag} is incomplete \({model.name} does not match"), \
+            local_server(tag, cwd=tmp_path, project_root=ROOT, params_file=served["project"] / "params.yaml"):
+        pass
+
+
+def test_without_a_token_the_service_starts_only_on_a_loopback_address(served, tmp_path: Path):
+    _, open_to_all = _serve_with(served, tmp_path / "open", {}, host="0.0.0.0")
+    with pytest.raises(RuntimeError, match=r"listen on 0\.0\.0\.0 without a token(.|\n)*serving\.auth_token_env"), \
+            open_to_all:
+        pass
+    _, behind_a_gateway = _serve_with(served, tmp_path / "gateway", {"allow_network_without_token": True},
+                                      host="0.0.0.0")
+    with behind_a_gateway as url:
+        _still_serving(url)
 
 
 def test_load_shedding_answers_in_the_error_shape(served, tmp_path: Path):

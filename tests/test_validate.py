@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -11,10 +12,12 @@ from hypothesis import strategies as st
 
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.manifest import SPLITS
+from vgg2resnet.data.policy import InputPolicy
 from vgg2resnet.stages import prepare, validate
 from vgg2resnet.validation.frames import _near_duplicate_across_splits
 
 from .conftest import make_image_folder, repo_params
+from .imagefiles import in_mode, policy_cases
 
 CATEGORIES = ["zero", "one", "two", "three"]
 
@@ -182,6 +185,32 @@ def test_images_outside_the_side_limits_fail_dimensions(tmp_path: Path, images: 
 
 def test_a_mode_outside_the_allowed_ones_fails_modes(tmp_path: Path, images: Path):
     _failure(_params(tmp_path, images, allowed_modes=["L", "P"]), "modes")  # the images are RGB
+
+
+@settings(max_examples=3, deadline=None)
+@given(cases=st.lists(policy_cases(), min_size=1, max_size=8))
+def test_validation_flags_exactly_the_images_the_input_policy_refuses(cases):
+    """The "dimensions", "aspect_ratio" and "modes" checks together flag the files whose facts
+    the policy (what the service applies to uploads) refuses, and only those."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp_path = Path(scratch)
+        images = make_image_folder(tmp_path / "images", per_category=16, categories=CATEGORIES)
+        refused = set()
+        params = _params(tmp_path, images)
+        policy = InputPolicy.of(params.validation)
+        for number, (mode, width, height) in enumerate(cases):
+            path = images / "zero" / f"policy{number}.{'jpg' if mode == 'CMYK' else 'png'}"
+            path.write_bytes(in_mode(mode, width, height, seed=number))
+            if policy.refusals(width, height, mode):
+                refused.add(str(path))
+        try:
+            _prepare_and_validate(params)
+        except UserError:
+            pass
+        problems = json.loads((params.validation.report_dir / "result.json").read_text())["summary"]["problems"]
+        flagged = {path for p in problems if p["check"] in ("dimensions", "aspect_ratio", "modes")
+                   for path in p["offending"]}
+        assert flagged == refused
 
 
 def test_near_duplicates_across_splits_warn_and_can_be_made_to_fail(tmp_path: Path, images: Path):

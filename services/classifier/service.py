@@ -1,7 +1,7 @@
 """The vgg2resnet classifier as a BentoML service.
 
-    bentoml serve services.classifier.service:Classifier                       # development
-    bentoml serve services.classifier.service:Classifier --arg model_tag=TAG   # pin a version
+    bentoml serve services.classifier.service:Classifier --host 127.0.0.1                       # this machine
+    bentoml serve services.classifier.service:Classifier --host 127.0.0.1 --arg model_tag=TAG   # pin a version
 
 The endpoints are declared here; the rest lives in vgg2resnet.serving: decoding of untrusted
 uploads (uploads), one error shape for every 4xx/5xx (errors), the optional bearer token (auth), and
@@ -24,10 +24,13 @@ from bentoml.validators import ContentType
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from vgg2resnet.config import load_params
-from vgg2resnet.serving.auth import BearerToken, service_token
+from vgg2resnet.config import UserError, load_params
+from vgg2resnet.data.policy import InputPolicy
+from vgg2resnet.packaging.integrity import damage
+from vgg2resnet.serving.auth import BearerToken, check_exposure, listening_host, service_token
 from vgg2resnet.serving.classifier import Classifier as Model
 from vgg2resnet.serving.errors import ErrorShape
+from vgg2resnet.serving.limits import BodyLimit
 from vgg2resnet.serving.uploads import Uploads, image_file
 
 _ALL = load_params(os.environ.get("VGG2RESNET_PARAMS", "params.yaml"))
@@ -58,17 +61,22 @@ Json = ContentType("application/json")
 args = bentoml.use_arguments(Args)
 
 
-# Declared as files (the OpenAPI schema and multipart parsing follow the type); each is decoded
-# while the request is parsed, so the endpoint receives PIL images.
-ImageFile = image_file(PARAMS.max_pixels)
+# Declared as files (the OpenAPI schema and multipart parsing follow the type); each is checked
+# against the input policy that validation applies to the training images, and decoded while
+# the request is parsed, so the endpoint receives PIL images.
+ImageFile = image_file(PARAMS.max_pixels, InputPolicy.of(_ALL.validation))
 ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=PARAMS.max_batch_size)]
 
 
-class OneImage(Uploads):
+class Budgeted(Uploads):
+    max_request_pixels = PARAMS.max_request_pixels
+
+
+class OneImage(Budgeted):
     image: ImageFile
 
 
-class Images(Uploads):
+class Images(Budgeted):
     images: ImageFiles
 
 
@@ -79,8 +87,13 @@ class Classifier:
 
     def __init__(self) -> None:
         service_token(PARAMS)  # the token's variable named but unset: the server stops here, at start
-        self.model = Model(Path(self.model_ref.path))
+        check_exposure(PARAMS, listening_host())  # so does one open to the network without a token
         self.tag = str(self.model_ref.tag)
+        problem = damage(Path(self.model_ref.path), self.model_ref.stored.info.metadata)
+        if problem is not None:  # a version a crash left incomplete is never served
+            raise UserError(f"{self.tag} is incomplete ({problem}): serve another version (--arg model_tag=...) "
+                            "or run `vgg2resnet package` to promote the model again")
+        self.model = Model(Path(self.model_ref.path))
 
     def _predict(self, images: list[Image.Image]) -> list[Prediction]:
         results = self.model.predict(images, PARAMS.top_k)
@@ -127,7 +140,9 @@ class Classifier:
 
 ENDPOINTS = [api.route for api in Classifier.apis.values()]
 SECURED = PARAMS.auth_token_env is not None
-# Added first, so outermost of the two: the 401 below is answered in the error shape too.
+# Added first, so outermost: the 401 and 413 below are answered in the error shape too; the
+# token is checked before the body is read.
 Classifier.add_asgi_middleware(ErrorShape, endpoints=ENDPOINTS, secured=SECURED)
 if SECURED:
     Classifier.add_asgi_middleware(BearerToken, serving=PARAMS)
+Classifier.add_asgi_middleware(BodyLimit, endpoints=ENDPOINTS, max_bytes=PARAMS.max_request_bytes)

@@ -136,6 +136,11 @@ class Artifacts:
         return self.params.paths.state_dir / stage / "last.pt"
 
     @property
+    def run_lock(self) -> Path:
+        """Held by whatever runs stages in this project (vgg2resnet.locking)."""
+        return self.params.paths.state_dir / "run.lock"
+
+    @property
     def source_stats(self) -> Path:
         """What `prepare` last saw of each file of data.source (local state, not a DVC output:
         it describes this machine's files, and a change to it must not re-trigger validation)."""
@@ -193,6 +198,11 @@ class Artifacts:
     @property
     def last_drift_event(self) -> Path:
         return self.drift_dir / "last_event.json"
+
+    @property
+    def drift_event_lock(self) -> Path:
+        """Held while a monitor checks the cool-down and emits a drift event."""
+        return self.drift_dir / "last_event.lock"
 
     def drift_report(self, stamp: str, suffix: str) -> Path:
         """One monitor run's report: `<stamp>.html` (Evidently) or `<stamp>.json` (summary)."""

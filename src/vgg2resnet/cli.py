@@ -60,10 +60,15 @@ def _print_json(data: Any) -> None:
 
 
 def _run_stage(name: str, params: Path) -> dict:
-    """Every stage command is the same: load params.yaml, call vgg2resnet.stages.<name>.run."""
+    """Every stage command is the same: load params.yaml, take the project's run lock, call
+    vgg2resnet.stages.<name>.run."""
+    from vgg2resnet.artifacts import Artifacts
     from vgg2resnet.config import load_params
+    from vgg2resnet.locking import exclusive
 
-    return importlib.import_module(f"vgg2resnet.stages.{name}").run(load_params(params))
+    settings = load_params(params)
+    with exclusive(Artifacts(settings).run_lock):
+        return importlib.import_module(f"vgg2resnet.stages.{name}").run(settings)
 
 
 @command

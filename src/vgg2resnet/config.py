@@ -97,6 +97,7 @@ class DataParams(Section):
     on_undecodable: Literal["error", "record", "skip"]
     max_pixels: int = Field(ge=1)
     reuse_by_stat: bool
+    follow_external_links: bool
     incoming_dir: SettingPath
 
 
@@ -106,6 +107,7 @@ class ValidationParams(Section):
     max_imbalance_ratio: float = Field(ge=1.0)
     min_side: int = Field(ge=1)
     max_side: int = Field(ge=1)
+    max_aspect_ratio: float = Field(ge=1)
     allowed_modes: list[str]
     near_duplicate_max_distance: int = Field(ge=0, le=64)
     severity: dict[str, Literal["fail", "warn"]]
@@ -244,9 +246,12 @@ class ServingParams(Section):
     max_concurrency: int = Field(ge=1)
     timeout_s: int = Field(ge=1)
     max_pixels: int = Field(ge=1)
+    max_request_pixels: int = Field(ge=1)
+    max_request_bytes: int = Field(ge=1)
     top_k: int = Field(ge=1)
     embedding_dims: int = Field(ge=2, le=64)
     auth_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    allow_network_without_token: bool
 
     @model_validator(mode="after")
     def _budget_within_timeout(self) -> ServingParams:
@@ -255,6 +260,14 @@ class ServingParams(Section):
         if self.max_latency_ms > self.timeout_s * 1000:
             raise ValueError(f"max_latency_ms ({self.max_latency_ms}) exceeds timeout_s * 1000 "
                              f"({self.timeout_s * 1000}): lower max_latency_ms or raise timeout_s")
+        return self
+
+    @model_validator(mode="after")
+    def _one_image_within_the_request_budget(self) -> ServingParams:
+        if self.max_pixels > self.max_request_pixels:
+            raise ValueError(f"max_pixels ({self.max_pixels}) exceeds max_request_pixels ({self.max_request_pixels}): "
+                             "an image the service admits alone could never be sent; lower max_pixels or raise "
+                             "max_request_pixels")
         return self
 
 

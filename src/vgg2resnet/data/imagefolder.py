@@ -1,7 +1,15 @@
-"""Reading a user's ImageFolder tree: one folder per category, images anywhere below it."""
+"""Reading a user's ImageFolder tree: one folder per category, images anywhere below it.
+
+Symbolic links are followed while they stay inside the tree. A link that leads out of it is
+refused unless data.follow_external_links says otherwise: its file would be copied into
+data/raw, cached and pushed to the remote, which the tree's owner may not expect of a link.
+A link loop, a directory link back to a folder above it and a dangling link are errors that
+name the link.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,22 +32,52 @@ class ScanResult:
         return [self.root / relative for relative in self.files[category]]
 
 
-def _regular_files(folder: str, prefix: str) -> Iterator[str]:
-    """prefix + the POSIX path under folder of every regular file, symbolic links followed."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir():
-                yield from _regular_files(entry.path, f"{prefix}{entry.name}/")
-            elif entry.is_file():
-                yield prefix + entry.name
+@dataclass(frozen=True)
+class _Links:
+    """Where the tree's symbolic links may lead."""
+
+    root: str  # the tree's real path
+    follow_external: bool
+
+    def target(self, link: str) -> str:
+        """The real path `link` leads to, if the policy lets it be followed."""
+        try:
+            target = os.path.realpath(link, strict=True)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UserError(f"{link}: symbolic link loop (it leads back to itself); fix or remove the link") from None
+            raise UserError(f"{link}: symbolic link to {os.readlink(link)}, which does not exist; "
+                            "restore its target or remove the link") from None
+        if not self.follow_external and os.path.commonpath([target, self.root]) != self.root:
+            raise UserError(
+                f"{link}: symbolic link to {target}, outside the folder it is in ({self.root}); its file would be "
+                "copied and pushed to the DVC remote. Copy the files into the folder, or set "
+                "data.follow_external_links: true in params.yaml to follow links that leave it")
+        return target
+
+    def files(self, folder: str, prefix: str, above: frozenset[str]) -> Iterator[str]:
+        """prefix + the POSIX path under folder of every regular file; `above` holds the real
+        paths of folder and the folders it lies in, which a directory link must not lead back to."""
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                target = self.target(entry.path) if entry.is_symlink() else None
+                if entry.is_dir():
+                    real = target or os.path.realpath(entry.path)
+                    if real in above:
+                        raise UserError(f"{entry.path}: symbolic link to {real}, a folder it lies in: the tree "
+                                        "would never end; remove the link")
+                    yield from self.files(entry.path, f"{prefix}{entry.name}/", above | {real})
+                elif entry.is_file():
+                    yield prefix + entry.name
 
 
 def _parts(relative: str) -> list[str]:
     return relative.split("/")  # the order of pathlib's sorted(), folder by folder
 
 
-def scan_image_folder(root: Path) -> ScanResult:
-    """List images per category; hidden files and non-images are skipped and counted.
+def scan_image_folder(root: Path, follow_external_links: bool = False) -> ScanResult:
+    """List images per category; hidden files and non-images are skipped and counted, and
+    symbolic links checked as the module says.
 
     Raises UserError for a missing root, a category with no images, and two
     categories whose names differ only in case (they would collide on
@@ -51,7 +89,12 @@ def scan_image_folder(root: Path) -> ScanResult:
             "ImageFolder directory (one sub-folder per category) or to 'demo'"
         )
     result = ScanResult(root)
-    categories = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    links = _Links(os.path.realpath(root), follow_external_links)
+    visible = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    for path in visible:
+        if path.is_symlink():
+            links.target(str(path))  # refuses a loop, a dangling link and one that leaves the tree
+    categories = [p for p in visible if p.is_dir()]
     if not categories:
         raise UserError(f"{root}: no category folders found; expected <root>/<category>/<images>")
     by_lower: dict[str, str] = {}
@@ -63,7 +106,11 @@ def scan_image_folder(root: Path) -> ScanResult:
                 "merge or rename one of the folders"
             )
         images = []
-        for relative in sorted(_regular_files(str(folder), f"{folder.name}/"), key=_parts):
+        real = links.target(str(folder)) if folder.is_symlink() else os.path.realpath(folder)
+        if real == links.root:
+            raise UserError(f"{folder}: symbolic link to data.source itself: the tree would never end; remove the link")
+        for relative in sorted(links.files(str(folder), f"{folder.name}/", frozenset({links.root, real})),
+                               key=_parts):
             if any(part.startswith(".") for part in _parts(relative)):
                 result.skipped_hidden += 1
             elif os.path.splitext(relative)[1].lower() not in SUFFIXES:

@@ -32,6 +32,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from vgg2resnet.data.formats import FORMAT_LIST, FORMATS
+from vgg2resnet.data.policy import InputPolicy, to_rgb
 
 try:  # deprecated since torchvision 0.29 in favour of TorchCodec; Pillow decodes when it is gone
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -57,12 +58,15 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class UndecodableImage(ValueError):
-    """The bytes are not an image this project decodes; the message says why, for the file's owner."""
+    """The bytes are not an image this project decodes, or one the input policy refuses; the
+    message says why, for the file's owner."""
 
 
-def open_image(source: bytes | Path, max_pixels: int | None = None) -> Image.Image:
+def open_image(source: bytes | Path, max_pixels: int | None = None,
+               policy: InputPolicy | None = None) -> Image.Image:
     """The fully decoded, upright image in its own mode; its size is checked against
-    `max_pixels` from the header, before any pixel is decoded."""
+    `max_pixels`, and its size and mode against `policy`, from the header, before any pixel
+    is decoded."""
     payload = source if isinstance(source, bytes) else Path(source).read_bytes()
     if not payload:
         raise UndecodableImage(f"the file is empty: send a {FORMAT_LIST} image")
@@ -77,6 +81,9 @@ def open_image(source: bytes | Path, max_pixels: int | None = None) -> Image.Ima
     if max_pixels is not None and image.width * image.height > max_pixels:
         raise UndecodableImage(f"the image is {image.width}x{image.height} = {image.width * image.height} "
                                f"pixels; the limit is {max_pixels}")
+    refusals = policy.refusals(image.width, image.height, image.mode) if policy is not None else []
+    if refusals:
+        raise UndecodableImage("; ".join(refusals))
     try:
         image.load()
     except Exception as exc:  # OSError, SyntaxError, ValueError, struct.error, EOFError, ...
@@ -101,11 +108,12 @@ def upright(image: Image.Image) -> Image.Image:
     return image if turn is None else image.transpose(turn)
 
 
-def decode(source: bytes | Path, max_pixels: int | None = None) -> Image.Image:
-    """The image as RGB pixels, fully decoded and upright: what every model of this project sees."""
-    image = open_image(source, max_pixels)
+def decode(source: bytes | Path, max_pixels: int | None = None, policy: InputPolicy | None = None) -> Image.Image:
+    """The image as RGB pixels (vgg2resnet.data.policy.to_rgb), fully decoded and upright: what
+    every model of this project sees."""
+    image = open_image(source, max_pixels, policy)
     try:
-        return image.convert("RGB")
+        return to_rgb(image)
     except Exception as exc:  # a mode Pillow cannot convert
         raise UndecodableImage(f"the image's {image.mode} pixels do not convert to RGB ({exc})") from None
 

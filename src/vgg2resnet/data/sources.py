@@ -168,7 +168,7 @@ def images_record(params: Params, hashes: SourceHashes) -> dict:
     if data.source == "demo":
         return {"source": "demo"}
     root = source_root(data)
-    relatives = [relative for files in scan_image_folder(root).files.values() for relative in files]
+    relatives = [relative for files in scan_image_folder(root, data.follow_external_links).files.values() for relative in files]
     digest = hashlib.sha256()
     for relative, sha in hashes.images(root, relatives).items():
         digest.update(f"{relative}\t{sha}\n".encode())

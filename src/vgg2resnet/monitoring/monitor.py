@@ -24,6 +24,7 @@ import pandas as pd
 from vgg2resnet import atomic
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, UserError
+from vgg2resnet.locking import exclusive
 from vgg2resnet.monitoring.drift import build_report, write_trend
 from vgg2resnet.monitoring.health import teacher_agreement
 from vgg2resnet.packaging import store
@@ -139,10 +140,16 @@ def run_monitor(params: Params, since: datetime | None = None, until: datetime |
 
 
 def emit_drift_event(summary: dict, params: Params) -> str | None:
-    """Emit the Prefect event unless one was emitted within the cool-down; return its id."""
+    """Emit the Prefect event unless one was emitted within the cool-down; return its id. The
+    check and the marker are one step under a lock, so two monitors at once emit one event."""
+    layout = Artifacts(params)
+    with exclusive(layout.drift_event_lock, wait=True):
+        return _emit_after_cooldown(summary, layout.last_drift_event, params.monitoring.event_cooldown_hours)
+
+
+def _emit_after_cooldown(summary: dict, marker: Path, cooldown: float) -> str | None:
     from prefect.events import emit_event
 
-    marker, cooldown = Artifacts(params).last_drift_event, params.monitoring.event_cooldown_hours
     now = datetime.now(timezone.utc)
     if marker.is_file():
         last = datetime.fromisoformat(json.loads(marker.read_text())["emitted"])

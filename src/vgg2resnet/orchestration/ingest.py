@@ -23,9 +23,9 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def copy_new_images(drop: Path, target: Path) -> int:
+def copy_new_images(drop: Path, target: Path, follow_external_links: bool) -> int:
     """Copy images of the drop (ImageFolder layout) whose content `target` lacks; return the count."""
-    scan = scan_image_folder(drop)
+    scan = scan_image_folder(drop, follow_external_links)
     known = {_sha256(p) for p in target.rglob("*") if p.is_file()} if target.is_dir() else set()
     copied = 0
     for category in scan.files:
@@ -41,13 +41,13 @@ def copy_new_images(drop: Path, target: Path) -> int:
     return copied
 
 
-def ingest(drop: Path, root: Path, incoming_dir: Path, push: bool = True) -> dict:
+def ingest(drop: Path, root: Path, incoming_dir: Path, follow_external_links: bool, push: bool = True) -> dict:
     """Version what is new in `drop`; return the data version and whether it is a new one."""
     from dvc.repo import Repo
 
     drop, root = Path(drop).resolve(), Path(root).resolve()
     target = root / incoming_dir
-    copied = copy_new_images(drop, target)
+    copied = copy_new_images(drop, target, follow_external_links)
     dvc_file = Path(f"{incoming_dir}.dvc")
     new_version = copied > 0 or not (root / dvc_file).is_file()
     if new_version:

@@ -20,6 +20,7 @@ import yaml
 from vgg2resnet.artifacts import DVC_LOCK, Artifacts, read_json
 from vgg2resnet.config import DEFAULT_PARAMS, Params, UserError, load_params
 from vgg2resnet.lineage import git_revision, recorded_data_version
+from vgg2resnet.locking import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -156,19 +157,20 @@ def run_on_worker(stage: str, revision: str, root: Path) -> bool:
     to tracked files, which would be someone's work, stop it before anything is touched."""
     from dvc.repo import Repo
 
-    edited = edited_files(root)
-    if edited:
-        raise UserError(f"the worker's checkout {root} has local changes to {', '.join(edited)}; it must be "
-                        "a clone only the worker uses (commit or discard them)")
-    if git(root, "remote"):
-        git(root, "fetch", "--quiet")
-    git(root, "checkout", "--quiet", "--force", revision)
-    try:
-        with contextlib.chdir(root), Repo(str(root)) as repo:
-            repo.pull(targets=[stage], with_deps=True, allow_missing=True)
-        ran = reproduce(stage, root)
-        with contextlib.chdir(root), Repo(str(root)) as repo:
-            repo.push(targets=[stage], run_cache=True)
-    finally:
-        git(root, "reset", "--quiet", "--hard")
-    return ran
+    with exclusive(root / Artifacts(load_params(root / "params.yaml")).run_lock):  # one run per clone
+        edited = edited_files(root)
+        if edited:
+            raise UserError(f"the worker's checkout {root} has local changes to {', '.join(edited)}; it must be "
+                            "a clone only the worker uses (commit or discard them)")
+        if git(root, "remote"):
+            git(root, "fetch", "--quiet")
+        git(root, "checkout", "--quiet", "--force", revision)
+        try:
+            with contextlib.chdir(root), Repo(str(root)) as repo:
+                repo.pull(targets=[stage], with_deps=True, allow_missing=True)
+            ran = reproduce(stage, root)
+            with contextlib.chdir(root), Repo(str(root)) as repo:
+                repo.push(targets=[stage], run_cache=True)
+        finally:
+            git(root, "reset", "--quiet", "--hard")
+        return ran

@@ -11,6 +11,10 @@ split), and its drift reference: the service's own features and predictions over
 val split of the data it was trained on. The reference is computed when the version is promoted
 and stored with it, so a run that promotes nothing never replaces it, a rollback restores it
 with its model, and the monitor compares traffic with the reference of the version that served it.
+
+A version's folder left incomplete by a crash while BentoML copied it into the store
+(vgg2resnet.packaging.integrity) is skipped and reported by everything here: the newest
+complete version stays the one in production.
 """
 
 from __future__ import annotations
@@ -35,23 +39,45 @@ from vgg2resnet.data.images import decode
 from vgg2resnet.data.loaders import make_loader, with_progress
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.variants import load_runner
+from vgg2resnet.packaging.integrity import BENTOML_FILES, FILES, damage, digests
 from vgg2resnet.serving.classifier import Classifier, fit_projection
 
 log = logging.getLogger(__name__)
 PROMOTED = {"stage": "promoted"}
 
 
-def promoted_versions(name: str) -> list:
-    """Promoted versions of `name`, newest first."""
+def inventory(name: str) -> tuple[list, list[str]]:
+    """(the complete promoted versions of `name`, newest first; a line for each version folder
+    that is incomplete or damaged, naming it). BentoML's own listing fails as a whole on a
+    folder without its model.yaml, so the folders are read one by one."""
     import bentoml
-    from bentoml.exceptions import NotFound
+    from bentoml._internal.configuration.containers import BentoMLContainer
 
-    try:
-        models = bentoml.models.list(name)
-    except NotFound:
-        return []
-    promoted = [m for m in models if m.info.labels.get("stage") == PROMOTED["stage"]]
-    return sorted(promoted, key=lambda m: m.info.creation_time, reverse=True)
+    folder = Path(BentoMLContainer.model_store_dir.get()) / name
+    whole, broken = [], []
+    for version in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not version.is_dir():  # BentoML's `latest` pointer
+            continue
+        try:
+            model = bentoml.models.get(f"{name}:{version.name}")
+        except Exception as exc:  # BentoMLException and its kinds: no or no readable model.yaml
+            broken.append(f"{version}: incomplete ({exc})")
+            continue
+        problem = damage(version, model.info.metadata)
+        if problem is not None:
+            broken.append(f"{version}: incomplete ({problem})")
+        elif model.info.labels.get("stage") == PROMOTED["stage"]:
+            whole.append(model)
+    return sorted(whole, key=lambda m: m.info.creation_time, reverse=True), broken
+
+
+def promoted_versions(name: str) -> list:
+    """The complete promoted versions of `name`, newest first; incomplete ones are logged."""
+    whole, broken = inventory(name)
+    for line in broken:
+        log.warning("skipped %s; a crash while it was saved can leave this. Remove the folder once no "
+                    "process is saving a model", line)
+    return whole
 
 
 def current(name: str):
@@ -68,6 +94,7 @@ def new_version(name: str, metadata: dict[str, Any], promoted: bool = True) -> I
 
     with bentoml.models.create(name, labels=dict(PROMOTED) if promoted else {}, metadata=metadata) as ref:
         yield ref
+        ref.info.metadata[FILES] = digests(Path(ref.path))  # saved in model.yaml when the block ends
     log.info("saved %s to the BentoML model store", ref.tag)
 
 
@@ -81,8 +108,6 @@ def save_version(name: str, files: dict[str, Path], metadata: dict[str, Any], pr
 
 def rollback(name: str, tag: str | None = None) -> str:
     """Make an earlier promoted version current again (the previous one by default)."""
-    import bentoml
-
     versions = promoted_versions(name)
     if not versions:
         raise UserError(f"no promoted versions of '{name}' in the BentoML model store; nothing to roll back")
@@ -93,11 +118,12 @@ def rollback(name: str, tag: str | None = None) -> str:
             raise UserError(f"'{name}' has no earlier promoted model than {versions[0].tag}")
         target = earlier[0]
     else:
-        target = bentoml.models.get(tag)
-        if target.info.labels.get("stage") != PROMOTED["stage"]:
-            raise UserError(f"{tag} was never promoted; choose one of {[str(m.tag) for m in versions]}")
-    files = {p.name: p for p in Path(target.path).iterdir() if p.is_file() and not p.name.startswith("model.yaml")}
-    metadata = {**target.info.metadata, "restored_from": str(target.tag)}
+        target = next((m for m in versions if str(m.tag) == tag), None)
+        if target is None:
+            raise UserError(f"{tag} is not a complete promoted version of '{name}' (never promoted, incomplete or "
+                            f"not in the store); choose one of {[str(m.tag) for m in versions]}")
+    files = {p.name: p for p in Path(target.path).iterdir() if p.is_file() and p.name not in BENTOML_FILES}
+    metadata = {k: v for k, v in target.info.metadata.items() if k != FILES} | {"restored_from": str(target.tag)}
     return save_version(name, files, metadata)
 
 

@@ -3,14 +3,19 @@
 `serving.auth_token_env` names the environment variable that holds the token (null: no
 token, for local use). The server refuses to start when the variable it names is unset or
 empty, rather than serve openly; clients of this project (simulate-traffic, the demo, the
-benchmarks) send the same token.
+benchmarks) send the same token. Without a token the server also refuses to start on any
+address but a loopback one (`bentoml serve` listens on every interface unless given `--host`),
+unless `serving.allow_network_without_token` says a gateway in front of it authenticates.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import os
+import socket
+import sys
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -38,6 +43,26 @@ def service_token(serving: ServingParams) -> str | None:
         raise UserError(f"${name}: the token must be printable ASCII, e.g. from "
                         "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
     return token
+
+
+def listening_host() -> str | None:
+    """The address this BentoML worker listens on: its server passes the listening socket as
+    `--fd N` (a worker's command line, BentoML 1.4); None outside such a worker."""
+    if "--fd" not in sys.argv:
+        return None
+    with socket.socket(fileno=os.dup(int(sys.argv[sys.argv.index("--fd") + 1]))) as listening:
+        return listening.getsockname()[0]
+
+
+def check_exposure(serving: ServingParams, host: str | None) -> None:
+    """Refuse to serve without a token on an address other machines can reach."""
+    if host is None or serving.auth_token_env is not None or serving.allow_network_without_token:
+        return
+    if not ipaddress.ip_address(host).is_loopback:
+        raise UserError(f"the service would listen on {host} without a token, open to any machine that can reach "
+                        "it: serve on 127.0.0.1 (bentoml serve ... --host 127.0.0.1), set serving.auth_token_env "
+                        "to require a bearer token, or set serving.allow_network_without_token: true when a "
+                        "gateway in front of the service authenticates its callers")
 
 
 def auth_headers(serving: ServingParams) -> dict[str, str]:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,24 +29,28 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def local_server(model_tag: str, *, cwd: Path, project_root: Path, params_file: Path,
-                 ready_timeout: float = 180.0) -> Iterator[str]:
-    """Yield the URL of a ready server; the inference log lands under `cwd`."""
+                 ready_timeout: float = 180.0, host: str = "127.0.0.1") -> Iterator[str]:
+    """Yield the URL of a ready server; the inference log lands under `cwd`. A server that
+    stops while starting raises RuntimeError with the end of what it wrote."""
     service_token(load_params(params_file).serving)  # a missing token fails here, not after a timeout
     port = free_port()
     env = {**os.environ, "VGG2RESNET_PARAMS": str(Path(params_file).resolve()),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(project_root).resolve()),
                                                         os.environ.get("PYTHONPATH")]))}
+    errors = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port),
          "--arg", f"model_tag={model_tag}"],
-        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with code {process.returncode}")
+                errors.seek(0)
+                said = errors.read().decode(errors="replace")[-3000:]
+                raise RuntimeError(f"bentoml serve exited with code {process.returncode}:\n{said}")
             try:
                 if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
@@ -62,3 +67,4 @@ def local_server(model_tag: str, *, cwd: Path, project_root: Path, params_file: 
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        errors.close()

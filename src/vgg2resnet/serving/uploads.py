@@ -1,4 +1,5 @@
-"""Images uploaded as files: form fields checked before BentoML parses the form, and each file
+"""Images uploaded as files: form fields and the request's pixel budget checked before BentoML
+parses the form, and each file checked against the input policy (vgg2resnet.data.policy) and
 decoded (vgg2resnet.data.images.decode) while the request is parsed. Every problem found is
 reported with its field, index and filename, and the request answers 400: a batch holding
 one bad file classifies nothing."""
@@ -6,22 +7,26 @@ one bad file classifies nothing."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, get_origin
+from typing import IO, Annotated, Any, ClassVar, get_origin
 
 from bentoml import IODescriptor
-from pydantic import ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+from PIL import Image
+from pydantic import ConfigDict, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from vgg2resnet.data.formats import FORMATS
 from vgg2resnet.data.images import UndecodableImage, decode
+from vgg2resnet.data.policy import InputPolicy
 from vgg2resnet.serving.errors import Problem, report
+from vgg2resnet.serving.limits import BodyTooLarge
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-def image_file(max_pixels: int) -> Any:
+def image_file(max_pixels: int, policy: InputPolicy) -> Any:
     """A field type BentoML documents and parses as a file upload (a `Path`), whose validator
     decodes the upload straight from the form buffer instead of BentoML's file schema, which
     would first copy it to a temporary file. A bad file is thus rejected before adaptive batching
@@ -32,7 +37,7 @@ def image_file(max_pixels: int) -> Any:
         if not isinstance(upload, UploadFile):
             raise PydanticCustomError("not_a_file", "send the image as a multipart/form-data file upload")
         try:
-            return decode(upload.file.read(), max_pixels)
+            return decode(upload.file.read(), max_pixels, policy)
         except UndecodableImage as exc:
             raise PydanticCustomError("undecodable_image", "{reason}", {"reason": str(exc)}) from None
 
@@ -44,7 +49,12 @@ class Uploads(IODescriptor):
     the form: BentoML answers 500 to a malformed form or a file under an unknown name, and
     fetches a text value of a file field as a URL, a request made on the client's behalf (as
     after `curl -F image=digit.png`, without the @). Each of those is a 400 here, like a body
-    that is not a form at all, several files sent to a one-file field, and any other bad upload."""
+    that is not a form at all, several files sent to a one-file field, images whose pixels together
+    exceed `max_request_pixels` (from their headers, before any is decoded), and any other bad
+    upload. The schema declares the form's fields as the only ones (additionalProperties: false)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_request_pixels: ClassVar[int]  # serving.max_request_pixels, set by the service
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> IODescriptor:
@@ -57,6 +67,8 @@ class Uploads(IODescriptor):
             form = await request.form()  # parsed once: starlette keeps it for BentoML's parser
         except HTTPException as exc:
             raise _refuse(request, cls, [_problem(None, f"the body is not a valid form: {exc.detail}")]) from None
+        except BodyTooLarge as exc:  # answered 413 by BodyLimit
+            raise _refuse(request, cls, [_problem(None, str(exc))]) from None
         fields = " and ".join(repr(name) for name in cls.model_fields)
         problems = [_problem(name, f"unknown field: this endpoint takes {fields}")
                     for name in form if name not in cls.model_fields]
@@ -68,12 +80,29 @@ class Uploads(IODescriptor):
                                     "(classify_batch takes several)")
                      for name in cls.multipart_fields
                      if get_origin(cls.model_fields[name].annotation) is not list and len(form.getlist(name)) > 1]
+        if not problems:
+            pixels = sum(_declared_pixels(value.file) for name in cls.multipart_fields for value in form.getlist(name))
+            if pixels > cls.max_request_pixels:
+                problems.append(_problem(None, f"the images hold {pixels} pixels together, over serving.max_request_pixels "
+                                               f"({cls.max_request_pixels}): send fewer or smaller images per request"))
         if problems:
             raise _refuse(request, cls, problems)
         try:
             return await super().from_http_request(request, serde)
         except ValidationError as exc:
             raise _refuse(request, cls, [_from_pydantic(error, form) for error in exc.errors()]) from None
+
+
+def _declared_pixels(file: IO[bytes]) -> int:
+    """Width x height from an upload's header; 0 for one that does not parse, which the decoder
+    then refuses with its reason."""
+    try:
+        with Image.open(file, formats=list(FORMATS)) as image:
+            return image.width * image.height
+    except Exception:  # Pillow's plugins raise many types on malformed headers
+        return 0
+    finally:
+        file.seek(0)
 
 
 def _problem(field: str | None, reason: str, index: int | None = None, filename: str | None = None) -> Problem:

@@ -57,7 +57,7 @@ def _import_source(params: Params, staging: Path) -> tuple[ScanResult, Intake]:
             f"data.source ({source}) lies inside data.raw_dir ({raw_dir}), which this stage rebuilds; "
             "keep your originals elsewhere and point data.source at them"
         )
-    scan = scan_image_folder(source)
+    scan = scan_image_folder(source, data.follow_external_links)
     total = sum(len(files) for files in scan.files.values())
     stats = SourceStats.load(layout.source_stats, source) if data.reuse_by_stat else None
     previous = Previous.load(layout.manifest, raw_dir, stats)

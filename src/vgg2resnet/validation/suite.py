@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from vgg2resnet.config import UserError, ValidationParams
+from vgg2resnet.data.policy import InputPolicy
 
 DEFAULT_SEVERITY = {
     "not_null": "fail",
@@ -24,6 +25,7 @@ DEFAULT_SEVERITY = {
     "decodes": "fail",
     "dimensions": "fail",
     "modes": "fail",
+    "aspect_ratio": "fail",
     "leakage": "fail",
     "within_split_duplicates": "warn",
     "near_duplicates": "warn",
@@ -61,18 +63,20 @@ def _meta(params: ValidationParams):
 def manifest_expectations(params: ValidationParams, expected: list[str]) -> list:
     import great_expectations.expectations as gxe
 
-    meta = _meta(params)
+    meta, policy = _meta(params), InputPolicy.of(params)  # the rules the service applies to uploads
     return [
         gxe.ExpectColumnValuesToNotBeNull(column="path", meta=meta("not_null")),
         gxe.ExpectColumnValuesToNotBeNull(column="category", meta=meta("not_null")),
         gxe.ExpectColumnDistinctValuesToEqualSet(column="category", value_set=expected,
                                                  meta=meta("categories")),
         gxe.ExpectColumnValuesToBeInSet(column="decodes", value_set=[True], meta=meta("decodes")),
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=params.min_side,
-                                          max_value=params.max_side, meta=meta("dimensions")),
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=params.min_side,
-                                          max_value=params.max_side, meta=meta("dimensions")),
-        gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=params.allowed_modes, meta=meta("modes")),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=policy.min_side,
+                                          max_value=policy.max_side, meta=meta("dimensions")),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=policy.min_side,
+                                          max_value=policy.max_side, meta=meta("dimensions")),
+        gxe.ExpectColumnValuesToBeBetween(column="aspect_ratio", max_value=policy.max_aspect_ratio,
+                                          meta=meta("aspect_ratio")),
+        gxe.ExpectColumnValuesToBeInSet(column="mode", value_set=sorted(policy.allowed_modes), meta=meta("modes")),
         gxe.ExpectColumnValuesToBeInSet(column="duplicate_across_splits", value_set=[False],
                                         meta=meta("leakage")),
         gxe.ExpectColumnValuesToBeInSet(column="duplicate_within_split", value_set=[False],
