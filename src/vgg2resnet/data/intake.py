@@ -32,12 +32,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from vgg2resnet.data.imagefolder import ScanResult
 from vgg2resnet.data.manifest import FACTS_VERSION, ImageFacts, image_facts
-from vgg2resnet.data.sources import SourceStats, StatKey, read_source, settled, stat_key
+from vgg2resnet.data.sources import SourceStats, read_source, settled, stat_keys
 
 FACT_FIELDS = list(ImageFacts.__dataclass_fields__)
 
@@ -141,16 +142,13 @@ def _read(job: Job, reading: Reading | None = None) -> dict:
     return {"row": _row(job, facts, digest)}
 
 
-def _unchanged(job: Job, key: StatKey, reading: Reading, made: set[str]) -> dict | None:
-    """The row of a file whose stat key the last run recorded, linked into copy_to unread; None
-    when it must be read (a new key, facts not reusable, or no previous data/raw file to link)."""
+def _unchanged(job: Job, digest: str, reading: Reading, made: set[str]) -> dict | None:
+    """The row of a file whose stat key is the one the last run recorded with `digest`, linked
+    into copy_to unread; None when it must be read (facts not reusable, or no previous data/raw
+    file to link)."""
     previous = reading.previous
     if previous.raw_dir is None or reading.copy_to is None:
         return None
-    recorded = previous.stats.entries.get(job.relative)
-    if recorded is None or recorded[0] != key:
-        return None
-    digest = recorded[1]
     facts = _known_facts(digest, reading)
     if facts is None or previous.raw_sha.get(job.relative) != digest:
         return None
@@ -198,11 +196,12 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
             for category, files in scan.files.items() for relative in files]
     rows, skipped, to_read = [], [], jobs
     if recorded is not None:
-        keys = {job.relative: stat_key(job.path) for job in jobs}  # taken before reading: a later write moves them
+        relatives = [job.relative for job in jobs]
+        keys = stat_keys(relatives, root)  # taken before reading: a later write moves them
         made: set[str] = set()
         to_read = []
-        for job in jobs:
-            row = _unchanged(job, keys[job.relative], reading, made)
+        for job, digest in zip(jobs, recorded.matching(relatives, keys)):
+            row = None if digest is None else _unchanged(job, digest, reading, made)
             if row is None:
                 to_read.append(job)
             else:
@@ -217,5 +216,8 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
             skipped.append(result["skipped"])
     if recorded is None:
         return Intake(rows, skipped, None, unread)
-    entries = {row["path"]: (keys[row["path"]], row["sha256"]) for row in rows if settled(keys[row["path"]], started)}
-    return Intake(rows, skipped, SourceStats(recorded.root, entries), unread)
+    paths = [row["path"] for row in rows]
+    row_keys = keys[pd.Index(relatives).get_indexer(paths)]
+    keep = settled(row_keys, started)
+    return Intake(rows, skipped, SourceStats.of(recorded.root, [p for p, k in zip(paths, keep) if k], row_keys[keep],
+                                                np.array([row["sha256"] for row in rows], dtype=object)[keep]), unread)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import pandas as pd
 
 from vgg2resnet import atomic
@@ -44,6 +45,7 @@ STAT_FIELDS = ["size", "mtime_ns", "ctime_ns", "ino", "dev"]
 # Timestamps advance in ticks (a few ms on ext4, 2 s on FAT), so a file written in the tick it
 # was recorded in could change without moving them; such a file is read again next time.
 RACY_WINDOW_NS = 2_000_000_000
+HASH_SLICE = 4096  # files hashed per batch of threads
 # The record each stage that reads outside files depends on: stage -> record name.
 SOURCE_RECORDS = {"prepare": "images", "teacher": "teacher", "distill": "student"}
 
@@ -53,11 +55,12 @@ def stat_key(path: str | Path) -> StatKey:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 
 
-def settled(key: StatKey, started_ns: int) -> bool:
-    """Whether a key taken during a run that started at started_ns may be trusted next time: any
-    write to the file moves its ctime, which no program can set back, so a key whose times lie
-    before that tick cannot go stale silently (git's "racy clean" rule)."""
-    return max(key[1], key[2]) < started_ns - RACY_WINDOW_NS
+def settled(keys: np.ndarray, started_ns: int) -> np.ndarray:
+    """Which stat keys (rows of a (files, 5) array) taken during a run that started at started_ns
+    may be trusted next time: any write to a file moves its ctime, which no program can set
+    back, so a key whose times lie before that tick cannot go stale silently (git's "racy
+    clean" rule)."""
+    return np.maximum(keys[:, 1], keys[:, 2]) < started_ns - RACY_WINDOW_NS
 
 
 def open_source(path: str | Path) -> BinaryIO:
@@ -80,50 +83,84 @@ def content_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SourceStats:
-    """Each source file's stat key and SHA-256 as a run saw them, by path under `root`."""
+    """Each source file's stat key and SHA-256 as a run saw them, by path under `root`, held as
+    columns (a million files take tens of MB, where a dict of tuples took gigabytes)."""
 
     root: str  # the folder, resolved: a key from another folder is never looked at
-    entries: dict[str, tuple[StatKey, str]]
+    paths: pd.Index  # path under root, unique
+    keys: np.ndarray  # (files, 5) int64: STAT_FIELDS
+    sha256: np.ndarray  # (files,) str
+
+    @classmethod
+    def of(cls, root: str, paths: list[str], keys: np.ndarray, sha256: np.ndarray) -> SourceStats:
+        return cls(root, pd.Index(paths, dtype=object), np.asarray(keys, dtype=np.int64).reshape(-1, len(STAT_FIELDS)),
+                   np.asarray(sha256, dtype=object))
 
     @classmethod
     def load(cls, path: Path, root: Path) -> SourceStats:
         """The recorded keys for this root, or none when the file is missing or for another root."""
-        empty = cls(str(Path(root).resolve()), {})
+        resolved = str(Path(root).resolve())
         try:
             frame = pd.read_parquet(path)
         except (OSError, ValueError):
-            return empty
-        if frame.attrs.get("root") != empty.root or list(frame.columns) != ["path", *STAT_FIELDS, "sha256"]:
-            return empty
-        return cls(empty.root, {row[0]: (tuple(row[1:6]), row[6]) for row in frame.itertuples(index=False)})
+            return cls.of(resolved, [], np.empty((0, len(STAT_FIELDS))), np.empty(0))
+        if frame.attrs.get("root") != resolved or list(frame.columns) != ["path", *STAT_FIELDS, "sha256"]:
+            return cls.of(resolved, [], np.empty((0, len(STAT_FIELDS))), np.empty(0))
+        return cls.of(resolved, frame["path"].to_numpy(), frame[STAT_FIELDS].to_numpy(), frame["sha256"].to_numpy())
 
     def save(self, path: Path) -> None:
-        frame = pd.DataFrame([(rel, *key, sha) for rel, (key, sha) in self.entries.items()],
-                             columns=["path", *STAT_FIELDS, "sha256"])
+        frame = pd.DataFrame({"path": self.paths.to_numpy(), **dict(zip(STAT_FIELDS, self.keys.T)),
+                              "sha256": self.sha256})
         frame.attrs["root"] = self.root
         frame.to_parquet(path, index=False)
 
+    def __len__(self) -> int:
+        return len(self.paths)
 
-def content_hashes(paths: dict[str, str], known: SourceStats | None) -> tuple[dict[str, str], SourceStats | None]:
-    """The SHA-256 of each file (name -> path), in the order given. With `known` (the last run's
-    stat keys), a file whose stat key is the one recorded is not read; the keys to record for
-    the next run are returned, for the files whose key is settled."""
+    def matching(self, paths: list[str], keys: np.ndarray) -> np.ndarray:
+        """For each path, its recorded SHA-256 when its recorded key equals `keys`' row, else None."""
+        digests = np.full(len(paths), None, dtype=object)
+        if not len(self.paths) or not len(paths):
+            return digests
+        found = self.paths.get_indexer(paths)
+        hit = np.flatnonzero(found >= 0)
+        same = hit[(self.keys[found[hit]] == keys[hit]).all(axis=1)]
+        digests[same] = self.sha256[found[same]]
+        return digests
+
+    def same_as(self, other: SourceStats | None) -> bool:
+        return (other is not None and self.root == other.root and self.paths.equals(other.paths)
+                and np.array_equal(self.keys, other.keys) and np.array_equal(self.sha256, other.sha256))
+
+
+def stat_keys(paths: list[str], root: str) -> np.ndarray:
+    """The stat key of every path under root, as a (files, 5) int64 array."""
+    keys = np.empty((len(paths), len(STAT_FIELDS)), dtype=np.int64)
+    for i, relative in enumerate(paths):
+        keys[i] = stat_key(os.path.join(root, relative))
+    return keys
+
+
+def content_hashes(root: str, paths: list[str], known: SourceStats | None) -> tuple[list[str], SourceStats | None]:
+    """The SHA-256 of each file (a path under root), in the order given. With `known` (the last
+    run's stat keys), a file whose stat key is the one recorded is not read; the keys to record
+    for the next run are returned, for the files whose key is settled."""
     started = time.time_ns()
-    keys = {name: stat_key(path) for name, path in paths.items()}
-    recorded = known.entries if known is not None else {}
-    reused = {name: recorded[name][1] for name, key in keys.items()
-              if name in recorded and recorded[name][0] == key}
-    unknown = [name for name in paths if name not in reused]
-    # hashlib and file reads release the GIL: threads hash on every core.
+    keys = stat_keys(paths, root)
+    digests = known.matching(paths, keys) if known is not None else np.full(len(paths), None, dtype=object)
+    unknown = [i for i, digest in enumerate(digests) if digest is None]
+    # hashlib and file reads release the GIL: threads hash on every core. In slices, because the
+    # executor keeps a future (about a kilobyte) for every file submitted at once.
     with ThreadPoolExecutor() as pool:
-        read = dict(zip(unknown, pool.map(content_sha256, [paths[name] for name in unknown])))
-    hashes = {name: reused[name] if name in reused else read[name] for name in paths}
+        for start in range(0, len(unknown), HASH_SLICE):
+            part = unknown[start:start + HASH_SLICE]
+            digests[part] = list(pool.map(content_sha256, [os.path.join(root, paths[i]) for i in part]))
     if known is None:
-        return hashes, None
-    return hashes, SourceStats(known.root, {name: (keys[name], hashes[name]) for name in paths
-                                            if settled(keys[name], started)})
+        return list(digests), None
+    keep = settled(keys, started)
+    return list(digests), SourceStats.of(known.root, [p for p, k in zip(paths, keep) if k], keys[keep], digests[keep])
 
 
 class SourceHashes:
@@ -135,15 +172,16 @@ class SourceHashes:
         self.folder, self.by_stat = Path(folder), by_stat
         self.saved: dict[str, SourceStats] = {}
 
-    def _hash(self, kind: str, root: Path, paths: dict[str, str]) -> dict[str, str]:
+    def _hash(self, kind: str, root: Path, paths: list[str]) -> list[str]:
         known = SourceStats.load(self.folder / f"{kind}.parquet", root) if self.by_stat else None
-        hashes, stats = content_hashes(paths, known)
-        if stats is not None and stats != known:
+        hashes, stats = content_hashes(str(root), paths, known)
+        if stats is not None and not stats.same_as(known):
             self.saved[kind] = stats
         return hashes
 
-    def images(self, root: Path, relatives: list[str]) -> dict[str, str]:
-        return self._hash("images", root, {relative: os.path.join(root, relative) for relative in relatives})
+    def images(self, root: Path, relatives: list[str]) -> list[str]:
+        """The SHA-256 of each image, a path under root, in the order given."""
+        return self._hash("images", root, relatives)
 
     def file(self, setting: str, given: Path | None) -> dict | None:
         """{path, sha256} of the file a setting names (None when unset); a missing file is a UserError."""
@@ -153,8 +191,8 @@ class SourceHashes:
         if not path.is_file():
             raise UserError(f"{setting}: {path} is not a file; set {setting} in params.yaml to an existing "
                             "file (a path relative to the project, or absolute), or to null")
-        name = str(path.resolve())
-        return {"path": str(given), "sha256": self._hash(f"file-{setting}", Path(name).parent, {name: name})[name]}
+        resolved = path.resolve()
+        return {"path": str(given), "sha256": self._hash(f"file-{setting}", resolved.parent, [resolved.name])[0]}
 
     def save(self) -> None:
         for kind, stats in self.saved.items():
@@ -170,7 +208,7 @@ def images_record(params: Params, hashes: SourceHashes) -> dict:
     root = source_root(data)
     relatives = [relative for files in scan_image_folder(root, data.follow_external_links).files.values() for relative in files]
     digest = hashlib.sha256()
-    for relative, sha in hashes.images(root, relatives).items():
+    for relative, sha in zip(relatives, hashes.images(root, relatives)):
         digest.update(f"{relative}\t{sha}\n".encode())
     return {"source": data.source, "images": len(relatives), "sha256": digest.hexdigest()}
 
