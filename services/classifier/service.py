@@ -26,11 +26,11 @@ from pydantic import BaseModel, Field
 
 from vgg2resnet.config import UserError, load_params
 from vgg2resnet.data.policy import InputPolicy
-from vgg2resnet.packaging.integrity import damage
-from vgg2resnet.serving.auth import BearerToken, check_exposure, listening_host, service_token
+from vgg2resnet.serving.auth import BearerToken
 from vgg2resnet.serving.classifier import Classifier as Model
 from vgg2resnet.serving.errors import ErrorShape
 from vgg2resnet.serving.limits import BodyLimit
+from vgg2resnet.serving.startup import refuse_to_start, startup_checks
 from vgg2resnet.serving.uploads import Uploads, image_file
 
 _ALL = load_params(os.environ.get("VGG2RESNET_PARAMS", "params.yaml"))
@@ -86,13 +86,11 @@ class Classifier:
     model_ref = bentoml.models.BentoModel(args.model_tag)
 
     def __init__(self) -> None:
-        service_token(PARAMS)  # the token's variable named but unset: the server stops here, at start
-        check_exposure(PARAMS, listening_host())  # so does one open to the network without a token
         self.tag = str(self.model_ref.tag)
-        problem = damage(Path(self.model_ref.path), self.model_ref.stored.info.metadata)
-        if problem is not None:  # a version a crash left incomplete is never served
-            raise UserError(f"{self.tag} is incomplete ({problem}): serve another version (--arg model_tag=...) "
-                            "or run `vgg2resnet package` to promote the model again")
+        try:  # a token named but unset, an open bind without one, a damaged model: the server stops
+            startup_checks(PARAMS, self.tag, Path(self.model_ref.path), self.model_ref.info.metadata)
+        except UserError as error:
+            refuse_to_start(error)
         self.model = Model(Path(self.model_ref.path))
 
     def _predict(self, images: list[Image.Image]) -> list[Prediction]:
