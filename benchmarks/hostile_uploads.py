@@ -72,8 +72,10 @@ def timed(url: str, endpoint: str, files: list[tuple]) -> tuple[float, int]:
 def ordinary_p99(url: str, payload: bytes, batch: int, count: int) -> float:
     endpoint, field = ("classify", "image") if batch == 1 else ("classify_batch", "images")
     files = [(field, (f"{i}.jpg", payload, "image/jpeg")) for i in range(batch)]
-    seconds = [timed(url, endpoint, files)[0] for _ in range(count)]
-    return float(np.percentile(seconds, 99))
+    answers = [timed(url, endpoint, files) for _ in range(count)]
+    if any(status != 200 for _, status in answers):
+        raise SystemExit(f"ordinary requests were answered {sorted({status for _, status in answers})}, not 200")
+    return float(np.percentile([seconds for seconds, _ in answers], 99))
 
 
 def server_tree(port: int) -> list[psutil.Process]:
@@ -154,6 +156,8 @@ def main() -> None:
             for name, (batch, files) in cases.items():
                 endpoint = "classify" if batch == 1 else "classify_batch"
                 seconds, status = timed(url, endpoint, files)
+                if status >= 500:
+                    raise SystemExit(f"{name}: the server answered {status}")
                 worst[batch] = max(worst[batch], seconds)
                 print(f"{name}: {seconds:.3f} s, status {status}, {sum(len(f[1][1]) for f in files) / 2**20:.1f} MiB "
                       "sent", flush=True)

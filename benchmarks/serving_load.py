@@ -29,6 +29,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 import requests
+import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -37,13 +38,14 @@ from vgg2resnet.compress.export import quantize_on_train_sample
 from vgg2resnet.compress.onnx import export_onnx
 from vgg2resnet.config import Params, load_params
 from vgg2resnet.data.categories import data_categories
-from vgg2resnet.data.datasets import load_split
+from vgg2resnet.data.datasets import eval_loader, load_split
 from vgg2resnet.data.images import decode
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import load_model, save_model, write_sidecar
+from vgg2resnet.models.variants import load_runner
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.auth import auth_headers
-from vgg2resnet.serving.classifier import Classifier
+from vgg2resnet.serving.classifier import Classifier, fit_projection
 from vgg2resnet.serving.server import local_server
 
 BOUNDARY = "vgg2resnetbench"
@@ -89,12 +91,17 @@ def load_wrk(url: str, payloads: list[bytes], concurrency: int, duration: float,
             "img_s": req_s * len(payloads), "p50_ms": ms("50%"), "p99_ms": ms("99%")}
 
 
+# Train images the bench model's drift projection is fitted on: its features are the unpruned
+# student's (2,048 wide), so the promoted version's projection does not fit them.
+PROJECTION_IMAGES = 64
+
+
 def bench_model(params: Params, image_size: int, variant: str) -> str:
-    """The student at another input size, as `variant`, saved as its own model (never promoted)."""
+    """The student at another input size, as `variant`, with a drift projection of its own,
+    saved as its own model (never promoted)."""
     categories = data_categories(params)
     model, meta = load_model(Artifacts(params).student(), categories)
     meta["preprocessing"]["image_size"] = image_size
-    promoted = store.current(params.serving.model_name)
     with tempfile.TemporaryDirectory() as scratch:
         if variant == "pytorch_fp32":
             artifact = Path(scratch) / StoreLayout.MODEL
@@ -104,9 +111,14 @@ def bench_model(params: Params, image_size: int, variant: str) -> str:
             export_onnx(model, fp32, image_size, params.compress.opset)
             quantize_on_train_sample(params, fp32, artifact, categories, transform_from_meta(meta["preprocessing"]))
             write_sidecar(artifact, meta)
+        runner, _ = load_runner(artifact, categories)
+        loader = eval_loader(params, "train", categories, 32, transform_from_meta(meta["preprocessing"]),
+                             limit=PROJECTION_IMAGES)
+        features = torch.cat([runner(images)[1] for images, *_ in loader])
+        projection = Path(scratch) / StoreLayout.PROJECTION
+        torch.save(fit_projection(features, params.serving.embedding_dims), projection)
         return store.save_version(f"{params.serving.model_name}-bench{image_size}", {
-            artifact.name: artifact, StoreLayout.META: sidecar(artifact),
-            StoreLayout.PROJECTION: Path(promoted.path_of(StoreLayout.PROJECTION)),
+            artifact.name: artifact, StoreLayout.META: sidecar(artifact), StoreLayout.PROJECTION: projection,
         }, {"variant": variant, "image_size": image_size}, promoted=False)
 
 
