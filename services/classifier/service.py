@@ -69,7 +69,7 @@ ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=PARAMS.ma
 
 
 class Budgeted(Uploads):
-    max_request_pixels = PARAMS.max_request_pixels
+    max_pixels, max_request_pixels = PARAMS.max_pixels, PARAMS.max_request_pixels
 
 
 class OneImage(Budgeted):

@@ -13,7 +13,7 @@ and stored with it, so a run that promotes nothing never replaces it, a rollback
 with its model, and the monitor compares traffic with the reference of the version that served it.
 
 A version's folder left incomplete by a crash while BentoML copied it into the store
-(vgg2resnet.packaging.integrity) is skipped and reported by everything here: the newest
+(vgg2resnet.integrity) is skipped and reported by everything here: the newest
 complete version stays the one in production.
 """
 
@@ -39,7 +39,7 @@ from vgg2resnet.data.images import decode
 from vgg2resnet.data.loaders import make_loader, with_progress
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.variants import load_runner
-from vgg2resnet.packaging.integrity import BENTOML_FILES, FILES, damage, digests
+from vgg2resnet.integrity import BENTOML_FILES, FILES, damage, digests
 from vgg2resnet.serving.classifier import Classifier, fit_projection
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vgg2resnet.config import ServingParams, UserError
-from vgg2resnet.packaging.integrity import damage
+from vgg2resnet.integrity import damage
 from vgg2resnet.serving.auth import check_exposure, listening_host, service_token
 
 log = logging.getLogger("vgg2resnet.service")

@@ -54,7 +54,8 @@ class Uploads(IODescriptor):
     upload. The schema declares the form's fields as the only ones (additionalProperties: false)."""
 
     model_config = ConfigDict(extra="forbid")
-    max_request_pixels: ClassVar[int]  # serving.max_request_pixels, set by the service
+    max_pixels: ClassVar[int]  # serving.max_pixels and max_request_pixels, set by the service
+    max_request_pixels: ClassVar[int]
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> IODescriptor:
@@ -80,8 +81,11 @@ class Uploads(IODescriptor):
                                     "(classify_batch takes several)")
                      for name in cls.multipart_fields
                      if get_origin(cls.model_fields[name].annotation) is not list and len(form.getlist(name)) > 1]
-        if not problems:
-            pixels = sum(_declared_pixels(value.file) for name in cls.multipart_fields for value in form.getlist(name))
+        sizes = [] if problems else [_declared_pixels(value.file) for name in cls.multipart_fields
+                                     for value in form.getlist(name)]
+        # An image over serving.max_pixels on its own is refused by the decoder, by its name.
+        if all(size <= cls.max_pixels for size in sizes):
+            pixels = sum(sizes)
             if pixels > cls.max_request_pixels:
                 problems.append(_problem(None, f"the images hold {pixels} pixels together, over serving.max_request_pixels "
                                                f"({cls.max_request_pixels}): send fewer or smaller images per request"))
