@@ -38,8 +38,8 @@ from vgg2resnet.data.datasets import eval_loader, split_rows
 from vgg2resnet.data.images import decode
 from vgg2resnet.data.loaders import make_loader, with_progress
 from vgg2resnet.data.transforms import transform_from_meta
-from vgg2resnet.models.variants import load_runner
 from vgg2resnet.integrity import BENTOML_FILES, FILES, damage, digests
+from vgg2resnet.models.variants import load_runner
 from vgg2resnet.serving.classifier import Classifier, fit_projection
 
 log = logging.getLogger(__name__)
