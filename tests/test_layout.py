@@ -235,3 +235,15 @@ def test_tests_that_share_a_project_run_on_one_worker(request: pytest.FixtureReq
         pytest.skip("no test of a shared project was selected")
     lost = [item.nodeid for item in grouped if "@" not in item.nodeid]
     assert not lost, f"xdist ignored the groups of {len(lost)} tests: install the pytest pyproject.toml pins"
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    """A moved or renamed page or file is caught here, not by a reader; anchors are not checked."""
+    pages = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = target.split("#", 1)[0]
+            if path and not re.match(r"[a-z]+:", path) and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -38,16 +39,45 @@ def recorded_data_version(raw_dir: Path, lock_file: Path = DVC_LOCK) -> str | No
     return None
 
 
+def pipeline_outputs(root: Path) -> list[str]:
+    """Every output dvc.yaml declares (outs, metrics, plots), its ${...} filled from
+    params.yaml: what `dvc repro` itself rewrites, some of it kept in git (cache: false)."""
+    import yaml
+
+    spec, settings = Path(root) / "dvc.yaml", Path(root) / "params.yaml"
+    if not spec.is_file():
+        return []
+    values = yaml.safe_load(settings.read_text()) if settings.is_file() else {}
+
+    def filled(match: re.Match) -> str:
+        node = values
+        for key in match.group(1).split("."):
+            node = node[key]
+        return str(node)
+
+    paths = []
+    for stage in (yaml.safe_load(spec.read_text()) or {}).get("stages", {}).values():
+        for section in ("outs", "metrics", "plots"):
+            for entry in stage.get(section) or []:
+                paths.append(re.sub(r"\$\{([^}]+)\}", filled, next(iter(entry)) if isinstance(entry, dict) else entry))
+    return paths
+
+
 def git_revision(repo_root: Path | None = None) -> str:
-    """The checked-out commit, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
+    """The checked-out commit, with '-dirty' when tracked files differ from it, other than what
+    `dvc repro` rewrites (dvc.lock and the stages' outputs kept in git), so that an ordinary run
+    of a clean clone records a clean revision; 'unknown' outside git."""
+    root = Path(repo_root or ".")
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo_root, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     try:
         revision = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        edited = git("diff", "--name-only", "--relative", "HEAD").splitlines()
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
+    rewritten = [str(DVC_LOCK), *(path.rstrip("/") for path in pipeline_outputs(root))]
+    dirty = [path for path in edited if not any(path == out or path.startswith(f"{out}/") for out in rewritten)]
     return f"{revision}-dirty" if dirty else revision
 
 
