@@ -52,6 +52,8 @@ def pipeline_outputs(root: Path) -> list[str]:
     def filled(match: re.Match) -> str:
         node = values
         for key in match.group(1).split("."):
+            if not isinstance(node, dict) or key not in node:  # a setting left to its default
+                return match.group(0)
             node = node[key]
         return str(node)
 
