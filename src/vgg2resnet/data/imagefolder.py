@@ -57,15 +57,17 @@ class _Links:
 
     def files(self, folder: str, prefix: str, above: frozenset[str]) -> Iterator[str]:
         """prefix + the POSIX path under folder of every regular file; `above` holds the real
-        paths of folder and the folders it lies in, which a directory link must not lead back to."""
+        paths of the folders folder lies in, which a directory link must not lead back to. The
+        caller has checked folder itself if it is a link."""
+        real = os.path.realpath(folder)
+        if real in above:
+            raise UserError(f"{folder}: symbolic link to {real}, a folder it lies in: the tree would never end; "
+                            "remove the link")
         with os.scandir(folder) as entries:
             for entry in entries:
-                target = self.target(entry.path) if entry.is_symlink() else None
+                if entry.is_symlink():
+                    self.target(entry.path)  # refuses a loop, a dangling link and one that leaves the tree
                 if entry.is_dir():
-                    real = target or os.path.realpath(entry.path)
-                    if real in above:
-                        raise UserError(f"{entry.path}: symbolic link to {real}, a folder it lies in: the tree "
-                                        "would never end; remove the link")
                     yield from self.files(entry.path, f"{prefix}{entry.name}/", above | {real})
                 elif entry.is_file():
                     yield prefix + entry.name
@@ -106,11 +108,7 @@ def scan_image_folder(root: Path, follow_external_links: bool = False) -> ScanRe
                 "merge or rename one of the folders"
             )
         images = []
-        real = links.target(str(folder)) if folder.is_symlink() else os.path.realpath(folder)
-        if real == links.root:
-            raise UserError(f"{folder}: symbolic link to data.source itself: the tree would never end; remove the link")
-        for relative in sorted(links.files(str(folder), f"{folder.name}/", frozenset({links.root, real})),
-                               key=_parts):
+        for relative in sorted(links.files(str(folder), f"{folder.name}/", frozenset({links.root})), key=_parts):
             if any(part.startswith(".") for part in _parts(relative)):
                 result.skipped_hidden += 1
             elif os.path.splitext(relative)[1].lower() not in SUFFIXES:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from vgg2resnet.data.imagefolder import ScanResult
 from vgg2resnet.data.manifest import FACTS_VERSION, ImageFacts, image_facts
-from vgg2resnet.data.sources import SourceStats, read_source, settled, stat_keys
+from vgg2resnet.data.sources import SourceStats, read_source, stat_keys
 
 FACT_FIELDS = list(ImageFacts.__dataclass_fields__)
 
@@ -217,7 +217,6 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
     if recorded is None:
         return Intake(rows, skipped, None, unread)
     paths = [row["path"] for row in rows]
-    row_keys = keys[pd.Index(relatives).get_indexer(paths)]
-    keep = settled(row_keys, started)
-    return Intake(rows, skipped, SourceStats.of(recorded.root, [p for p, k in zip(paths, keep) if k], row_keys[keep],
-                                                np.array([row["sha256"] for row in rows], dtype=object)[keep]), unread)
+    stats = SourceStats.settled_of(recorded.root, paths, keys[pd.Index(relatives).get_indexer(paths)],
+                                   np.array([row["sha256"] for row in rows], dtype=object), started)
+    return Intake(rows, skipped, stats, unread)

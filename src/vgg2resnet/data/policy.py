@@ -60,9 +60,10 @@ class InputPolicy:
         return reasons
 
 
-def aspect_ratio(width: float, height: float) -> float:
-    """The longer side over the shorter, as validation's table and the service both compute it."""
-    return max(width, height) / min(width, height)
+def aspect_ratio(width, height):
+    """The longer side over the shorter, of one image or of columns of them: validation's table
+    and the service compute it here, so both compare the same number with the bound."""
+    return np.maximum(width, height) / np.minimum(width, height)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -99,14 +99,22 @@ class SourceStats:
                    np.asarray(sha256, dtype=object))
 
     @classmethod
+    def settled_of(cls, root: str, paths: list[str], keys: np.ndarray, sha256: np.ndarray,
+                   started_ns: int) -> SourceStats:
+        """What to record for next time of a run started at started_ns: the files whose key is settled."""
+        keep = settled(keys, started_ns)
+        return cls.of(root, [path for path, kept in zip(paths, keep) if kept], keys[keep], np.asarray(sha256)[keep])
+
+    @classmethod
     def load(cls, path: Path, root: Path) -> SourceStats:
         """The recorded keys for this root, or none when the file is missing or for another root."""
         resolved = str(Path(root).resolve())
         try:
             frame = pd.read_parquet(path)
         except (OSError, ValueError):
-            return cls.of(resolved, [], np.empty((0, len(STAT_FIELDS))), np.empty(0))
-        if frame.attrs.get("root") != resolved or list(frame.columns) != ["path", *STAT_FIELDS, "sha256"]:
+            frame = None
+        if frame is None or frame.attrs.get("root") != resolved or list(frame.columns) != ["path", *STAT_FIELDS,
+                                                                                           "sha256"]:
             return cls.of(resolved, [], np.empty((0, len(STAT_FIELDS))), np.empty(0))
         return cls.of(resolved, frame["path"].to_numpy(), frame[STAT_FIELDS].to_numpy(), frame["sha256"].to_numpy())
 
@@ -159,8 +167,7 @@ def content_hashes(root: str, paths: list[str], known: SourceStats | None) -> tu
             digests[part] = list(pool.map(content_sha256, [os.path.join(root, paths[i]) for i in part]))
     if known is None:
         return list(digests), None
-    keep = settled(keys, started)
-    return list(digests), SourceStats.of(known.root, [p for p, k in zip(paths, keep) if k], keys[keep], digests[keep])
+    return list(digests), SourceStats.settled_of(known.root, paths, keys, digests, started)
 
 
 class SourceHashes:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from vgg2resnet.data.manifest import SPLITS
+from vgg2resnet.data.policy import aspect_ratio
 
 
 def _band_pairs(hashes: np.ndarray, shift: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +74,7 @@ def manifest_frame(manifest: pd.DataFrame, near_duplicate_max_distance: int, roo
     for column in ("width", "height"):
         frame[column] = frame[column].astype("float").mask(broken)
     frame["mode"] = frame["mode"].mask(broken)
-    frame["aspect_ratio"] = np.maximum(frame["width"], frame["height"]) / np.minimum(frame["width"], frame["height"])
+    frame["aspect_ratio"] = aspect_ratio(frame["width"], frame["height"])
     splits_per_hash = frame.groupby("sha256")["split"].transform("nunique")
     frame["duplicate_across_splits"] = splits_per_hash > 1
     frame["duplicate_within_split"] = frame.duplicated(["sha256", "split"], keep=False)
