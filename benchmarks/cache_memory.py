@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from vgg2resnet.config import load_params
 from vgg2resnet.distill.logit_cache import CacheLayout, build_cache, open_cache
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.training.placement import Placement
 
 
 class PairItems(Dataset):
@@ -60,10 +60,10 @@ def child(folder: str, images: str, views: str, categories: str, batch_size: str
     """Build the cache in `folder`, then look up one random view of every image, in batches."""
     layout = layout_for(int(images), int(views), int(categories))
     params, batch = load_params(), int(batch_size)
-    runtime = Runtime(device=torch.device("cpu"))
+    placement = Placement(device=torch.device("cpu"))
     start = time.perf_counter()
     build_cache(Path(folder), layout, StandInTeacher(layout.categories), PairItems(), batch, params.runtime,
-                runtime, show_progress=False)
+                placement, show_progress=False)
     built = time.perf_counter() - start
     cache = open_cache(Path(folder), layout)
     generator = torch.Generator().manual_seed(params.runtime.seed)

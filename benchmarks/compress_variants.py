@@ -15,7 +15,7 @@ import argparse
 
 from vgg2resnet.config import built_variants, load_params
 from vgg2resnet.data.categories import data_categories
-from vgg2resnet.stages.evaluate import evaluate_teacher, evaluate_variant
+from vgg2resnet.evaluation.candidates import evaluate_teacher, evaluate_variant
 
 
 def main() -> None:

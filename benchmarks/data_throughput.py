@@ -41,8 +41,8 @@ from vgg2resnet.config import Params, load_params
 from vgg2resnet.data.datasets import ImageDataset, SeededViews, load_split
 from vgg2resnet.data.loaders import EpochItems, available_cpus, make_loader, worker_count
 from vgg2resnet.data.transforms import train_transform
-from vgg2resnet.distill.loop import epoch_items
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.training.loop import epoch_items
+from vgg2resnet.training.placement import Placement
 from vgg2resnet.stages import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def our_loader(params: Params, image_size: int, batch_size: int):
     images = ImageDataset(load_split(params.data.prepared_dir / "manifest.parquet", "train"),
                           params.data.raw_dir, categories, None)
     views = SeededViews(images, train_transform(image_size, params.augment), params.runtime.seed)
-    items = EpochItems(epoch_items(len(views), 0, params.runtime.seed, None, Runtime(torch.device("cpu"))))
+    items = EpochItems(epoch_items(len(views), 0, params.runtime.seed, None, Placement(torch.device("cpu"))))
     return make_loader(views, params.runtime, batch_size, items)
 
 

@@ -25,10 +25,11 @@ from torch.utils.data import Dataset
 
 from vgg2resnet.config import load_params
 from vgg2resnet.distill.logit_cache import CacheLayout, build_cache
-from vgg2resnet.distill.loop import train_one_epoch
+from vgg2resnet.training.loop import Training, Updates, train_one_epoch
+from vgg2resnet.training.objective import Distillation
 from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher
 from vgg2resnet.models.builders import build_student, build_teacher
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.training.placement import Placement
 
 
 class Pairs(Dataset):
@@ -57,36 +58,39 @@ def device_batches(args: argparse.Namespace, device: torch.device) -> list[tuple
              torch.zeros(args.batch_size, dtype=torch.long)) for s in range(args.steps)]
 
 
-def student_images_per_s(args, runtime: Runtime, batches, teacher, compiled: bool) -> float:
+def student_images_per_s(args, placement: Placement, batches, teacher, compiled: bool) -> float:
     """A fresh ResNet-50's images/s over the batches, after one untimed pass (warm-up, compile)."""
     torch.manual_seed(0)
-    student = build_student(args.categories).to(runtime.device).to(memory_format=torch.channels_last)
+    student = build_student(args.categories).to(placement.device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model = torch.compile(student) if compiled else student
+    params = load_params()
+    training = Training(params.distill.model_copy(update={"label_smoothing": 0.0, "grad_clip_norm": None,
+                                                          "max_steps_per_epoch": None}),
+                        params.runtime.model_copy(update={"channels_last": True}), placement,
+                        Distillation(teacher, 4.0, 0.5) if teacher else None)
     for desc in ("warm-up", "timed"):
-        metrics = train_one_epoch(model, batches, optimizer, scheduler, runtime, teacher=teacher,
-                                  temperature=4.0, alpha=0.5 if teacher else 0.0, label_smoothing=0.0,
-                                  grad_clip_norm=None, ema=None, channels_last=True, max_steps=None, desc=desc)
+        metrics = train_one_epoch(model, batches, Updates(optimizer, scheduler), training, desc=desc)
     return metrics["images_per_s"]
 
 
-def synchronized(runtime: Runtime) -> float:
+def synchronized(placement: Placement) -> float:
     """perf_counter once the device has finished what was queued: CUDA runs ahead of Python."""
-    if runtime.device.type == "cuda":
+    if placement.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter()
 
 
 @torch.no_grad()
-def teacher_images_per_s(live: LiveTeacher, batches, runtime: Runtime) -> float:
+def teacher_images_per_s(live: LiveTeacher, batches, placement: Placement) -> float:
     """The cache build's cost: the VGG-16 forward over the batches, after one untimed batch."""
     images, _, indices, views = batches[0]
     live(images, indices, views)
-    start = synchronized(runtime)
+    start = synchronized(placement)
     for images, _, indices, views in batches:
         live(images.contiguous(memory_format=torch.channels_last), indices, views)
-    return len(batches) * len(batches[0][0]) / (synchronized(runtime) - start)
+    return len(batches) * len(batches[0][0]) / (synchronized(placement) - start)
 
 
 def main() -> None:
@@ -97,29 +101,29 @@ def main() -> None:
     parser.add_argument("--categories", type=int, default=1000)
     args = parser.parse_args()
 
-    runtime = Runtime(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    name = torch.cuda.get_device_name() if runtime.device.type == "cuda" else "CPU (no GPU figures)"
+    placement = Placement(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    name = torch.cuda.get_device_name() if placement.device.type == "cuda" else "CPU (no GPU figures)"
     print(f"{name}; torch {torch.__version__}; {args.image_size} px, batch {args.batch_size}, "
           f"{args.steps} steps per mode", flush=True)
-    batches = device_batches(args, runtime.device)
+    batches = device_batches(args, placement.device)
     teacher = build_teacher("vgg16", args.categories).to(memory_format=torch.channels_last)
-    live = LiveTeacher(teacher, runtime)
-    print(f"cache build (VGG-16 forward): {teacher_images_per_s(live, batches, runtime):8.1f} img/s", flush=True)
+    live = LiveTeacher(teacher, placement)
+    print(f"cache build (VGG-16 forward): {teacher_images_per_s(live, batches, placement):8.1f} img/s", flush=True)
 
-    loading = load_params().runtime.model_copy(update={"num_workers": 0})
+    runtime = load_params().runtime.model_copy(update={"num_workers": 0})
     with tempfile.TemporaryDirectory(prefix="distill-gpu-") as work:
         layout = CacheLayout(args.steps * args.batch_size, 1, args.categories, "float16", None, 2048)
         cache = build_cache(Path(work) / "cache", layout, RandomLogits(args.categories), Pairs(),
-                            args.batch_size, loading, runtime, show_progress=False)
+                            args.batch_size, runtime, placement, show_progress=False)
         cached = CachedTeacher(cache, live, tolerance=0.0)
-        for compiled in (False, True) if runtime.device.type == "cuda" else (False,):
-            how = ("bf16" if runtime.device.type == "cuda" else "fp32") + " + channels_last" + \
+        for compiled in (False, True) if placement.device.type == "cuda" else (False,):
+            how = ("bf16" if placement.device.type == "cuda" else "fp32") + " + channels_last" + \
                 (" + torch.compile" if compiled else "")
-            plain = student_images_per_s(args, runtime, batches, None, compiled)
+            plain = student_images_per_s(args, placement, batches, None, compiled)
             print(f"{how}: plain fine-tune     {plain:8.1f} img/s", flush=True)
-            kd_live = student_images_per_s(args, runtime, batches, live, compiled)
+            kd_live = student_images_per_s(args, placement, batches, live, compiled)
             print(f"{how}: KD, live VGG-16     {kd_live:8.1f} img/s  {kd_live / plain:.2f}x plain", flush=True)
-            kd_cached = student_images_per_s(args, runtime, batches, cached, compiled)
+            kd_cached = student_images_per_s(args, placement, batches, cached, compiled)
             print(f"{how}: KD, cached logits   {kd_cached:8.1f} img/s  {kd_cached / plain:.2f}x plain", flush=True)
             print(f"kd_cached_vs_plain{'_compiled' if compiled else ''}={kd_cached / plain:.2f}")
 

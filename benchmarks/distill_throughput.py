@@ -21,25 +21,28 @@ from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import train_views
 from vgg2resnet.data.loaders import make_loader
 from vgg2resnet.distill.logit_cache import CacheLayout, build_cache
-from vgg2resnet.distill.loop import build_optimizer, build_scheduler, epoch_items, train_one_epoch
+from vgg2resnet.training.loop import Training, Updates, build_optimizer, build_scheduler, epoch_items, train_one_epoch
+from vgg2resnet.training.objective import Distillation
 from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher
 from vgg2resnet.models.builders import build_student, build_teacher
-from vgg2resnet.runtime import Runtime, select_device
+from vgg2resnet.training.placement import Placement, select_device
 
 
-def one_epoch(views, runtime, loading, params, teacher, cache_views, num_classes) -> float:
+def one_epoch(views, placement, runtime, params, teacher, cache_views, num_classes) -> float:
     torch.manual_seed(0)
-    student = build_student(num_classes).to(runtime.device).to(memory_format=torch.channels_last)
+    student = build_student(num_classes).to(placement.device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(student, params)
     steps = -(-len(views) // params.batch_size)
     scheduler = build_scheduler(optimizer, params, steps)
-    items = epoch_items(len(views), 0, 0, cache_views, runtime)
-    loader = make_loader(views, loading, params.batch_size, items)
+    items = epoch_items(len(views), 0, 0, cache_views, placement)
+    loader = make_loader(views, runtime, params.batch_size, items)
     start = time.perf_counter()
-    train_one_epoch(student, loader, optimizer, scheduler, runtime, teacher=teacher, temperature=4.0,
-                    alpha=0.5 if teacher else 0.0, label_smoothing=0.0, grad_clip_norm=None, ema=None,
-                    channels_last=True, max_steps=None, desc="bench")
-    if runtime.device.type == "cuda":
+    plain = params.model_copy(update={"label_smoothing": 0.0, "grad_clip_norm": None, "max_steps_per_epoch": None})
+    distillation = Distillation(teacher, 4.0, 0.5) if teacher else None
+    train_one_epoch(student, loader, Updates(optimizer, scheduler),
+                    Training(plain, runtime.model_copy(update={"channels_last": True}), placement, distillation),
+                    desc="bench")
+    if placement.device.type == "cuda":
         torch.cuda.synchronize()
     return len(views) / (time.perf_counter() - start)
 
@@ -59,25 +62,25 @@ if __name__ == "__main__":
     views = train_views(params, dparams, categories)
     views.images.paths = views.images.paths[: args.images]
     views.images.labels = views.images.labels[: args.images]
-    runtime = Runtime(device=select_device(params.runtime))
+    placement = Placement(device=select_device(params.runtime))
     teacher = build_teacher("vgg16", len(categories)).eval()  # random weights: speed, not accuracy
-    live = LiveTeacher(teacher, runtime)
+    live = LiveTeacher(teacher, placement)
 
-    print(f"device {runtime.device}, {len(views)} images at {args.image_size} px, batch {args.batch_size}")
-    plain = one_epoch(views, runtime, params.runtime, dparams, None, None, len(categories))
+    print(f"device {placement.device}, {len(views)} images at {args.image_size} px, batch {args.batch_size}")
+    plain = one_epoch(views, placement, params.runtime, dparams, None, None, len(categories))
     print(f"plain ResNet-50 epoch:        {plain:7.2f} img/s  1.00x time")
-    kd_live = one_epoch(views, runtime, params.runtime, dparams, live, None, len(categories))
+    kd_live = one_epoch(views, placement, params.runtime, dparams, live, None, len(categories))
     print(f"KD, live VGG-16 teacher:      {kd_live:7.2f} img/s  {plain / kd_live:.2f}x time")
     start = time.perf_counter()
     folder = Artifacts(params).logit_cache("benchmark")
     shutil.rmtree(folder, ignore_errors=True)
     layout = CacheLayout(len(views), args.views, len(categories), dparams.cache_dtype, dparams.cache_top_k,
                          dparams.cache_chunk_images)
-    logits = build_cache(folder, layout, live, views, args.batch_size, params.runtime, runtime, False)
+    logits = build_cache(folder, layout, live, views, args.batch_size, params.runtime, placement, False)
     build = time.perf_counter() - start
     print(f"cache build ({args.views} views):     {build:7.2f} s      "
           f"{build / (len(views) / plain):.2f}x a plain epoch")
     cached = CachedTeacher(logits, live, 1e-3)
-    kd_cached = one_epoch(views, runtime, params.runtime, dparams, cached, args.views, len(categories))
+    kd_cached = one_epoch(views, placement, params.runtime, dparams, cached, args.views, len(categories))
     print(f"KD, cached teacher logits:    {kd_cached:7.2f} img/s  {plain / kd_cached:.2f}x time")
     shutil.rmtree(folder)

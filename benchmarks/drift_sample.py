@@ -47,7 +47,7 @@ def main() -> None:
     from vgg2resnet.data.transforms import transform_from_meta
     from vgg2resnet.monitoring.drift import build_report
     from vgg2resnet.packaging import store
-    from vgg2resnet.serving.classifier import Classifier, embedding_columns, fit_projection
+    from vgg2resnet.serving.classifier import Predictor, embedding_columns, fit_projection
 
     params = load_params(Path("params.yaml"))
     version = store.current(params.serving.model_name)
@@ -55,7 +55,7 @@ def main() -> None:
     dims = params.serving.embedding_dims
 
     # PCA: held-out features of a quarter of the train images taken, fits on the rest.
-    classifier = Classifier(folder)
+    classifier = Predictor(folder)
     loader = eval_loader(params, "train", classifier.categories, params.evaluate.batch_size,
                          transform_from_meta(classifier.meta["preprocessing"]), limit=args.train_images)
     features = torch.cat([classifier.runner(images)[1] for images, *_ in loader]).double()

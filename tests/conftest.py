@@ -120,7 +120,7 @@ def make_image_folder(root: Path, per_category: int, categories: list[str] | Non
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from vgg2resnet.data.demo import DEMO_CATEGORIES
+    from vgg2resnet.data.digits import DEMO_CATEGORIES
 
     digits = load_digits()
     names = categories or DEMO_CATEGORIES

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vgg2resnet.distill.averaging import BestEpochs, average_best, average_state_dicts
+from vgg2resnet.training.averaging import BestEpochs, average_best, average_state_dicts
 
 
 def _net(seed: int) -> nn.Module:

@@ -21,21 +21,23 @@ from vgg2resnet.config import UserError, load_params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import train_views
 from vgg2resnet.distill.logit_cache import CacheLayout, build_cache, open_cache
-from vgg2resnet.distill.loop import (
+from vgg2resnet.training.loop import (
+    Training,
     TrainingDiverged,
+    Updates,
     build_optimizer,
     build_scheduler,
     train_one_epoch,
 )
-from vgg2resnet.distill.loss import kd_loss
+from vgg2resnet.training.objective import kd_loss
 from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher, StaleCacheError
 from vgg2resnet.models.builders import build_student, build_teacher
 from vgg2resnet.models.checkpoint import import_user_teacher, load_model
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.training.placement import Placement
 
 from .conftest import repo_params, run, write_params
 
-CPU = Runtime(device=torch.device("cpu"))
+CPU = Placement(device=torch.device("cpu"))
 
 
 def test_builders_make_n_category_heads_and_backprop():
@@ -142,13 +144,13 @@ def test_logit_cache_gives_the_live_teachers_loss_and_catches_staleness(
     assert len(chunks) == half.chunks > 1
     assert all(c.read_bytes() == (tmp_path / "fp16-2" / c.name).read_bytes() for c in chunks)
     cached = CachedTeacher(open_cache(tmp_path / "fp16", half), live, tolerance=1e-3)
-    assert cached.check(views, fraction=0.1, seed=0, batch_size=16, loading=in_process) <= 1e-3
+    assert cached.check(views, fraction=0.1, seed=0, batch_size=16, runtime=in_process) <= 1e-3
 
     stale = np.load(chunks[0]) + np.float16(0.5)  # another teacher's outputs, on disk
     np.save(chunks[0], stale)
     with pytest.raises(StaleCacheError, match=f"cache_tolerance.*delete {tmp_path / 'fp16'}"):
         CachedTeacher(open_cache(tmp_path / "fp16", half), live, 1e-3).check(
-            views, fraction=1.0, seed=0, batch_size=16, loading=in_process)
+            views, fraction=1.0, seed=0, batch_size=16, runtime=in_process)
 
 
 @pytest.mark.parametrize("arch, other", [("vgg16", "vgg16_bn"), ("vgg16_bn", "vgg16")])
@@ -181,9 +183,8 @@ def test_nan_loss_stops_training():
     optimizer = build_optimizer(model, params)
     batch = [(torch.randn(2, 3, 4, 4), torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 0]))]
     with pytest.raises(TrainingDiverged, match="loss is nan"):
-        train_one_epoch(model, batch, optimizer, build_scheduler(optimizer, params, 1), CPU, teacher=None,
-                        temperature=1.0, alpha=0.0, label_smoothing=0.0, grad_clip_norm=None, ema=None, channels_last=False,
-                        max_steps=None, desc="test")
+        train_one_epoch(model, batch, Updates(optimizer, build_scheduler(optimizer, params, 1)),
+                        Training(params, repo_params().runtime, CPU), desc="test")
 
 
 RECORDER = Path(__file__).with_name("record_batches.py")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vgg2resnet.distill.loss import kd_loss
+from vgg2resnet.training.objective import kd_loss
 
 
 def test_alpha_zero_is_plain_cross_entropy():

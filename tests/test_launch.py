@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vgg2resnet.config import UserError
-from vgg2resnet.runtime import launch_command, process_count
+from vgg2resnet.training.placement import launch_command, process_count
 
 from .conftest import repo_params
 

@@ -154,20 +154,21 @@ sys.meta_path.insert(0, Blocked())
 import torch
 import vgg2resnet.data.datasets, vgg2resnet.data.loaders, vgg2resnet.data.transforms
 import vgg2resnet.models.builders, vgg2resnet.models.checkpoint
-import vgg2resnet.distill.loop, vgg2resnet.distill.fit, vgg2resnet.distill.loss, vgg2resnet.distill.teacher_signal
-import vgg2resnet.runtime
+import vgg2resnet.training.loop, vgg2resnet.training.fit, vgg2resnet.training.objective, vgg2resnet.distill.teacher_signal
+import vgg2resnet.training.placement
 from vgg2resnet.config import load_params
-from vgg2resnet.distill.loop import build_optimizer, build_scheduler, train_one_epoch
+from vgg2resnet.training.loop import Training, Updates, build_optimizer, build_scheduler, train_one_epoch
+from vgg2resnet.training.objective import Distillation
 from vgg2resnet.models.builders import build_student
-from vgg2resnet.runtime import Runtime
-params = load_params({str(ROOT / "params.yaml")!r}).distill
+from vgg2resnet.training.placement import Placement
+params = load_params({str(ROOT / "params.yaml")!r})
 student = build_student(4)
-optimizer = build_optimizer(student, params)
+optimizer = build_optimizer(student, params.distill)
 batch = (torch.randn(2, 3, 32, 32), torch.tensor([0, 3]), torch.tensor([0, 1]), torch.tensor([0, 0]))
-metrics = train_one_epoch(student, [batch], optimizer, build_scheduler(optimizer, params, 1),
-                          Runtime(torch.device("cpu")), teacher=lambda images, i, v: torch.randn(2, 4),
-                          temperature=4.0, alpha=0.5, label_smoothing=0.0, grad_clip_norm=None, ema=None,
-                          channels_last=True, max_steps=None, desc="bare host")
+metrics = train_one_epoch(student, [batch], Updates(optimizer, build_scheduler(optimizer, params.distill, 1)),
+                          Training(params.distill, params.runtime, Placement(torch.device("cpu")),
+                                   Distillation(lambda images, i, v: torch.randn(2, 4), 4.0, 0.5)),
+                          desc="bare host")
 assert metrics["steps"] == 1 and torch.isfinite(torch.tensor(metrics["loss"]))
 assert not [m for m in sys.modules if m.split(".")[0] in {ORCHESTRATION!r}]
 print("trained")

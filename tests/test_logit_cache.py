@@ -22,11 +22,11 @@ from torch.utils.data import Dataset
 
 from vgg2resnet.config import UserError
 from vgg2resnet.distill.logit_cache import CacheLayout, build_cache, open_cache
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.training.placement import Placement
 
 from .conftest import ROOT, repo_params
 
-CPU = Runtime(device=torch.device("cpu"))
+CPU = Placement(device=torch.device("cpu"))
 LOADING = repo_params({"runtime": {"num_workers": 0}}).runtime
 
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from vgg2resnet.config import UserError, load_params
 from vgg2resnet.data.policy import InputPolicy
 from vgg2resnet.serving.auth import BearerToken
-from vgg2resnet.serving.classifier import Classifier as Model
+from vgg2resnet.serving.classifier import Predictor
 from vgg2resnet.serving.errors import ErrorShape
 from vgg2resnet.serving.limits import BodyLimit
 from vgg2resnet.serving.startup import refuse_to_start, startup_checks
@@ -91,10 +91,10 @@ class Classifier:
             startup_checks(PARAMS, self.tag, Path(self.model_ref.path), self.model_ref.info.metadata)
         except UserError as error:
             refuse_to_start(error)
-        self.model = Model(Path(self.model_ref.path))
+        self.predictor = Predictor(Path(self.model_ref.path))
 
     def _predict(self, images: list[Image.Image]) -> list[Prediction]:
-        results = self.model.predict(images, PARAMS.top_k)
+        results = self.predictor.predict(images, PARAMS.top_k)
         self._log(results, images)
         return [Prediction(category=r["category"], confidence=r["confidence"],
                            top_k=[Ranked(**t) for t in r["top_k"]], model_tag=self.tag) for r in results]

@@ -94,7 +94,7 @@ def _run_training_stage(name: str, params: Path) -> None:
     """A stage that trains: as runtime.processes ranks under torchrun when that is above 1 (this
     command launches itself), else here; one answer, from rank 0."""
     from vgg2resnet.config import load_params
-    from vgg2resnet.runtime import launch_command
+    from vgg2resnet.training.placement import launch_command
 
     loaded = load_params(params)
     launch = launch_command(loaded.runtime, sys.argv)

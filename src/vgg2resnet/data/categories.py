@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vgg2resnet.artifacts import Artifacts, require
 from vgg2resnet.config import Params, UserError
-from vgg2resnet.data.demo import DEMO_CATEGORIES
+from vgg2resnet.data.digits import DEMO_CATEGORIES
 
 
 def read_categories(path: Path) -> list[str]:

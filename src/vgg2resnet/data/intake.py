@@ -25,6 +25,7 @@ touching the user's files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -36,9 +37,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vgg2resnet.data.imagefolder import ScanResult
+from vgg2resnet.artifacts import Artifacts
+from vgg2resnet.config import Params, UserError
+from vgg2resnet.data.digits import write_digits
+from vgg2resnet.data.imagefolder import ScanResult, scan_image_folder, source_root
+from vgg2resnet.data.loaders import worker_count
 from vgg2resnet.data.manifest import FACTS_VERSION, ImageFacts, image_facts
 from vgg2resnet.data.sources import SourceStats, read_source, stat_keys
+
+log = logging.getLogger(__name__)
+MAX_LISTED = 20  # files named in a message; the rest are counted
 
 FACT_FIELDS = list(ImageFacts.__dataclass_fields__)
 
@@ -220,3 +228,43 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
     stats = SourceStats.settled_of(recorded.root, paths, keys[pd.Index(relatives).get_indexer(paths)],
                                    np.array([row["sha256"] for row in rows], dtype=object), started)
     return Intake(rows, skipped, stats, unread)
+
+
+def undecodable_error(broken: list[tuple[Path, str]]) -> UserError:
+    listed = [f"  {path}: {error}" for path, error in broken]
+    more = f"\n  ... and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
+    return UserError(
+        f"{len(broken)} file(s) with an image extension do not decode:\n" + "\n".join(listed[:MAX_LISTED]) + more
+        + "\nremove or replace them, or set data.on_undecodable in params.yaml to 'skip' (train without them; "
+        "validation lists them) or 'record' (validation fails on them)"
+    )
+
+
+def import_source(params: Params, staging: Path) -> tuple[ScanResult, Intake]:
+    """Fill staging (the next data/raw) and return the scan and what was read."""
+    data, layout = params.data, Artifacts(params)
+    skip = data.on_undecodable == "skip"
+    workers = worker_count(params.runtime)
+    if data.source == "demo":
+        count = write_digits(staging, data.demo_image_size)
+        log.info("demo data set: %d digit images at %d px", count, data.demo_image_size)
+        scan = scan_image_folder(staging)
+        return scan, read_images(scan, Reading(data.max_pixels, None, skip, Previous.none()), workers)
+    source = source_root(data)
+    raw_dir = data.raw_dir
+    if source.resolve() == raw_dir.resolve() or raw_dir.resolve() in source.resolve().parents:
+        raise UserError(
+            f"data.source ({source}) lies inside data.raw_dir ({raw_dir}), which this stage rebuilds; "
+            "keep your originals elsewhere and point data.source at them"
+        )
+    scan = scan_image_folder(source, data.follow_external_links)
+    total = sum(len(files) for files in scan.files.values())
+    stats = SourceStats.load(layout.source_stats, source) if data.reuse_by_stat else None
+    previous = Previous.load(layout.manifest, raw_dir, stats)
+    log.info("reading %d images from %s (your folder is only read) into %s with %d worker(s); "
+             "%d known from the previous manifest", total, source, raw_dir, workers, len(previous.facts))
+    intake = read_images(scan, Reading(data.max_pixels, staging, skip, previous), workers)
+    if stats is not None:
+        log.info("%d of %d images unchanged since the last run (size, mtime, ctime, inode): linked unread",
+                 intake.unread, total)
+    return scan, intake

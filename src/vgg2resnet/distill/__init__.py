@@ -1,1 +1,1 @@
-"""Knowledge distillation: the KD loss, the teacher signal (live or cached) and the training loop."""
+"""The teacher's side of knowledge distillation: its logits, live or from the on-disk cache."""

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from vgg2resnet import atomic
 from vgg2resnet.config import RuntimeParams, UserError
 from vgg2resnet.data.loaders import make_loader
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.training.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -180,22 +180,22 @@ class ChunkBatches:
 
 
 def build_cache(folder: Path, layout: CacheLayout, teacher, views: Dataset, batch_size: int,
-                loading: RuntimeParams, runtime: Runtime, show_progress: bool) -> LogitCache:
+                runtime: RuntimeParams, placement: Placement, show_progress: bool) -> LogitCache:
     """The cache in `folder`, building whatever chunks are missing (this rank's share of them
     under torchrun). `teacher(images, indices, views)` gives fp32 logits."""
-    if runtime.is_main:
+    if placement.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "layout.json").is_file():
             atomic.write_json(folder / "layout.json", asdict(layout))
-    if runtime.distributed:  # every rank sees the same missing chunks
+    if placement.distributed:  # every rank sees the same missing chunks
         dist.barrier()
     cache = open_cache(folder, layout)
     missing = [c for c in range(layout.chunks) if not _values(folder, c).is_file()]
     if not missing:
-        if runtime.is_main:
+        if placement.is_main:
             log.info("teacher logit cache: reusing %s", folder)
         return cache
-    if runtime.is_main:
+    if placement.is_main:
         size = (f"{layout.images * layout.views * layout.bytes_per_view() / 1e9:.2f} GB in all, "
                 f"{layout.bytes_per_view()} bytes per image-view")
         if len(missing) < layout.chunks:
@@ -204,27 +204,27 @@ def build_cache(folder: Path, layout: CacheLayout, teacher, views: Dataset, batc
         else:
             log.info("teacher logit cache: building %d chunk%s in %s (%s)", layout.chunks,
                      "" if layout.chunks == 1 else "s", folder, size)
-    mine = missing[runtime.rank::runtime.world_size]
+    mine = missing[placement.rank::placement.world_size]
     batches = ChunkBatches(layout, mine, batch_size)
     if mine:
-        _fill(folder, layout, teacher, make_loader(views, loading, batch_size, batches=batches),
-              batches.views(), runtime, show_progress)
-    log.info("teacher logit cache: rank %d built %d chunk%s of %d", runtime.rank, len(mine),
+        _fill(folder, layout, teacher, make_loader(views, runtime, batch_size, batches=batches),
+              batches.views(), placement, show_progress)
+    log.info("teacher logit cache: rank %d built %d chunk%s of %d", placement.rank, len(mine),
              "" if len(mine) == 1 else "s", layout.chunks)
-    if runtime.distributed:
+    if placement.distributed:
         dist.barrier()
     if not cache.complete():
         raise RuntimeError(f"{folder}: chunks are missing after the build")
     return cache
 
 
-def _fill(folder: Path, layout: CacheLayout, teacher, loader, total: int, runtime: Runtime,
+def _fill(folder: Path, layout: CacheLayout, teacher, loader, total: int, placement: Placement,
           show_progress: bool) -> None:
     """Run the teacher over the loader's batches, writing each chunk as its last view arrives."""
     open_chunks: dict[int, tuple[np.ndarray, np.ndarray | None, list[int]]] = {}
-    bar = tqdm(total=total, desc="teacher logit cache", unit="view", disable=not (show_progress and runtime.is_main))
+    bar = tqdm(total=total, desc="teacher logit cache", unit="view", disable=not (show_progress and placement.is_main))
     for images, _, indices, view_ids in loader:
-        logits = teacher(images.to(runtime.device), indices, view_ids).cpu()
+        logits = teacher(images.to(placement.device), indices, view_ids).cpu()
         ids = None
         if layout.top_k:
             logits, ids = logits.topk(layout.kept, dim=1)

@@ -20,10 +20,10 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, RuntimeParams, UserError
 from vgg2resnet.data.datasets import SeededViews
 from vgg2resnet.data.loaders import make_loader
-from vgg2resnet.distill.fit import Distillation
+from vgg2resnet.training.objective import Distillation
 from vgg2resnet.distill.logit_cache import CacheLayout, LogitCache, build_cache
 from vgg2resnet.lineage import manifest_hash
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.training.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,13 @@ class StaleCacheError(UserError):
 class LiveTeacher:
     """Runs the teacher on the student's batch: eval mode (BatchNorm statistics must not move), no grad."""
 
-    def __init__(self, model: nn.Module, runtime: Runtime) -> None:
-        self.model = model.eval().to(runtime.device)
-        self.runtime = runtime
+    def __init__(self, model: nn.Module, placement: Placement) -> None:
+        self.model = model.eval().to(placement.device)
+        self.placement = placement
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
-        with self.runtime.autocast():
+        with self.placement.autocast():
             return self.model(images).float()
 
 
@@ -58,7 +58,7 @@ class CachedTeacher:
         return self.cache[indices, views].to(images.device, non_blocking=True)
 
     def check(self, views: SeededViews, fraction: float, seed: int, batch_size: int,
-              loading: RuntimeParams) -> float:
+              runtime: RuntimeParams) -> float:
         """Recompute a random share of the cached (image, view) pairs; fail loudly if any differ
         by more than the tolerance plus what cache_dtype's rounding accounts for. Returns the
         largest difference beyond that rounding."""
@@ -67,8 +67,8 @@ class CachedTeacher:
         pairs = np.random.default_rng(seed).choice(n * k, size=min(count, n * k), replace=False)
         items = [(int(p // k), int(p % k)) for p in pairs]
         worst = 0.0
-        for images, _, indices, view_ids in make_loader(views, loading, batch_size, items):
-            fresh = self.live(images.to(self.live.runtime.device), indices, view_ids).cpu()
+        for images, _, indices, view_ids in make_loader(views, runtime, batch_size, items):
+            fresh = self.live(images.to(self.live.placement.device), indices, view_ids).cpu()
             stored, ids = self.cache.stored(indices, view_ids)
             if ids is not None:
                 fresh = fresh.gather(1, ids)
@@ -88,14 +88,14 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def teacher_signal(params: Params, runtime: Runtime, teacher: nn.Module, teacher_weights: str,
+def teacher_signal(params: Params, placement: Placement, teacher: nn.Module, teacher_weights: str,
                    views: SeededViews, categories: int) -> Distillation:
     """The KD objective of a student trained on `views` (distill.* settings): the cached logits
     of these very views when distill.logit_cache (built on first use, every rank its share, and
     reused by every later training on the same teacher, data and views, as `prune` does), else
     the live teacher."""
     d = params.distill
-    live = LiveTeacher(teacher, runtime)
+    live = LiveTeacher(teacher, placement)
     if not d.logit_cache:
         return Distillation(live, d.temperature, d.alpha)
     layout = CacheLayout(images=len(views), views=d.cache_views, categories=categories, dtype=d.cache_dtype,
@@ -103,11 +103,11 @@ def teacher_signal(params: Params, runtime: Runtime, teacher: nn.Module, teacher
     key = cache_key(teacher=teacher_weights, manifest=manifest_hash(params), augment=params.augment,
                     image_size=d.image_size, seed=params.runtime.seed, layout=layout)
     cache = build_cache(Artifacts(params).logit_cache(key), layout, live, views, params.evaluate.batch_size,
-                        params.runtime, runtime, show_progress=True)
+                        params.runtime, placement, show_progress=True)
     cached = CachedTeacher(cache, live, d.cache_tolerance)
 
     def check(epoch: int) -> float:
         return cached.check(views, d.cache_check_fraction, seed=params.runtime.seed * 1000 + epoch,
-                            batch_size=params.evaluate.batch_size, loading=params.runtime)
+                            batch_size=params.evaluate.batch_size, runtime=params.runtime)
 
     return Distillation(cached, d.temperature, d.alpha, cache_views=d.cache_views, check=check)

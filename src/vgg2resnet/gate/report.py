@@ -1,7 +1,11 @@
-"""The gate report as Markdown, for a reviewer (and for Prefect's markdown artifact), and the
-per-category tables that the Markdown and the page (`gate.html`) both show."""
+"""The gate's words: each candidate's row and the one-paragraph summary of the decision, the
+report as Markdown for a reviewer (and for Prefect's markdown artifact), and the per-category
+tables that the Markdown and the page (`gate.html`) both show."""
 
 from __future__ import annotations
+
+from vgg2resnet.config import GateParams
+from vgg2resnet.gate.policy import Check
 
 MAX_ROWS = 20  # gate.json lists every category; the reports show the first ones
 
@@ -81,3 +85,39 @@ def render_markdown(report: dict) -> str:
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def candidate_row(variant: str, evaluated: dict, checks: list[Check], gate: GateParams) -> dict:
+    """One row of the side-by-side table in the report."""
+    return {
+        "passed": all(c.passed for c in checks),
+        "promotable": variant in gate.variants,
+        "failed": [c.name for c in checks if not c.passed],
+        "top1": evaluated["top1"],
+        "size_mb": evaluated["size_mb"],
+        "size_ratio": evaluated["size_ratio"],
+        "flops": evaluated["flops"],
+        "flops_ratio": evaluated["flops_ratio"],
+        "cpu_latency_ms_p50": evaluated["cpu"]["latency_ms_p50"],
+        "cpu_throughput_img_s": evaluated["cpu"]["throughput_img_s"],
+        "fp32_agreement": evaluated["fp32_agreement"],
+        "checks": [c.as_dict() for c in checks],
+    }
+
+
+def summary(report: dict, chosen: str | None, candidates: dict, failed: list[Check]) -> str:
+    if not report:
+        return "The gate could not read consistent evaluation results and failed closed."
+    teacher = report["teacher"]
+    shown = report["candidates"][chosen or "pytorch_fp32"]
+    head = (f"Student ({chosen or 'pytorch_fp32'}) top-1 {shown['top1']:.2f}% vs teacher {teacher['top1']:.2f}% "
+            f"on {report['images']} test images; size {shown['size_mb']:.1f} MB vs "
+            f"{teacher['size_mb']:.1f} MB ({shown['size_ratio']:.3f}x).")
+    if shown["top1"] > teacher["top1"]:
+        head += " The student beats the teacher."
+    if chosen:
+        others = [v for v, c in candidates.items() if c["passed"] and v != chosen]
+        return head + f" All checks passed; promoting {chosen}" + (
+            f" (also passed: {', '.join(others)})." if others else ".")
+    return head + f" No promotable variant passed. Failed: {', '.join(c.name for c in failed)}."
+

@@ -7,6 +7,7 @@ repeats the meta and adds the file's sha256, for people and for lineage.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ from torch import nn
 
 from vgg2resnet import atomic
 from vgg2resnet.artifacts import sidecar
-from vgg2resnet.config import Params, UserError
+from vgg2resnet.config import Params, TeacherParams, UserError
+from vgg2resnet.data.categories import read_categories
 from vgg2resnet.data.transforms import preprocessing_meta
 from vgg2resnet.lineage import file_sha256, git_revision, manifest_hash, recorded_data_version
 from vgg2resnet.models.builders import build_model, load_state_dict
+
+log = logging.getLogger(__name__)
 
 
 def model_meta(params: Params, arch: str, categories: list[str], image_size: int, init: str,
@@ -112,3 +116,16 @@ def import_user_teacher(path: Path, arch: str, categories: list[str]) -> nn.Modu
             f"(its head has {outputs} outputs); check teacher.arch and teacher.categories_file"
         ) from exc
     return model.eval()
+
+
+def import_teacher(tparams: TeacherParams, categories: list[str]) -> nn.Module:
+    """The user's teacher, checked against the data's categories."""
+    if tparams.categories_file is None:
+        raise UserError("teacher.checkpoint is set but teacher.categories_file is not: give the JSON list "
+                        "of the teacher's categories in the order of its outputs")
+    teacher_categories = read_categories(tparams.categories_file)
+    # prepare orders the data's categories as the teacher's file does, so this only fails when the
+    # names differ (it names the missing and extra ones) or categories.json is from another run.
+    check_categories(teacher_categories, categories, str(tparams.checkpoint))
+    log.info("importing the teacher from %s", tparams.checkpoint)
+    return import_user_teacher(tparams.checkpoint, tparams.arch, teacher_categories)

@@ -40,7 +40,7 @@ from vgg2resnet.data.loaders import make_loader, with_progress
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.integrity import BENTOML_FILES, FILES, damage, digests
 from vgg2resnet.models.variants import load_runner
-from vgg2resnet.serving.classifier import Classifier, fit_projection
+from vgg2resnet.serving.classifier import Predictor, fit_projection
 
 log = logging.getLogger(__name__)
 PROMOTED = {"stage": "promoted"}
@@ -181,12 +181,12 @@ def _as_batch(images: list[Image.Image]) -> tuple[list[Image.Image]]:
     return (images,)
 
 
-def profile(classifier: Classifier, paths: list[Path], params: Params) -> pd.DataFrame:
+def profile(predictor: Predictor, paths: list[Path], params: Params) -> pd.DataFrame:
     """One row per image: the drift features, the prediction and its confidence, as the service logs them."""
     loader = make_loader(_Decoded(paths), params.runtime, params.evaluate.batch_size, collate=_as_batch)
     rows = []
     for (images,) in with_progress(loader, "drift reference"):
-        for result in classifier.predict(images, params.serving.top_k):
+        for result in predictor.predict(images, params.serving.top_k):
             rows.append({**result["features"], "prediction": result["category"],
                          "confidence": result["confidence"]})
     return pd.DataFrame(rows)
@@ -196,7 +196,7 @@ def _write_reference(params: Params, folder: Path) -> None:
     """Profile a stratified sample of `monitoring.reference_images` val images with the folder's
     own classifier; write it into that folder."""
     rows = split_rows(params, "val", params.monitoring.reference_images)
-    table = profile(Classifier(folder), [Artifacts(params).raw_dir / p for p in rows["path"]], params)
+    table = profile(Predictor(folder), [Artifacts(params).raw_dir / p for p in rows["path"]], params)
     table.to_parquet(folder / StoreLayout.REFERENCE, index=False)
     log.info("drift reference: %d validation images profiled", len(table))
 
@@ -209,3 +209,23 @@ def read_reference(version) -> pd.DataFrame:
                         "references were stored with their model; run the pipeline to promote a new version, "
                         "or monitor another one with --model-tag")
     return pd.read_parquet(path)
+
+
+def version_metadata(gate: dict, student: dict) -> dict:
+    """What the store records with a promoted version: the model, the gate's verdict, the lineage."""
+    lineage = gate["lineage"]
+    return {
+        "variant": gate["variant"],
+        "model_sha256": student["sha256"],
+        "weights_sha256": student["weights_sha256"],
+        "arch": student["arch"],
+        "categories": student["categories"],
+        "preprocessing": student["preprocessing"],
+        "init": student["init"],
+        "data_version": lineage["data_version"] or "",
+        "git_revision": lineage["git_revision"],
+        "params_hash": lineage["params_hash"],
+        "teacher_sha256": student["teacher_sha256"],
+        "gate": {c["name"]: {"value": c["value"], "passed": c["passed"]} for c in gate["checks"]},
+        "summary": gate["summary"],
+    }

@@ -69,7 +69,10 @@ def open_model_dir(model_dir: Path, device: torch.device | None = None) -> tuple
     return load_runner(StoreLayout.model_in(Path(model_dir)), device=device)
 
 
-class Classifier:
+class Predictor:
+    """A promoted version loaded for serving: its runner, its own preprocessing, and the drift
+    features logged beside every prediction."""
+
     def __init__(self, model_dir: Path, device: torch.device | None = None) -> None:
         model_dir = Path(model_dir)
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")

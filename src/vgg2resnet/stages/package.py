@@ -14,37 +14,14 @@ reports/package.json and exits 0, so that `dvc repro` keeps the gate's record (s
 from __future__ import annotations
 
 import logging
-import re
-import subprocess
-import sys
 
 from vgg2resnet import atomic
-from vgg2resnet.artifacts import BENTOFILE, Artifacts, read_json
+from vgg2resnet.artifacts import Artifacts, read_json
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.models.checkpoint import read_meta
-from vgg2resnet.packaging import store
+from vgg2resnet.packaging import bento, store
 
 log = logging.getLogger(__name__)
-
-
-def _metadata(gate: dict, student: dict) -> dict:
-    """What the store records with a promoted version: the model, the gate's verdict, the lineage."""
-    lineage = gate["lineage"]
-    return {
-        "variant": gate["variant"],
-        "model_sha256": student["sha256"],
-        "weights_sha256": student["weights_sha256"],
-        "arch": student["arch"],
-        "categories": student["categories"],
-        "preprocessing": student["preprocessing"],
-        "init": student["init"],
-        "data_version": lineage["data_version"] or "",
-        "git_revision": lineage["git_revision"],
-        "params_hash": lineage["params_hash"],
-        "teacher_sha256": student["teacher_sha256"],
-        "gate": {c["name"]: {"value": c["value"], "passed": c["passed"]} for c in gate["checks"]},
-        "summary": gate["summary"],
-    }
 
 
 def promote(params: Params) -> tuple[dict, str | None, bool]:
@@ -62,21 +39,7 @@ def promote(params: Params) -> tuple[dict, str | None, bool]:
     if student["sha256"] != gate["lineage"]["student_sha256"]:
         raise UserError(f"{artifact} is not the file the gate judged ({layout.gate_json}); "
                         "run `vgg2resnet evaluate` and `vgg2resnet gate` again (or `dvc repro`)")
-    return gate, *store.promote(params, artifact, _metadata(gate, student))
-
-
-def build_bento(model_tag: str) -> str:
-    """`bentoml build` of the service pinned to model_tag; the Bento's tag."""
-    log.info("building a Bento serving %s", model_tag)
-    build = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", "-f", str(BENTOFILE), "--arg", f"model_tag={model_tag}",
-         "--output", "tag", "."],
-        capture_output=True, text=True,
-    )
-    if build.returncode != 0:
-        raise RuntimeError(f"bentoml build failed:\n{build.stdout}\n{build.stderr}")
-    match = re.search(r"__tag__:(\S+)", build.stdout)
-    return match.group(1) if match else build.stdout.strip().splitlines()[-1]
+    return gate, *store.promote(params, artifact, store.version_metadata(gate, student))
 
 
 def run(params: Params) -> dict:
@@ -88,10 +51,10 @@ def run(params: Params) -> dict:
                   "reason": f"the gate rejected the student (failed: {', '.join(failed)})"}
         log.warning("package: nothing promoted or packaged: %s; see %s", result["reason"], layout.gate_markdown)
     else:
-        bento = build_bento(model_tag)
-        result = {"packaged": True, "bento": bento, "model_tag": model_tag, "variant": gate["variant"],
+        bento_tag = bento.build(model_tag)
+        result = {"packaged": True, "bento": bento_tag, "model_tag": model_tag, "variant": gate["variant"],
                   "new_version": new_version,
-                  "serve": f"bentoml serve {bento}", "containerize": f"bentoml containerize {bento}"}
-        log.info("built Bento %s: `bentoml serve %s`", bento, bento)
+                  "serve": f"bentoml serve {bento_tag}", "containerize": f"bentoml containerize {bento_tag}"}
+        log.info("built Bento %s: `bentoml serve %s`", bento_tag, bento_tag)
     atomic.write_json(layout.package_json, result)
     return result

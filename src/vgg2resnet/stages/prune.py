@@ -22,12 +22,12 @@ from vgg2resnet.compress.prune import prune_to_flops
 from vgg2resnet.config import PRUNED_VARIANTS, Params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader, train_views
-from vgg2resnet.distill.fit import fingerprint, fit, record_summary
-from vgg2resnet.distill.loop import evaluate
+from vgg2resnet.training.fit import RunFiles, fingerprint, fit, record_summary
+from vgg2resnet.training.loop import Training, evaluate
 from vgg2resnet.distill.teacher_signal import teacher_signal
 from vgg2resnet.lineage import manifest_hash
 from vgg2resnet.models.checkpoint import load_model, read_meta, weights_sha256
-from vgg2resnet.runtime import start, stop
+from vgg2resnet.training.placement import start, stop
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def run(params: Params) -> dict:
         log.info("prune.enabled is false: no pruned forms; the gate weighs the others")
         return record
 
-    runtime = start(params.runtime)
+    placement = start(params.runtime)
     categories = data_categories(params)
     student, _ = load_model(layout.student(), categories)
     source = read_meta(layout.student())
@@ -54,21 +54,20 @@ def run(params: Params) -> dict:
     pruning = prune_to_flops(student, d.image_size, p.flops_ratio, p.round_to)
 
     val = eval_loader(params, "val", categories, params.evaluate.batch_size, image_size=d.image_size)
-    pruned_val = evaluate(student.to(runtime.device), val, runtime)["accuracy"]
+    pruned_val = evaluate(student.to(placement.device), val, placement)["accuracy"]
     views = train_views(params, d, categories)
     # distill's recipe, shorter and gentler: the network starts trained.
     train = d.model_copy(update={"epochs": p.epochs, "lr": p.lr, "warmup_epochs": 0.0})
     run_id = fingerprint("prune", train, p, params.augment, params.runtime.seed, source["weights_sha256"],
-                         teacher_weights, manifest_hash(params), runtime.world_size)
+                         teacher_weights, manifest_hash(params), placement.world_size)
     state = layout.training_state("prune")
-    model, metrics = fit(student, views, val, train, runtime, params.runtime, state_path=state, fingerprint=run_id,
-                         live_dir=layout.training_metrics("prune"),
-                         distillation=teacher_signal(params, runtime, teacher, teacher_weights, views,
-                                                      len(categories)))
+    distillation = teacher_signal(params, placement, teacher, teacher_weights, views, len(categories))
+    model, metrics = fit(student, views, val, Training(train, params.runtime, placement, distillation),
+                         RunFiles(state, run_id, layout.training_metrics("prune")))
     record = {"enabled": True, **{k: v for k, v in pruning.items() if k != "channels"},
               "val_accuracy_student": source["val_accuracy"], "val_accuracy_pruned": pruned_val,
               "val_accuracy": metrics.get("val_accuracy_final"), "channels": pruning["channels"]}
-    if runtime.is_main:
+    if placement.is_main:
         model = model.float().cpu()
         record["parity"] = export_forms(
             params, model, source, {v: layout.student(v) for v in PRUNED_VARIANTS}, categories,
@@ -80,5 +79,5 @@ def run(params: Params) -> dict:
                  "(student %.2f%%), %.3fx the FLOPs", pruned_val, record["val_accuracy"], p.epochs,
                  source["val_accuracy"], pruning["flops_ratio"])
         state.unlink(missing_ok=True)  # only for resuming an interrupted fine-tune
-    stop(runtime)
+    stop(placement)
     return {k: v for k, v in record.items() if k != "channels"}

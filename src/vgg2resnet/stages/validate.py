@@ -18,8 +18,9 @@ from vgg2resnet.data.categories import data_categories, expected_categories
 from vgg2resnet.data.imagefolder import source_root
 from vgg2resnet.validation.frames import category_counts, manifest_frame, skipped_frame
 from vgg2resnet.validation.suite import (
-    CheckResult,
+    MAX_LISTED,
     count_expectations,
+    describe,
     manifest_expectations,
     run_checkpoint,
     skipped_expectations,
@@ -27,20 +28,6 @@ from vgg2resnet.validation.suite import (
 )
 
 log = logging.getLogger(__name__)
-MAX_LISTED = 20
-
-
-def _describe(check: CheckResult, expected: list[str], found: list[str]) -> str:
-    if check.check == "categories":
-        missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected))
-        return f"categories differ from the expected ones: missing {missing}, extra {extra}"
-    names = check.offending[:MAX_LISTED]
-    more = f" and {check.offending_count - len(names)} more" if check.offending_count > len(names) else ""
-    if check.check == "skipped_undecodable":
-        return (f"{check.offending_count} file(s) left out because they do not decode "
-                f"(data.on_undecodable: skip): {', '.join(names)}{more}")
-    return f"{check.expectation} ({check.offending_count} offending): {', '.join(names)}{more}"
 
 
 def run(params: Params) -> dict:
@@ -73,7 +60,7 @@ def run(params: Params) -> dict:
         "expectations": len(checks),
         "failed": len(failed),
         "warnings": len(warned),
-        "problems": [{**asdict(c), "offending": c.offending[:MAX_LISTED], "message": _describe(c, expected, found)}
+        "problems": [{**asdict(c), "offending": c.offending[:MAX_LISTED], "message": describe(c, expected, found)}
                      for c in failed + warned],
         "data_docs": str(layout.validation_docs_index),
     }
@@ -81,11 +68,11 @@ def run(params: Params) -> dict:
         "summary": summary, "checks": [asdict(c) for c in checks],
     })
     for check in warned:
-        log.warning("warn  %s: %s", check.check, _describe(check, expected, found))
+        log.warning("warn  %s: %s", check.check, describe(check, expected, found))
     log.info("validation: %d expectations, %d failed, %d warnings; report %s",
              len(checks), len(failed), len(warned), summary["data_docs"])
     if failed:
-        lines = "\n".join(f"  FAIL {c.check}: {_describe(c, expected, found)}" for c in failed)
+        lines = "\n".join(f"  FAIL {c.check}: {describe(c, expected, found)}" for c in failed)
         raise UserError(f"data validation failed ({manifest_path}):\n{lines}\n"
                         f"details: {layout.validation_result}, {summary['data_docs']}")
     return {k: summary[k] for k in ("passed", "images", "expectations", "failed", "warnings")}

@@ -16,6 +16,7 @@ import pandas as pd
 from vgg2resnet.config import UserError, ValidationParams
 from vgg2resnet.data.policy import InputPolicy
 
+MAX_LISTED = 20  # offending files named in a message; the rest are counted
 DEFAULT_SEVERITY = {
     "not_null": "fail",
     "categories": "fail",
@@ -164,3 +165,17 @@ def summarise(results: list[dict]) -> list[CheckResult]:
                 offending=sorted(set(offending)), offending_count=int(result.get("unexpected_count") or 0),
             ))
     return checks
+
+
+def describe(check: CheckResult, expected: list[str], found: list[str]) -> str:
+    """One line a user reads: what the check wanted and which files (or categories) broke it."""
+    if check.check == "categories":
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        return f"categories differ from the expected ones: missing {missing}, extra {extra}"
+    names = check.offending[:MAX_LISTED]
+    more = f" and {check.offending_count - len(names)} more" if check.offending_count > len(names) else ""
+    if check.check == "skipped_undecodable":
+        return (f"{check.offending_count} file(s) left out because they do not decode "
+                f"(data.on_undecodable: skip): {', '.join(names)}{more}")
+    return f"{check.expectation} ({check.offending_count} offending): {', '.join(names)}{more}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +17,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vgg2resnet import atomic
-from vgg2resnet.config import TrainParams, UserError
+from vgg2resnet.config import RuntimeParams, TrainParams, UserError
 from vgg2resnet.data.loaders import with_progress
-from vgg2resnet.distill.loss import kd_loss
+from vgg2resnet.training.objective import Distillation, kd_loss
 from vgg2resnet.models.builders import head_parameters
-from vgg2resnet.runtime import Runtime
+from vgg2resnet.training.placement import Placement
 
 log = logging.getLogger(__name__)
-TeacherFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class TrainingDiverged(UserError):
@@ -72,50 +71,76 @@ def build_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def epoch_items(n: int, epoch: int, seed: int, views: int | None, runtime: Runtime) -> list[tuple[int, int]]:
+def epoch_items(n: int, epoch: int, seed: int, views: int | None, placement: Placement) -> list[tuple[int, int]]:
     """This rank's (image, view) pairs for an epoch: a seeded shuffle, padded so every rank
     takes the same number of steps, then sharded by rank. views=None: a fresh view per epoch."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)
     chosen = rng.integers(0, views, size=n) if views else np.full(n, epoch)
     items = [(int(i), int(chosen[i])) for i in order]
-    padded = items + items[: (-len(items)) % runtime.world_size]
-    return padded[runtime.rank::runtime.world_size]
+    padded = items + items[: (-len(items)) % placement.world_size]
+    return padded[placement.rank::placement.world_size]
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler, runtime: Runtime, *, teacher: TeacherFn | None, temperature: float,
-                    alpha: float, label_smoothing: float, grad_clip_norm: float | None,
-                    ema: AveragedModel | None,
-                    channels_last: bool, max_steps: int | None, desc: str) -> dict[str, float]:
+@dataclass(frozen=True)
+class Training:
+    """One training run's settings: the recipe, the runtime settings, where it runs and, for a
+    student, the teacher's part of the objective. The knobs below `distillation` are the
+    student's (`distill.*`); the teacher's fine-tune and the pruned fine-tune leave them off."""
+
+    params: TrainParams
+    runtime: RuntimeParams
+    placement: Placement
+    distillation: Distillation | None = None
+    freeze_epochs: int = 0
+    backbone_lr_mult: float = 1.0
+    ema_decay: float | None = None
+    average: int | None = None
+
+
+@dataclass
+class Updates:
+    """What one optimisation step changes besides the model."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: AveragedModel | None = None
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, updates: Updates, training: Training,
+                    desc: str) -> dict[str, float]:
+    params, placement, distillation = training.params, training.placement, training.distillation
+    teacher = distillation.teacher if distillation is not None else None
+    temperature, alpha = (distillation.temperature, distillation.alpha) if distillation is not None else (1.0, 0.0)
+    channels_last, max_steps = training.runtime.channels_last, params.max_steps_per_epoch
     model.train()
     totals = {"loss": 0.0, "kd_loss": 0.0, "ce_loss": 0.0}
     seen, steps, start = 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=desc, unit="batch", disable=not runtime.is_main, leave=False)
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not placement.is_main, leave=False)
     for step, (images, labels, indices, views) in enumerate(bar):
         if max_steps is not None and step >= max_steps:
             break
-        images = images.to(runtime.device, non_blocking=True)
+        images = images.to(placement.device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(runtime.device, non_blocking=True)
+        labels = labels.to(placement.device, non_blocking=True)
         teacher_logits = teacher(images, indices, views) if teacher is not None else None
-        with runtime.autocast():
+        with placement.autocast():
             logits = model(images)
-        loss, kd, ce = kd_loss(logits.float(), teacher_logits, labels, temperature, alpha, label_smoothing)
+        loss, kd, ce = kd_loss(logits.float(), teacher_logits, labels, temperature, alpha, params.label_smoothing)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"{desc}: loss is {loss.item()} at step {step}; the run is stopped. Lower the learning "
                 "rate (lr in params.yaml) or check the input data"
             )
-        optimizer.zero_grad(set_to_none=True)
+        updates.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        if params.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip_norm)
+        updates.optimizer.step()
+        updates.scheduler.step()
+        if updates.ema is not None:
+            updates.ema.update_parameters(model)
         for key, value in (("loss", loss), ("kd_loss", kd), ("ce_loss", ce)):
             totals[key] += value.item() * len(labels)
         seen += len(labels)
@@ -123,36 +148,36 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
     elapsed = time.perf_counter() - start
     metrics = {key: value / max(seen, 1) for key, value in totals.items()}
-    metrics["images_per_s"] = seen * runtime.world_size / elapsed if elapsed > 0 else 0.0
-    metrics["lr"] = scheduler.get_last_lr()[-1]
+    metrics["images_per_s"] = seen * placement.world_size / elapsed if elapsed > 0 else 0.0
+    metrics["lr"] = updates.scheduler.get_last_lr()[-1]
     metrics["steps"] = steps
     return metrics
 
 
 @torch.no_grad()
-def predict_labelled(model: nn.Module, loader: DataLoader, runtime: Runtime,
+def predict_labelled(model: nn.Module, loader: DataLoader, placement: Placement,
                      channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of every item of the loader, in order, on the CPU, in one pass."""
     model.eval()
     outputs, labels = [], []
-    batches = with_progress(loader, "predict", leave=False) if runtime.is_main else loader
+    batches = with_progress(loader, "predict", leave=False) if placement.is_main else loader
     for images, batch_labels, *_ in batches:
-        images = images.to(runtime.device)
+        images = images.to(placement.device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
+        with placement.autocast():
             outputs.append(model(images).float().cpu())
         labels.append(batch_labels)
     return torch.cat(outputs), torch.cat(labels)
 
 
-def predict(model: nn.Module, loader: DataLoader, runtime: Runtime, channels_last: bool = False) -> torch.Tensor:
+def predict(model: nn.Module, loader: DataLoader, placement: Placement, channels_last: bool = False) -> torch.Tensor:
     """Logits for every item of the loader, in order, on the CPU."""
-    return predict_labelled(model, loader, runtime, channels_last)[0]
+    return predict_labelled(model, loader, placement, channels_last)[0]
 
 
-def evaluate(model: nn.Module, loader: DataLoader, runtime: Runtime) -> dict[str, float]:
-    logits, labels = predict_labelled(model, loader, runtime)
+def evaluate(model: nn.Module, loader: DataLoader, placement: Placement) -> dict[str, float]:
+    logits, labels = predict_labelled(model, loader, placement)
     return {
         "accuracy": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
         "loss": torch.nn.functional.cross_entropy(logits, labels).item(),

@@ -10,7 +10,7 @@ from PIL import Image
 DEMO_CATEGORIES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def write_demo_images(out_dir: Path, image_size: int) -> int:
+def write_digits(out_dir: Path, image_size: int) -> int:
     """Write the 1,797 digits as `<category>/<index>.png`, upscaled to image_size px; return the count."""
     from sklearn.datasets import load_digits  # ships its data inside the package: no download
 

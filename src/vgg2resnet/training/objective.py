@@ -19,8 +19,25 @@ categories. With K = all categories this is the full-logit loss exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+# (images, indices, views) -> the teacher's logits for those views, live or from the cache
+TeacherFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """The teacher's part of the objective; absent for plain supervised training."""
+
+    teacher: TeacherFn
+    temperature: float
+    alpha: float
+    cache_views: int | None = None  # draw views from the K cached ones; None: a fresh view per epoch
+    check: Callable[[int], float] | None = None  # per-epoch cache check, returns the worst difference
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

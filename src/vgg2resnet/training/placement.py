@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Runtime:
+class Placement:
     device: torch.device
     rank: int = 0
     world_size: int = 1
@@ -75,7 +75,7 @@ def launch_command(params: RuntimeParams, argv: list[str]) -> list[str] | None:
             *target, *argv[1:]]
 
 
-def start(params: RuntimeParams) -> Runtime:
+def start(params: RuntimeParams) -> Placement:
     """Join torchrun's process group when launched by it (WORLD_SIZE > 1), else run alone."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -87,22 +87,22 @@ def start(params: RuntimeParams) -> Runtime:
             torch.cuda.set_device(device)
     if rank == 0:
         log.info("device %s, world size %d", device, world_size)
-    return Runtime(device=device, rank=rank, world_size=world_size)
+    return Placement(device=device, rank=rank, world_size=world_size)
 
 
-def stop(runtime: Runtime) -> None:
-    if runtime.distributed and dist.is_initialized():
+def stop(placement: Placement) -> None:
+    if placement.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
-def ranks_agree(model: torch.nn.Module, runtime: Runtime) -> bool:
+def ranks_agree(model: torch.nn.Module, placement: Placement) -> bool:
     """True when every rank holds the same weights (a cheap checksum gathered from all ranks)."""
-    if not runtime.distributed:
+    if not placement.distributed:
         return True
     with torch.no_grad():
         checksum = torch.stack([sum(p.double().sum() for p in model.parameters()),
                                 sum(p.double().abs().sum() for p in model.parameters())])
-    gathered = [torch.zeros_like(checksum) for _ in range(runtime.world_size)]
+    gathered = [torch.zeros_like(checksum) for _ in range(placement.world_size)]
     dist.all_gather(gathered, checksum)
     return all(torch.equal(g, gathered[0]) for g in gathered)
