@@ -76,7 +76,7 @@ def open_image(source: bytes | Path, max_pixels: int | None = None,
         raise UndecodableImage(f"not a {FORMAT_LIST} image") from None
     except Image.DecompressionBombError as exc:
         raise UndecodableImage(f"the image is too large to decode safely: {exc}") from None
-    except Exception as exc:  # Pillow's plugins raise many types on malformed headers
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on malformed headers
         raise UndecodableImage(f"the image header is corrupt ({type(exc).__name__}: {exc})") from None
     if max_pixels is not None and image.width * image.height > max_pixels:
         raise UndecodableImage(f"the image is {image.width}x{image.height} = {image.width * image.height} "
@@ -86,7 +86,7 @@ def open_image(source: bytes | Path, max_pixels: int | None = None,
         raise UndecodableImage("; ".join(refusals))
     try:
         image.load()
-    except Exception as exc:  # OSError, SyntaxError, ValueError, struct.error, EOFError, ...
+    except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError, struct.error, EOFError, ...
         raise UndecodableImage(f"the image is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     return upright(image)
 
@@ -96,7 +96,7 @@ def upright_turn(image: Image.Image) -> Image.Transpose | None:
     parse leaves the pixels as stored: metadata never refuses a photo."""
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # malformed EXIF: Pillow raises from its TIFF parser
+    except Exception:  # noqa: BLE001 - malformed EXIF: Pillow raises from its TIFF parser
         return None
     return UPRIGHT.get(orientation)
 
@@ -114,7 +114,7 @@ def decode(source: bytes | Path, max_pixels: int | None = None, policy: InputPol
     image = open_image(source, max_pixels, policy)
     try:
         return to_rgb(image)
-    except Exception as exc:  # a mode Pillow cannot convert
+    except Exception as exc:  # noqa: BLE001 - a mode Pillow cannot convert
         raise UndecodableImage(f"the image's {image.mode} pixels do not convert to RGB ({exc})") from None
 
 

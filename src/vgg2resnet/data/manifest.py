@@ -59,7 +59,7 @@ def assign_splits(frame: pd.DataFrame, split: SplitParams, seed: int) -> pd.Seri
     different order gives the same split.
     """
     result = pd.Series("train", index=frame.index, dtype=object)
-    for number, (category, group) in enumerate(sorted(frame.groupby("category"), key=lambda g: g[0])):
+    for number, (_, group) in enumerate(sorted(frame.groupby("category"), key=lambda g: g[0])):
         order = group.sort_values(["sha256", "path"]).index.to_numpy()
         rng = np.random.default_rng([seed, number])
         order = order[rng.permutation(len(order))]

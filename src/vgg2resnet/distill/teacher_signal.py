@@ -63,7 +63,7 @@ class CachedTeacher:
         by more than the tolerance plus what cache_dtype's rounding accounts for. Returns the
         largest difference beyond that rounding."""
         n, k, _ = self.cache.shape
-        count = max(1, int(round(n * k * fraction)))
+        count = max(1, round(n * k * fraction))
         pairs = np.random.default_rng(seed).choice(n * k, size=min(count, n * k), replace=False)
         items = [(int(p // k), int(p % k)) for p in pairs]
         worst = 0.0

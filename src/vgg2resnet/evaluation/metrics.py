@@ -9,6 +9,7 @@ are what the teacher stage warns with and the gate fails closed on.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -68,7 +69,7 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
     correct = correct.float()
     edges = torch.linspace(0, 1, bins + 1)
     ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in itertools.pairwise(edges):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             ece += in_bin.float().mean().item() * abs(correct[in_bin].mean().item() - confidence[in_bin].mean().item())

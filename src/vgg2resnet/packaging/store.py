@@ -60,7 +60,7 @@ def inventory(name: str) -> tuple[list, list[str]]:
             continue
         try:
             model = bentoml.models.get(f"{name}:{version.name}")
-        except Exception as exc:  # BentoMLException and its kinds: no or no readable model.yaml
+        except Exception as exc:  # noqa: BLE001 - BentoMLException and its kinds: no or no readable model.yaml
             broken.append(f"{version}: incomplete ({exc})")
             continue
         problem = damage(version, model.info.metadata)

@@ -103,7 +103,7 @@ def _declared_pixels(file: IO[bytes]) -> int:
     try:
         with Image.open(file, formats=list(FORMATS)) as image:
             return image.width * image.height
-    except Exception:  # Pillow's plugins raise many types on malformed headers
+    except Exception:  # noqa: BLE001 - Pillow's plugins raise many types on malformed headers
         return 0
     finally:
         file.seek(0)
