@@ -23,6 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 settings.register_profile("vgg2resnet", derandomize=True, database=None, deadline=None)
 settings.load_profile("vgg2resnet")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# Two xdist workers share the two cores with the stages and servers the tests start: one math
+# thread per process (torch reads this when it is first imported, after this file; child
+# processes inherit it). With torch's default of one thread per core, two trainings side by side
+# took three times as long as with one thread each on this 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # A BentoML model store of the test session's own, never the developer's (set before bentoml loads).
 # Removed at exit: each session's store holds hundreds of MB of models.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="vgg2resnet-bentoml-")
@@ -88,6 +93,17 @@ def dvc_cache_type() -> str:
     config = configparser.ConfigParser()
     config.read(ROOT / ".dvc" / "config")
     return config["cache"]["type"].strip('"')
+
+
+def dvc_directory_md5(folder: Path) -> str:
+    """DVC's hash of a folder, computed here from its files: the md5 of the JSON list of each
+    file's md5 and path, sorted by path (DVC 3's `.dir` object, which it names by that md5)."""
+    import hashlib
+
+    listing = sorted(({"md5": hashlib.md5(path.read_bytes()).hexdigest(),
+                       "relpath": path.relative_to(folder).as_posix()}
+                      for path in folder.rglob("*") if path.is_file()), key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
 def make_project(dest: Path, remote: Path) -> Path:

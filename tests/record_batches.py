@@ -6,6 +6,7 @@ once per training step, after the step limit is applied.
 With PER_RANK_FORWARD=N, one process runs the student's forward pass as N DDP ranks would:
 a test's reference for a DDP run, written independently of the code under test."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -27,8 +28,7 @@ def recording(*args, **kwargs):
         steps.append([[int(i), int(v)] for i, v in zip(indices, views)])
         return teacher(images, indices, views)
 
-    distillation.teacher = recorded
-    return distillation
+    return dataclasses.replace(distillation, teacher=recorded)  # Distillation is frozen
 
 
 stage.teacher_signal = recording

@@ -26,13 +26,14 @@ def test_params_yaml_is_the_only_source_of_values():
     assert with_defaults == []
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     loaded = load_params(ROOT / "params.yaml").model_dump(mode="json")
+    assert _yaml_leaves(raw) == _yaml_leaves(loaded)  # params.yaml sets every setting, and nothing else
 
-    def leaves(tree: dict, prefix: str = "") -> set[str]:
-        return {k for key, value in tree.items()
-                for k in (leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value
-                          else {prefix + key})}
 
-    assert leaves(raw) == leaves(loaded)  # params.yaml sets every setting, and nothing else
+def _yaml_leaves(tree: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of a parsed YAML tree's leaves (an empty mapping is a leaf: a setting's value)."""
+    return {k for key, value in tree.items()
+            for k in (_yaml_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value
+                      else {prefix + key})}
 
 
 def test_a_key_missing_from_params_yaml_is_named(tmp_path: Path):
@@ -197,8 +198,38 @@ def test_a_bound_pair_in_the_wrong_order_is_refused(tmp_path_factory):
     assert "min_side (100) is above max_side (50)" in message
 
 
+JSON_BOUNDS = {"minimum": "ge", "maximum": "le", "exclusiveMinimum": "gt", "exclusiveMaximum": "lt"}
+
+
+def _json_schema_bounds() -> dict[str, set]:
+    """Every setting's bounds as pydantic writes them into the JSON schema (an optional one's
+    inside its anyOf), keyed by dotted key: the schema read another way than _leaves reads it."""
+    schema = Params.model_json_schema()
+
+    def resolve(node: dict) -> dict:
+        while "$ref" in node:
+            node = schema["$defs"][node["$ref"].split("/")[-1]]
+        return node
+
+    def walk(node: dict, prefix: str = ""):
+        for name, prop in resolve(node).get("properties", {}).items():
+            if "properties" in resolve(prop):
+                yield from walk(prop, f"{prefix}{name}.")
+            else:
+                parts = [resolve(prop), *map(resolve, prop.get("anyOf", []))]
+                yield prefix + name, {(JSON_BOUNDS[k], v) for part in parts for k, v in part.items()
+                                      if k in JSON_BOUNDS}
+
+    return dict(walk(schema))
+
+
 def test_the_schema_walk_sees_every_setting():
-    assert len(LEAVES) > 80 and "serving.auth_token_env" in LEAVES and "distill.alpha" in BOUNDED
+    """The walk the generated tests above run over, held to two other readings: the keys of
+    params.yaml as YAML parses them, and the bounds in pydantic's own JSON schema."""
+    assert set(LEAVES) == _yaml_leaves(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    bounds = _json_schema_bounds()
+    assert set(bounds) == set(LEAVES)
+    assert {key: set(_bounds(field)) for key, field in BOUNDED.items()} == {k: b for k, b in bounds.items() if b}
 
 
 @pytest.mark.parametrize(("key", "least"), [("runtime.num_workers", 0), ("runtime.processes", 1)])

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from vgg2resnet.config import AugmentParams
 from vgg2resnet.data.datasets import ImageDataset, SeededViews, sample_rows, view_seed
-from vgg2resnet.data.loaders import EpochItems, available_cpus, make_loader, with_progress, worker_count
+from vgg2resnet.data.loaders import EpochItems, make_loader, with_progress
 from vgg2resnet.data.transforms import train_transform
 
 from .conftest import ROOT, make_image_folder, repo_params
@@ -63,9 +63,25 @@ def test_progress_counts_every_image_of_every_batch(capsys):
 
 
 def test_auto_workers_are_the_cores_this_process_may_use():
-    runtime = repo_params({"runtime": {"num_workers": "auto"}}).runtime
-    assert worker_count(runtime) == available_cpus() == len(os.sched_getaffinity(0))
-    assert worker_count(runtime.model_copy(update={"num_workers": 3})) == 3
+    """A child process started on one of this process's cores (its affinity set before it runs,
+    as `taskset` does), then moved onto other sets of them: with num_workers auto it counts the
+    cores of its set each time, whatever the machine has."""
+    cores = sorted(os.sched_getaffinity(0))
+    subsets = [[core] for core in cores[:3]] + [cores[:2], cores]
+    script = f"""
+import os
+from vgg2resnet.config import load_params
+from vgg2resnet.data.loaders import worker_count
+runtime = load_params({str(ROOT / "params.yaml")!r}).runtime.model_copy(update={{"num_workers": "auto"}})
+for subset in {subsets[1:]!r}:
+    print(worker_count(runtime), end=" ")
+    os.sched_setaffinity(0, subset)
+print(worker_count(runtime), worker_count(runtime.model_copy(update={{"num_workers": 3}})))
+"""
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                           preexec_fn=lambda: os.sched_setaffinity(0, subsets[0]))
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == [str(len(set(subset))) for subset in subsets] + ["3"], (subsets, child.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,32 @@ def params(served, monkeypatch):
 
 
 def test_the_reference_is_stored_with_the_promoted_version(served):
+    """The version's reference profiles the val images, one row each in the manifest's order:
+    their sizes, and the mean, spread and saturation of their pixels, computed here from the
+    files with the ITU-R BT.601 luma weights and the HSV definition of saturation."""
     import bentoml
+    import numpy as np
+    from PIL import Image
 
     version = bentoml.models.get(served["tag"])
     reference = pd.read_parquet(Path(version.path) / StoreLayout.REFERENCE)
-    manifest = pd.read_parquet(served["project"] / "data/prepared/manifest.parquet")
-    assert len(reference) == (manifest["split"] == "val").sum()
-    assert {"brightness", "contrast", "sharpness", "saturation", "emb_0", "prediction", "confidence"} <= set(reference)
-    assert not (served["project"] / "models/reference.parquet").exists()
+    project = served["project"]
+    manifest = pd.read_parquet(project / "data/prepared/manifest.parquet")
+    val = manifest[manifest["split"] == "val"]
+    assert len(reference) == len(val) > 0
+    categories = json.loads((project / "data/prepared/categories.json").read_text())
+    for row, path in zip(reference.itertuples(), val["path"]):
+        rgb = np.asarray(Image.open(project / "data/raw" / path).convert("RGB"), dtype=np.float64)
+        luma = rgb @ [0.299, 0.587, 0.114]
+        top, bottom = rgb.max(axis=2), rgb.min(axis=2)
+        saturation = np.where(top > 0, 255 * (top - bottom) / np.maximum(top, 1), 0)
+        assert (row.width, row.height) == (rgb.shape[1], rgb.shape[0]), path
+        assert row.brightness == pytest.approx(luma.mean(), abs=0.5), path  # Pillow rounds to whole levels
+        assert row.contrast == pytest.approx(luma.std(), abs=0.5), path
+        assert row.saturation == pytest.approx(saturation.mean(), abs=0.5), path
+        assert row.prediction in categories and 0 < row.confidence <= 1
+    assert {"sharpness", "emb_0"} <= set(reference)
+    assert not (project / "models/reference.parquet").exists()
 
 
 def test_a_promotion_profiles_a_seeded_sample_of_val_when_told_to(served, params):

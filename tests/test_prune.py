@@ -3,6 +3,7 @@ backward, ONNX), and the `prune` stage in the session pipeline: its forms, the g
 the reused logit cache, a reproducible rerun, and prune.enabled: false."""
 
 import copy
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.compress.onnx import export_onnx
 from vgg2resnet.compress.prune import prune_to_flops
 from vgg2resnet.config import PRUNED_VARIANTS, load_params
+from vgg2resnet.models.builders import build_teacher
 from vgg2resnet.models.checkpoint import read_meta
 from vgg2resnet.models.variants import OnnxRunner, TorchRunner
 
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.slow
 SIZE = 32
 
 
-def conv_and_linear_flops(model: nn.Module, size: int) -> int:
+def conv_and_linear_flops(model: nn.Module, size: int, device: str = "cpu") -> int:
     """2 x multiply-adds of every convolution and linear layer, from their shapes and output
     sizes (hooks), independently of torch's FlopCounterMode."""
     total = []
@@ -37,7 +39,7 @@ def conv_and_linear_flops(model: nn.Module, size: int) -> int:
 
     handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, size, size))
+        model.eval()(torch.zeros(1, 3, size, size, device=device))
     for handle in handles:
         handle.remove()
     return sum(total)
@@ -84,29 +86,89 @@ def test_pruning_the_same_weights_again_gives_the_same_network(pruned):
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
 
 
-def test_the_prune_stage_makes_both_forms_from_the_distilled_student(promoted_project: Path):
-    params = load_params(promoted_project / "params.yaml")
+def onnx_flops_and_parameters(path: Path) -> tuple[int, int]:
+    """FLOPs (2 x multiply-adds of every Conv and Gemm) and the PyTorch network's parameter
+    count, read from an exported ONNX graph: its weights' shapes and the output sizes ONNX's own
+    shape inference gives. The export folds each BatchNorm into the convolution before it, as
+    a bias: each such bias stands for a BatchNorm's weight and bias (2 x channels). In an int8
+    (QDQ) graph a weight reaches its Conv through DequantizeLinear, from an 8-bit initializer."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    graph = shape_inference.infer_shapes(onnx.load(str(path))).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    weights.update({node.output[0]: weights[node.input[0]] for node in graph.node
+                    if node.op_type == "DequantizeLinear" and node.input[0] in weights})
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.value_info, *graph.output]}
+    flops = parameters = 0
+    for node in graph.node:
+        if node.op_type == "Conv":
+            weight, (_, _, height, width) = weights[node.input[1]], shapes[node.output[0]]
+            flops += 2 * height * width * weight.size
+            parameters += weight.size + 2 * weight.shape[0] * (len(node.input) > 2)
+        elif node.op_type == "Gemm":
+            flops += 2 * weights[node.input[1]].size
+            parameters += sum(weights[name].size for name in node.input[1:])
+    return flops, parameters
+
+
+def _val_accuracy(params, path: Path, categories: list[str]) -> float:
+    """A model file's top-1 on the val split, measured here."""
+    from vgg2resnet.data.datasets import eval_loader
+    from vgg2resnet.data.transforms import transform_from_meta
+    from vgg2resnet.models.variants import load_runner
+
+    runner, meta = load_runner(path, categories)
+    loader = eval_loader(params, "val", categories, 16, transform_from_meta(meta["preprocessing"]))
+    right = sum(int((runner(images)[0].argmax(1) == labels).sum()) for images, labels, *_ in loader)
+    return 100.0 * right / len(loader.dataset)
+
+
+def test_the_prune_stage_makes_both_forms_from_the_distilled_student(promoted_project: Path, monkeypatch):
+    """The pruned forms, measured here: their FLOPs and parameters counted on the ONNX graphs,
+    the fp32 form's val accuracy, its int8 form's agreement with it, its source's file hash."""
+    from vgg2resnet.data.categories import data_categories
+
+    monkeypatch.chdir(promoted_project)
+    params = load_params("params.yaml")
     layout = Artifacts(params)
-    record = json.loads((promoted_project / layout.pruning_record).read_text())
-    student = read_meta(promoted_project / layout.student())
-    assert record["enabled"] and record["flops_ratio"] <= params.prune.flops_ratio
+    categories = data_categories(params)
+    record = json.loads(layout.pruning_record.read_text())
+    student_flops, student_parameters = onnx_flops_and_parameters(layout.student("onnx_fp32"))
+    flops, parameters = onnx_flops_and_parameters(layout.student("pruned_fp32"))
+    assert record["enabled"] and flops <= params.prune.flops_ratio * student_flops
+    assert parameters < student_parameters
+    assert (record["flops_before"], record["flops"]) == (student_flops, flops)
+    assert (record["parameters_before"], record["parameters"]) == (student_parameters, parameters)
+    source = hashlib.sha256(layout.student().read_bytes()).hexdigest()
     for variant in PRUNED_VARIANTS:
-        meta = read_meta(promoted_project / layout.student(variant))
-        assert meta["variant"] == variant and meta["source_sha256"] == student["sha256"]
-        assert meta["flops"] == record["flops"] and meta["parameters"] == record["parameters"]
-        assert meta["weights_sha256"] != student["weights_sha256"]  # other weights than the student's
-    assert record["parity"]["pruned_fp32"]["max_abs_logit"] <= params.compress.parity_max_abs_logit
-    summary = json.loads((promoted_project / layout.training_metrics("prune") / "metrics.json").read_text())
-    assert summary["val_accuracy_final"] == record["val_accuracy"]
+        meta = read_meta(layout.student(variant))
+        assert meta["variant"] == variant and meta["source_sha256"] == source
+        assert (meta["flops"], meta["parameters"]) == (flops, parameters)
+    assert onnx_flops_and_parameters(layout.student("pruned_int8"))[0] == flops  # the same network, quantized
+
+    accuracy = _val_accuracy(params, layout.student("pruned_fp32"), categories)
+    assert record["val_accuracy"] == pytest.approx(accuracy, abs=1e-4)
+    summary = json.loads((layout.training_metrics("prune") / "metrics.json").read_text())
+    assert summary["val_accuracy_final"] == pytest.approx(accuracy, abs=1e-4)
 
 
 def test_the_gate_judges_the_pruned_forms_beside_the_others(promoted_project: Path):
+    """The gate's table of candidates against the model files: FLOPs counted on the ONNX graphs
+    and, for the teacher, on its layers here; sizes from the files themselves."""
     gate = json.loads((promoted_project / "reports/gate.json").read_text())
-    evaluated = json.loads((promoted_project / "metrics/evaluate/report.json").read_text())
     assert set(gate["candidates"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8", *PRUNED_VARIANTS}
-    teacher = evaluated["teacher"]["flops"]
-    for candidate in gate["candidates"].values():
-        assert candidate["flops_ratio"] == pytest.approx(candidate["flops"] / teacher)
+    layout = Artifacts(load_params(promoted_project / "params.yaml"))
+    categories = json.loads((promoted_project / "data/prepared/categories.json").read_text())
+    with torch.device("meta"):
+        teacher = build_teacher(read_meta(promoted_project / layout.teacher)["arch"], len(categories))
+    teacher_flops = conv_and_linear_flops(teacher, SIZE, device="meta")
+    for variant, candidate in gate["candidates"].items():
+        form = promoted_project / layout.student(variant)
+        graph = promoted_project / layout.student("onnx_fp32") if variant == "pytorch_fp32" else form
+        assert candidate["flops"] == onnx_flops_and_parameters(graph)[0], variant
+        assert candidate["flops_ratio"] == pytest.approx(candidate["flops"] / teacher_flops), variant
+        assert candidate["size_mb"] == pytest.approx(form.stat().st_size / 1e6), variant
         assert {c["name"] for c in candidate["checks"]} >= {"accuracy_parity", "size_ratio", "latency_ratio"}
     full, pruned = gate["candidates"]["onnx_int8"], gate["candidates"]["pruned_int8"]
     assert pruned["flops"] < full["flops"] and pruned["size_mb"] < full["size_mb"]

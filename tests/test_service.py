@@ -15,6 +15,7 @@ from pathlib import Path
 
 import bentoml
 import jsonschema
+import jsonschema_rs
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,13 +76,82 @@ def test_a_test_image_gets_the_offline_prediction_with_a_ranked_top_k(server):
     assert len({ranked["category"] for ranked in body["top_k"]}) == 3 and sum(probabilities) <= 1 + 1e-6
 
 
-def test_openapi_documents_both_endpoints_as_file_uploads_answering_json(server):
-    spec = requests.get(f"{server['url']}/docs.json", timeout=30).json()
-    for endpoint, field in (("classify", "image"), ("classify_batch", "images")):
-        post = spec["paths"][f"/{endpoint}"]["post"]
-        form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
-        assert field in form["properties"] and form["additionalProperties"] is False
-        assert list(post["responses"]["200"]["content"]) == ["application/json"]
+def _in_openapi_30_terms(node):
+    """The document with the two ways it departs from the OpenAPI 3.0 it declares spelt as 3.0
+    spells them: BentoML's uploads typed "file" (Swagger 2.0's type; 3.0 says a binary string)
+    and pydantic's `anyOf: [X, {type: null}]` for an optional value (3.1's; 3.0 says nullable)."""
+    if isinstance(node, list):
+        return [_in_openapi_30_terms(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _in_openapi_30_terms(value) for key, value in node.items()}
+    if node.get("type") == "file":
+        node["type"] = "string"
+    others = [option for option in node.get("anyOf", []) if option != {"type": "null"}]
+    if len(others) == 1 and len(node["anyOf"]) == 2:
+        node = {**{k: v for k, v in node.items() if k != "anyOf"}, **others[0], "nullable": True}
+    return node
+
+
+@pytest.mark.xfail(strict=True, raises=jsonschema_rs.ValidationError, reason=(
+    "/docs.json declares OpenAPI 3.0.2 but types uploads 'file' (BentoML's OneImage and Images) and writes "
+    "optional values as anyOf [..., {type: null}] (BentoML's TaskStatusResponse, vgg2resnet.serving.errors' "
+    "Problem): 3.1 constructs; see _in_openapi_30_terms"))
+def test_the_openapi_document_is_valid_as_it_is_served(spec):
+    import schemathesis
+
+    schemathesis.openapi.from_dict(spec).validate()
+
+
+def test_openapi_documents_both_endpoints_as_file_uploads_answering_json(server, spec):
+    """/docs.json is a valid OpenAPI document (checked against the specification's own JSON
+    schema, schemathesis's copy) once its two known departures are spelt in 3.0's terms (the
+    test above holds the document as served), and requests built from what it documents get
+    what it documents: each POST endpoint's form fields, filled with real images as their
+    schemas say (a file, or an array of files), answer 200 with JSON valid against the
+    documented schema, one prediction per image; a field the form does not list answers the
+    documented 400."""
+    import copy
+
+    import schemathesis
+
+    schemathesis.openapi.from_dict(_in_openapi_30_terms(spec)).validate()
+    broken = copy.deepcopy(spec)
+    broken["info"] = "not an Info object"
+    with pytest.raises(Exception, match="info"):  # the validator does reject what breaks the specification
+        schemathesis.openapi.from_dict(_in_openapi_30_terms(broken)).validate()
+
+    def resolve(schema: dict) -> dict:
+        while "$ref" in schema:
+            schema = spec["components"]["schemas"][schema["$ref"].split("/")[-1]]
+        return schema
+
+    posts = {path: item["post"] for path, item in spec["paths"].items() if "post" in item}
+    assert set(posts) == {"/classify", "/classify_batch"}
+    for path, post in posts.items():
+        assert list(post["requestBody"]["content"]) == ["multipart/form-data"]
+        form = resolve(post["requestBody"]["content"]["multipart/form-data"]["schema"])
+        files, images = [], 0
+        for field in form.get("required") or list(form["properties"]):
+            schema = resolve(form["properties"][field])
+            many = schema.get("type") == "array"
+            item = resolve(schema["items"]) if many else schema
+            assert item.get("format") == "binary", (path, field)  # a file
+            count = 2 if many else 1
+            files += [(field, (f"{field}-{i}.png", _png(), "image/png")) for i in range(count)]
+            images += count
+        answer = requests.post(f"{server['url']}{path}", files=files, timeout=60)
+        assert answer.status_code == 200, answer.text
+        declared = post["responses"]["200"]["content"]
+        assert answer.headers["content-type"].split(";")[0] in declared
+        body = answer.json()
+        jsonschema.validate(body, _schema(spec, declared["application/json"]["schema"]))
+        assert len(body if isinstance(body, list) else [body]) == images
+        if form.get("additionalProperties") is False:
+            extra = requests.post(f"{server['url']}{path}", files=[*files, ("undocumented", ("x.png", _png()))],
+                                  timeout=60)
+            assert extra.status_code == 400 and "400" in post["responses"], extra.text
+            check_answer(extra, spec)
 
 
 def _assert_http_equals_offline(url: str, project: Path, variant: str) -> None:

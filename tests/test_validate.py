@@ -3,6 +3,7 @@
 import json
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +16,9 @@ from vgg2resnet.data.manifest import SPLITS
 from vgg2resnet.data.policy import InputPolicy
 from vgg2resnet.stages import prepare, validate
 from vgg2resnet.validation.frames import _near_duplicate_across_splits
+from vgg2resnet.validation.suite import DEFAULT_SEVERITY
 
-from .conftest import make_image_folder, repo_params
+from .conftest import make_image_folder, merge, repo_params
 from .imagefiles import in_mode, policy_cases
 
 CATEGORIES = ["zero", "one", "two", "three"]
@@ -68,11 +70,6 @@ def test_clean_data_passes_and_writes_data_docs(tmp_path: Path, images: Path):
     assert all(c["success"] for c in result["checks"] if c["severity"] == "fail")
 
 
-def test_missing_category(tmp_path: Path, images: Path):
-    message = _failure(_params(tmp_path, images, categories=CATEGORIES + ["four"]), "categories")
-    assert "missing ['four']" in message
-
-
 def test_extra_category(tmp_path: Path, images: Path):
     make_image_folder(images, per_category=16, categories=["zero", "one", "two", "three", "four"])
     message = _failure(_params(tmp_path, images), "categories")
@@ -83,12 +80,6 @@ def test_category_renamed_by_case(tmp_path: Path, images: Path):
     (images / "two").rename(images / "Two")
     message = _failure(_params(tmp_path, images), "categories")
     assert "missing ['two']" in message and "extra ['Two']" in message
-
-
-def test_truncated_png(tmp_path: Path, images: Path):
-    victim = sorted((images / "one").iterdir())[0]
-    victim.write_bytes(victim.read_bytes()[:100])
-    assert victim.name in _failure(_params(tmp_path, images), "decodes")
 
 
 def test_zero_byte_file(tmp_path: Path, images: Path):
@@ -122,27 +113,6 @@ def test_nothing_skipped_is_no_warning(tmp_path: Path, images: Path):
     result = json.loads((tmp_path / "reports" / "result.json").read_text())
     [check] = [c for c in result["checks"] if c["check"] == "skipped_undecodable"]
     assert check["success"] and check["offending_count"] == 0
-
-
-def test_same_image_in_train_and_test(tmp_path: Path, images: Path):
-    params = _params(tmp_path, images)
-    prepare.run(params)
-    path = params.data.prepared_dir / "manifest.parquet"
-    manifest = pd.read_parquet(path)
-    train = manifest.index[manifest["split"] == "train"][0]
-    test = manifest.index[manifest["split"] == "test"][0]
-    manifest.loc[test, "sha256"] = manifest.loc[train, "sha256"]  # the bytes of one, filed twice
-    manifest.to_parquet(path, index=False)
-    with pytest.raises(UserError, match="FAIL leakage") as info:
-        validate.run(params)
-    assert manifest.loc[test, "path"] in str(info.value)
-
-
-def test_category_with_too_few_images(tmp_path: Path, images: Path):
-    for extra in sorted((images / "zero").iterdir())[6:]:
-        extra.unlink()
-    message = _failure(_params(tmp_path, images, max_imbalance_ratio=10), "min_train_images")
-    assert "zero" in message
 
 
 def test_warn_only_expectation_reports_but_does_not_stop(tmp_path: Path, images: Path):
@@ -181,10 +151,6 @@ def test_images_outside_the_side_limits_fail_dimensions(tmp_path: Path, images: 
     assert "dimensions" in _failure(_params(tmp_path, images, min_side=40), "dimensions")  # the images are 32 px
     shutil.rmtree(tmp_path / "reports")
     _failure(_params(tmp_path, images, max_side=16), "dimensions")
-
-
-def test_a_mode_outside_the_allowed_ones_fails_modes(tmp_path: Path, images: Path):
-    _failure(_params(tmp_path, images, allowed_modes=["L", "P"]), "modes")  # the images are RGB
 
 
 @settings(max_examples=3, deadline=None)
@@ -263,22 +229,160 @@ def test_duplicates_within_a_split_warn_and_can_be_made_to_fail(tmp_path: Path, 
     _failure(_strict(params, "within_split_duplicates"), "within_split_duplicates", _duplicate_within_train)
 
 
-def test_a_category_missing_from_val_fails_coverage(tmp_path: Path, images: Path):
-    def no_val_for_zero(manifest: pd.DataFrame) -> None:
-        manifest.loc[(manifest["category"] == "zero") & (manifest["split"] == "val"), "split"] = "train"
-
-    assert "zero" in _failure(_params(tmp_path, images), "val_and_test_coverage", no_val_for_zero)
-
-
-def test_a_row_without_a_category_fails_not_null(tmp_path: Path, images: Path):
-    def drop_one_category(manifest: pd.DataFrame) -> None:
-        manifest.loc[manifest.index[0], "category"] = None
-
-    _failure(_params(tmp_path, images), "not_null", drop_one_category)
+# Every expectation the suite builds, keyed (check, expectation type, the column it reads), and a data
+# set that breaks it alone: a function of the image folder that plants files or returns settings
+# before prepare, or a manifest edit after it (a state prepare never writes). Each gives what the
+# failure must name: a file it planted or edited, a category, or a phrase of the message.
 
 
-def test_every_check_is_triggered_by_some_test():
-    from vgg2resnet.validation.suite import DEFAULT_SEVERITY
+def _plant(images: Path, name: str, payload: bytes) -> str:
+    path = images / "zero" / name
+    path.write_bytes(payload)
+    return str(path)
 
-    source = Path(__file__).read_text()
-    assert [check for check in DEFAULT_SEVERITY if f'"{check}"' not in source.replace("FAIL ", "")] == []
+
+def _policy() -> InputPolicy:
+    return InputPolicy.of(repo_params().validation)
+
+
+def _truncated(images: Path) -> str:
+    return _plant(images, "truncated.png", in_mode("RGB", 32, 32)[:100])
+
+
+def _row(manifest: pd.DataFrame, split: str, category: str = "zero") -> int:
+    return manifest.index[(manifest["split"] == split) & (manifest["category"] == category)][0]
+
+
+def _edit(change):
+    """A case that edits the manifest prepare wrote; change(manifest) returns the row it edited,
+    which the failure must name by its file."""
+    def case(images: Path):
+        named: list[str] = []
+
+        def edit(manifest: pd.DataFrame) -> None:
+            paths = manifest["path"].copy()
+            named.append(str(images / paths[change(manifest)]))
+        return {}, edit, named
+    return case
+
+
+def _null_path(manifest: pd.DataFrame) -> int:
+    manifest.loc[0, "path"] = None
+    return 0
+
+
+def _null_category(manifest: pd.DataFrame) -> int:
+    manifest.loc[0, "category"] = None
+    return 0
+
+
+def _test_copy_of_train(manifest: pd.DataFrame) -> int:
+    test = _row(manifest, "test")
+    manifest.loc[test, "sha256"] = manifest.loc[_row(manifest, "train"), "sha256"]  # one file's bytes, filed twice
+    return test
+
+
+def _train_copy_of_train(manifest: pd.DataFrame) -> int:
+    first, second = manifest.index[(manifest["split"] == "train") & (manifest["category"] == "one")][:2]
+    manifest.loc[second, "sha256"] = manifest.loc[first, "sha256"]
+    return second
+
+
+def _val_looks_like_train(manifest: pd.DataFrame) -> int:
+    val = _row(manifest, "val")  # its bytes its own, its dhash a train image's (distance 0)
+    manifest.loc[val, "dhash"] = manifest.loc[_row(manifest, "train"), "dhash"]
+    return val
+
+
+def _moved_to_train(split: str):
+    def case(images: Path):
+        def edit(manifest: pd.DataFrame) -> None:
+            manifest.loc[(manifest["category"] == "zero") & (manifest["split"] == split), "split"] = "train"
+        return {}, edit, ["zero"]
+    return case
+
+
+def _zeros(images: Path, kept: int) -> None:
+    for extra in sorted((images / "zero").iterdir())[kept:]:
+        extra.unlink()
+
+
+def _few_zeros(images: Path):
+    _zeros(images, 6)  # 3 in train, under min_images_per_category (5); 16 / 6 is within max_imbalance_ratio (3)
+    return {}, None, ["zero"]
+
+
+def _fewer_zeros(images: Path):
+    _zeros(images, 10)  # 16 / 10 = 1.6 times the smallest category
+    return {"validation": {"max_imbalance_ratio": 1.2}}, None, ["one", "two", "three"]
+
+
+VIOLATIONS = {
+    # A row without a path has no file to name: the failure counts it (offending_count below).
+    ("not_null", "expect_column_values_to_not_be_null", "path"):
+        lambda images: ({}, lambda manifest: _null_path(manifest) and None, []),
+    ("not_null", "expect_column_values_to_not_be_null", "category"): _edit(_null_category),
+    ("categories", "expect_column_distinct_values_to_equal_set", "category"):
+        lambda images: ({"data": {"categories": CATEGORIES + ["four"]}}, None, ["missing ['four']"]),
+    ("decodes", "expect_column_values_to_be_in_set", "decodes"): lambda images: ({}, None, [_truncated(images)]),
+    ("dimensions", "expect_column_values_to_be_between", "width"): lambda images: (
+        {}, None, [_plant(images, "narrow.png", in_mode("RGB", _policy().min_side - 1, 2 * _policy().min_side))]),
+    ("dimensions", "expect_column_values_to_be_between", "height"): lambda images: (
+        {}, None, [_plant(images, "low.png", in_mode("RGB", 2 * _policy().min_side, _policy().min_side - 1))]),
+    ("aspect_ratio", "expect_column_values_to_be_between", "aspect_ratio"): lambda images: (
+        {}, None, [_plant(images, "long.png", in_mode("RGB", 12, int(12 * _policy().max_aspect_ratio) + 2))]),
+    ("modes", "expect_column_values_to_be_in_set", "mode"): lambda images: (
+        {}, None, [_plant(images, "print.jpg", in_mode("CMYK", 32, 32))]),  # CMYK is not among the allowed modes
+    ("leakage", "expect_column_values_to_be_in_set", "duplicate_across_splits"): _edit(_test_copy_of_train),
+    ("within_split_duplicates", "expect_column_values_to_be_in_set", "duplicate_within_split"):
+        _edit(_train_copy_of_train),
+    ("near_duplicates", "expect_column_values_to_be_in_set", "near_duplicate_across_splits"):
+        _edit(_val_looks_like_train),
+    ("min_train_images", "expect_column_values_to_be_between", "train"): _few_zeros,
+    ("val_and_test_coverage", "expect_column_values_to_be_between", "val"): _moved_to_train("val"),
+    ("val_and_test_coverage", "expect_column_values_to_be_between", "test"): _moved_to_train("test"),
+    ("imbalance", "expect_column_values_to_be_between", "ratio_to_smallest"): _fewer_zeros,
+    ("skipped_undecodable", "expect_column_values_to_be_in_set", "decodes"):
+        lambda images: ({"data": {"on_undecodable": "skip"}}, None, [_truncated(images)]),
+}
+
+
+@pytest.fixture
+def clean_images(tmp_path: Path) -> Path:
+    """16 images of noise per category: unlike the digits (whose upscaled 8x8 pictures share
+    difference hashes across splits), nothing in them is a near-duplicate, so no check warns."""
+    root = tmp_path / "clean"
+    for number, category in enumerate(CATEGORIES):
+        (root / category).mkdir(parents=True)
+        for index in range(16):
+            (root / category / f"{index:02d}.png").write_bytes(in_mode("RGB", 32, 32, seed=100 * number + index))
+    return root
+
+
+@pytest.mark.parametrize("expectation", [
+    pytest.param(key, id="-".join(key[::2]))
+    for key in VIOLATIONS])
+def test_each_expectation_fails_alone_on_data_that_breaks_it(tmp_path: Path, clean_images: Path, expectation):
+    """A real GX run over data that breaks one expectation: that one fails, naming what broke it,
+    every other passes, and the check stops the stage exactly when its severity is 'fail'. Every
+    run also lists what the suite ran: an expectation without a case here fails every case."""
+    check, kind, _ = expectation
+    overrides, edit, named = VIOLATIONS[expectation](clean_images)
+    params = Params.model_validate(merge(_params(tmp_path, clean_images).model_dump(mode="json"), overrides))
+    try:
+        _prepare_and_validate(params, edit)
+        stopped = None
+    except UserError as exc:
+        stopped = str(exc)
+    checks = json.loads((params.validation.report_dir / "result.json").read_text())["checks"]
+    assert Counter((c["check"], c["expectation"]) for c in checks) == Counter(key[:2] for key in VIOLATIONS)
+    [failed] = [c for c in checks if not c["success"]]
+    assert (failed["check"], failed["expectation"]) == (check, kind)
+    assert failed["severity"] == DEFAULT_SEVERITY[check]
+    assert (stopped is not None) == (DEFAULT_SEVERITY[check] == "fail")
+    if stopped is not None:
+        assert f"FAIL {check}" in stopped
+    said = " ".join([*failed["offending"], stopped or ""])
+    assert all(name in said for name in named), (named, failed)
+    if named == []:  # only a row without a path has nothing to name: it is counted
+        assert expectation[2] == "path" and failed["offending_count"] == 1, failed

@@ -69,7 +69,7 @@ def manifest_frame(manifest: pd.DataFrame, near_duplicate_max_distance: int, roo
     """The manifest plus derived columns, with undecoded images' facts as nulls (checked separately).
     Paths are the files' paths under root (the user's folder), so every finding names the original."""
     frame = manifest.copy()
-    frame["path"] = [str(root / p) for p in frame["path"]]
+    frame["path"] = [None if pd.isna(p) else str(root / p) for p in frame["path"]]  # not_null judges a null
     broken = ~frame["decodes"].astype(bool)
     for column in ("width", "height"):
         frame[column] = frame[column].astype("float").mask(broken)
