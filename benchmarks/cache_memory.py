@@ -62,8 +62,16 @@ def child(folder: str, images: str, views: str, categories: str, batch_size: str
     params, batch = load_params(), int(batch_size)
     placement = Placement(device=torch.device("cpu"))
     start = time.perf_counter()
-    build_cache(Path(folder), layout, StandInTeacher(layout.categories), PairItems(), batch, params.runtime,
-                placement, show_progress=False)
+    build_cache(
+        Path(folder),
+        layout,
+        StandInTeacher(layout.categories),
+        PairItems(),
+        batch,
+        params.runtime,
+        placement,
+        show_progress=False,
+    )
     built = time.perf_counter() - start
     cache = open_cache(Path(folder), layout)
     generator = torch.Generator().manual_seed(params.runtime.seed)
@@ -71,26 +79,45 @@ def child(folder: str, images: str, views: str, categories: str, batch_size: str
     view_of = torch.randint(layout.views, (layout.images,), generator=generator)
     start = time.perf_counter()
     for at in range(0, layout.images, batch):
-        indices = order[at:at + batch]
+        indices = order[at : at + batch]
         cache[indices, view_of[indices]]
     read = time.perf_counter() - start
-    print(f"  {layout.images} images: build {layout.images * layout.views / built:,.0f} views/s, "
-          f"lookups {layout.images / read:,.0f} rows/s", flush=True)
+    print(
+        f"  {layout.images} images: build {layout.images * layout.views / built:,.0f} views/s, "
+        f"lookups {layout.images / read:,.0f} rows/s",
+        flush=True,
+    )
 
 
 def measure(args: argparse.Namespace, work: Path) -> None:
     layout = layout_for(args.images, args.views, args.categories)
-    print(f"cache {layout.dtype}, top-k {layout.top_k}, {layout.chunk_images} images per chunk; "
-          f"{args.views} views x {args.categories} categories")
+    print(
+        f"cache {layout.dtype}, top-k {layout.top_k}, {layout.chunk_images} images per chunk; "
+        f"{args.views} views x {args.categories} categories"
+    )
     peaks = []
     for images in (args.images, args.images * args.scale):
         folder = work / f"cache-{images}"
         shutil.rmtree(folder, ignore_errors=True)
-        peaks.append(peak_rss([sys.executable, __file__, "--child", str(folder), str(images), str(args.views),
-                               str(args.categories), str(args.batch_size)]))
+        peaks.append(
+            peak_rss(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(folder),
+                    str(images),
+                    str(args.views),
+                    str(args.categories),
+                    str(args.batch_size),
+                ]
+            )
+        )
         stored = sum(f.stat().st_size for f in folder.iterdir())
-        print(f"{images} x {args.views} x {args.categories}: peak RSS {peaks[-1] / 2**20:.0f} MiB, "
-              f"{stored / 2**20:.0f} MiB on disk, {stored / (images * args.views):.0f} bytes per image-view")
+        print(
+            f"{images} x {args.views} x {args.categories}: peak RSS {peaks[-1] / 2**20:.0f} MiB, "
+            f"{stored / 2**20:.0f} MiB on disk, {stored / (images * args.views):.0f} bytes per image-view"
+        )
         shutil.rmtree(folder)
     print(f"rss_ratio={peaks[1] / peaks[0]:.2f}")
 

@@ -25,27 +25,35 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="batch for the throughput figure")
     args = parser.parse_args()
     params = load_params(args.params)
-    params = params.model_copy(update={"runtime": params.runtime.model_copy(update={"device": "cpu"}),
-                                       "evaluate": params.evaluate.model_copy(update={
-                                           "latency_runs": args.runs, "latency_warmup": 5,
-                                           "latency_batch_size": args.batch_size})})
+    params = params.model_copy(
+        update={
+            "runtime": params.runtime.model_copy(update={"device": "cpu"}),
+            "evaluate": params.evaluate.model_copy(
+                update={"latency_runs": args.runs, "latency_warmup": 5, "latency_batch_size": args.batch_size}
+            ),
+        }
+    )
     categories = data_categories(params)
     rows = {"teacher fp32 (PyTorch)": evaluate_teacher(params, categories)[0]}
     rows.update({f"student {v}": evaluate_variant(params, v, categories)[0] for v in built_variants(params)})
     teacher, student = rows["teacher fp32 (PyTorch)"], rows["student pytorch_fp32"]
-    print(f"| model | MFLOPs | x teacher | x fp32 student | MB | x teacher | x fp32 student | batch 1 p50 ms "
-          f"| x fp32 student | batch {args.batch_size} img/s | x fp32 student | test top-1 | vs fp32 student |")
+    print(
+        f"| model | MFLOPs | x teacher | x fp32 student | MB | x teacher | x fp32 student | batch 1 p50 ms "
+        f"| x fp32 student | batch {args.batch_size} img/s | x fp32 student | test top-1 | vs fp32 student |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['flops'] / 1e6:.1f} | {r['flops'] / teacher['flops']:.3f}x "
-              f"| {r['flops'] / student['flops']:.3f}x "
-              f"| {r['size_mb']:.1f} | {r['size_mb'] / teacher['size_mb']:.3f}x "
-              f"| {r['size_mb'] / student['size_mb']:.3f}x "
-              f"| {r['cpu']['latency_ms_p50']:.2f} "
-              f"| {r['cpu']['latency_ms_p50'] / student['cpu']['latency_ms_p50']:.2f}x "
-              f"| {r['cpu']['throughput_img_s']:.0f} "
-              f"| {r['cpu']['throughput_img_s'] / student['cpu']['throughput_img_s']:.2f}x "
-              f"| {r['top1']:.2f}% | {r['top1'] - student['top1']:+.2f} pt |")
+        print(
+            f"| {name} | {r['flops'] / 1e6:.1f} | {r['flops'] / teacher['flops']:.3f}x "
+            f"| {r['flops'] / student['flops']:.3f}x "
+            f"| {r['size_mb']:.1f} | {r['size_mb'] / teacher['size_mb']:.3f}x "
+            f"| {r['size_mb'] / student['size_mb']:.3f}x "
+            f"| {r['cpu']['latency_ms_p50']:.2f} "
+            f"| {r['cpu']['latency_ms_p50'] / student['cpu']['latency_ms_p50']:.2f}x "
+            f"| {r['cpu']['throughput_img_s']:.0f} "
+            f"| {r['cpu']['throughput_img_s'] / student['cpu']['throughput_img_s']:.2f}x "
+            f"| {r['top1']:.2f}% | {r['top1'] - student['top1']:+.2f} pt |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,9 @@ from vgg2resnet.config import Params, load_params
 from vgg2resnet.data.datasets import ImageDataset, SeededViews, load_split
 from vgg2resnet.data.loaders import EpochItems, available_cpus, make_loader, worker_count
 from vgg2resnet.data.transforms import train_transform
+from vgg2resnet.stages import prepare
 from vgg2resnet.training.loop import epoch_items
 from vgg2resnet.training.placement import Placement
-from vgg2resnet.stages import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,9 @@ def synthetic_folder(root: Path, images: int, categories: int, first: int = 0) -
         rng = np.random.default_rng(i)
         width, height = (int(v) for v in rng.integers(200, 501, size=2))
         y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-        base = rng.uniform(0, 255, 3) + rng.uniform(-0.4, 0.4, 3) * x[..., None] + rng.uniform(-0.4, 0.4, 3) * y[..., None]
+        base = (
+            rng.uniform(0, 255, 3) + rng.uniform(-0.4, 0.4, 3) * x[..., None] + rng.uniform(-0.4, 0.4, 3) * y[..., None]
+        )
         texture = 30 * np.sin(x[..., None] / rng.uniform(3, 20)) * np.cos(y[..., None] / rng.uniform(3, 20))
         pixels = np.clip(base + texture + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
         folder = root / f"category_{i % categories:03d}"
@@ -64,12 +66,15 @@ def synthetic_folder(root: Path, images: int, categories: int, first: int = 0) -
 
 
 def with_settings(params: Params, work: Path, source: Path, workers: int | str) -> Params:
-    return params.model_copy(update={
-        "data": params.data.model_copy(update={"source": str(source), "raw_dir": work / "raw",
-                                               "prepared_dir": work / "prepared"}),
-        "runtime": params.runtime.model_copy(update={"num_workers": workers}),
-        "paths": params.paths.model_copy(update={"state_dir": work / "state"}),
-    })
+    return params.model_copy(
+        update={
+            "data": params.data.model_copy(
+                update={"source": str(source), "raw_dir": work / "raw", "prepared_dir": work / "prepared"}
+            ),
+            "runtime": params.runtime.model_copy(update={"num_workers": workers}),
+            "paths": params.paths.model_copy(update={"state_dir": work / "state"}),
+        }
+    )
 
 
 def timed_prepare(params: Params) -> float:
@@ -104,8 +109,9 @@ def disk_ratio(params: Params, source: Path, work: Path, cache_type: str) -> flo
 def our_loader(params: Params, image_size: int, batch_size: int):
     """The training loader exactly as `fit` builds it: seeded views through the factory."""
     categories = sorted(p.name for p in Path(params.data.source).iterdir())
-    images = ImageDataset(load_split(params.data.prepared_dir / "manifest.parquet", "train"),
-                          params.data.raw_dir, categories, None)
+    images = ImageDataset(
+        load_split(params.data.prepared_dir / "manifest.parquet", "train"), params.data.raw_dir, categories, None
+    )
     views = SeededViews(images, train_transform(image_size, params.augment), params.runtime.seed)
     items = EpochItems(epoch_items(len(views), 0, params.runtime.seed, None, Placement(torch.device("cpu"))))
     return make_loader(views, params.runtime, batch_size, items)
@@ -114,22 +120,30 @@ def our_loader(params: Params, image_size: int, batch_size: int):
 def plain_transform(image_size: int, augment) -> v2.Compose:
     """The augmentations of train_transform as a plain v2 pipeline is written: uint8 throughout."""
     jitter = augment.color_jitter
-    return v2.Compose([v2.ToImage(),
-                       v2.RandomResizedCrop(image_size, scale=(augment.crop_scale_min, 1.0), antialias=True),
-                       *([v2.RandomHorizontalFlip()] if augment.hflip else []),
-                       v2.RandomRotation(augment.rotation_degrees, fill=255), v2.ColorJitter(jitter, jitter, jitter),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(augment.mean), list(augment.std))])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(image_size, scale=(augment.crop_scale_min, 1.0), antialias=True),
+            *([v2.RandomHorizontalFlip()] if augment.hflip else []),
+            v2.RandomRotation(augment.rotation_degrees, fill=255),
+            v2.ColorJitter(jitter, jitter, jitter),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(augment.mean), list(augment.std)),
+        ]
+    )
 
 
 def torchvision_loader(params: Params, transform: v2.Compose, batch_size: int):
     """The plain baseline: ImageFolder over the same train images, PIL decoding, `transform`."""
     train = set(load_split(params.data.prepared_dir / "manifest.parquet", "train")["path"])
     root = params.data.raw_dir
-    dataset = ImageFolder(str(root), transform=transform,
-                          is_valid_file=lambda p: Path(p).relative_to(root).as_posix() in train)
+    dataset = ImageFolder(
+        str(root), transform=transform, is_valid_file=lambda p: Path(p).relative_to(root).as_posix() in train
+    )
     workers = worker_count(params.runtime)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0
+    )
 
 
 def images_per_s(loader) -> float:
@@ -141,8 +155,9 @@ def images_per_s(loader) -> float:
 
 def peak_rss_of_epoch(params_file: Path, work: Path, image_size: int, batch_size: int) -> int:
     """Peak summed RSS of a fresh process (and its workers) loading one epoch."""
-    return peak_rss([sys.executable, __file__, "--rss-child", str(params_file), str(work),
-                     str(image_size), str(batch_size)])
+    return peak_rss(
+        [sys.executable, __file__, "--rss-child", str(params_file), str(work), str(image_size), str(batch_size)]
+    )
 
 
 def multiplied(params: Params, work: Path, factor: int) -> Params:
@@ -179,8 +194,13 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="vgg2resnet-data-"))
     base = load_params(ROOT / "params.yaml")
-    base = base.model_copy(update={"data": base.data.model_copy(update={"split": base.data.split.model_copy(
-        update={"val": 0.05, "test": 0.05})})})  # most images in train, which the loader reads
+    base = base.model_copy(
+        update={
+            "data": base.data.model_copy(
+                update={"split": base.data.split.model_copy(update={"val": 0.05, "test": 0.05})}
+            )
+        }
+    )  # most images in train, which the loader reads
     cores = available_cpus()
     print(f"{args.images} JPEGs, {args.categories} categories, {cores} CPU cores; scratch {work}")
     source = synthetic_folder(work / "source", args.images, args.categories)
@@ -208,8 +228,10 @@ def main() -> None:
     ours = best(lambda: our_loader(params, args.image_size, args.batch_size))
     plain = best(lambda: torchvision_loader(params, plain_transform(args.image_size, params.augment), args.batch_size))
     same = best(lambda: torchvision_loader(params, train_transform(args.image_size, params.augment), args.batch_size))
-    print(f"loader at {args.image_size} px, {cores} workers: ours {ours:.1f} img/s; torchvision ImageFolder "
-          f"{plain:.1f} img/s with the plain v2 pipeline, {same:.1f} img/s with our transform")
+    print(
+        f"loader at {args.image_size} px, {cores} workers: ours {ours:.1f} img/s; torchvision ImageFolder "
+        f"{plain:.1f} img/s with the plain v2 pipeline, {same:.1f} img/s with our transform"
+    )
     print(f"loader_vs_torchvision={ours / plain:.2f} (against our transform: {ours / same:.2f})")
 
     # (d) disk bytes after prepare + DVC, with the repository's cache.type and with copies

@@ -25,10 +25,10 @@ from torch.utils.data import Dataset
 
 from vgg2resnet.config import load_params
 from vgg2resnet.distill.logit_cache import CacheLayout, build_cache
-from vgg2resnet.training.loop import Training, Updates, train_one_epoch
-from vgg2resnet.training.objective import Distillation
 from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher
 from vgg2resnet.models.builders import build_student, build_teacher
+from vgg2resnet.training.loop import Training, Updates, train_one_epoch
+from vgg2resnet.training.objective import Distillation
 from vgg2resnet.training.placement import Placement
 
 
@@ -54,8 +54,15 @@ def device_batches(args: argparse.Namespace, device: torch.device) -> list[tuple
     """`steps` batches over distinct image indices; the pixels are shared, made once on the device."""
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     labels = torch.randint(args.categories, (args.batch_size,), device=device)
-    return [(images, labels, torch.arange(s * args.batch_size, (s + 1) * args.batch_size),
-             torch.zeros(args.batch_size, dtype=torch.long)) for s in range(args.steps)]
+    return [
+        (
+            images,
+            labels,
+            torch.arange(s * args.batch_size, (s + 1) * args.batch_size),
+            torch.zeros(args.batch_size, dtype=torch.long),
+        )
+        for s in range(args.steps)
+    ]
 
 
 def student_images_per_s(args, placement: Placement, batches, teacher, compiled: bool) -> float:
@@ -66,10 +73,12 @@ def student_images_per_s(args, placement: Placement, batches, teacher, compiled:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     model = torch.compile(student) if compiled else student
     params = load_params()
-    training = Training(params.distill.model_copy(update={"label_smoothing": 0.0, "grad_clip_norm": None,
-                                                          "max_steps_per_epoch": None}),
-                        params.runtime.model_copy(update={"channels_last": True}), placement,
-                        Distillation(teacher, 4.0, 0.5) if teacher else None)
+    training = Training(
+        params.distill.model_copy(update={"label_smoothing": 0.0, "grad_clip_norm": None, "max_steps_per_epoch": None}),
+        params.runtime.model_copy(update={"channels_last": True}),
+        placement,
+        Distillation(teacher, 4.0, 0.5) if teacher else None,
+    )
     for desc in ("warm-up", "timed"):
         metrics = train_one_epoch(model, batches, Updates(optimizer, scheduler), training, desc=desc)
     return metrics["images_per_s"]
@@ -103,8 +112,11 @@ def main() -> None:
 
     placement = Placement(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name() if placement.device.type == "cuda" else "CPU (no GPU figures)"
-    print(f"{name}; torch {torch.__version__}; {args.image_size} px, batch {args.batch_size}, "
-          f"{args.steps} steps per mode", flush=True)
+    print(
+        f"{name}; torch {torch.__version__}; {args.image_size} px, batch {args.batch_size}, "
+        f"{args.steps} steps per mode",
+        flush=True,
+    )
     batches = device_batches(args, placement.device)
     teacher = build_teacher("vgg16", args.categories).to(memory_format=torch.channels_last)
     live = LiveTeacher(teacher, placement)
@@ -113,12 +125,23 @@ def main() -> None:
     runtime = load_params().runtime.model_copy(update={"num_workers": 0})
     with tempfile.TemporaryDirectory(prefix="distill-gpu-") as work:
         layout = CacheLayout(args.steps * args.batch_size, 1, args.categories, "float16", None, 2048)
-        cache = build_cache(Path(work) / "cache", layout, RandomLogits(args.categories), Pairs(),
-                            args.batch_size, runtime, placement, show_progress=False)
+        cache = build_cache(
+            Path(work) / "cache",
+            layout,
+            RandomLogits(args.categories),
+            Pairs(),
+            args.batch_size,
+            runtime,
+            placement,
+            show_progress=False,
+        )
         cached = CachedTeacher(cache, live, tolerance=0.0)
         for compiled in (False, True) if placement.device.type == "cuda" else (False,):
-            how = ("bf16" if placement.device.type == "cuda" else "fp32") + " + channels_last" + \
-                (" + torch.compile" if compiled else "")
+            how = (
+                ("bf16" if placement.device.type == "cuda" else "fp32")
+                + " + channels_last"
+                + (" + torch.compile" if compiled else "")
+            )
             plain = student_images_per_s(args, placement, batches, None, compiled)
             print(f"{how}: plain fine-tune     {plain:8.1f} img/s", flush=True)
             kd_live = student_images_per_s(args, placement, batches, live, compiled)

@@ -21,10 +21,10 @@ from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import train_views
 from vgg2resnet.data.loaders import make_loader
 from vgg2resnet.distill.logit_cache import CacheLayout, build_cache
-from vgg2resnet.training.loop import Training, Updates, build_optimizer, build_scheduler, epoch_items, train_one_epoch
-from vgg2resnet.training.objective import Distillation
 from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher
 from vgg2resnet.models.builders import build_student, build_teacher
+from vgg2resnet.training.loop import Training, Updates, build_optimizer, build_scheduler, epoch_items, train_one_epoch
+from vgg2resnet.training.objective import Distillation
 from vgg2resnet.training.placement import Placement, select_device
 
 
@@ -39,9 +39,13 @@ def one_epoch(views, placement, runtime, params, teacher, cache_views, num_class
     start = time.perf_counter()
     plain = params.model_copy(update={"label_smoothing": 0.0, "grad_clip_norm": None, "max_steps_per_epoch": None})
     distillation = Distillation(teacher, 4.0, 0.5) if teacher else None
-    train_one_epoch(student, loader, Updates(optimizer, scheduler),
-                    Training(plain, runtime.model_copy(update={"channels_last": True}), placement, distillation),
-                    desc="bench")
+    train_one_epoch(
+        student,
+        loader,
+        Updates(optimizer, scheduler),
+        Training(plain, runtime.model_copy(update={"channels_last": True}), placement, distillation),
+        desc="bench",
+    )
     if placement.device.type == "cuda":
         torch.cuda.synchronize()
     return len(views) / (time.perf_counter() - start)
@@ -56,8 +60,9 @@ if __name__ == "__main__":
     args = parser.parse_args()
 
     params = load_params()
-    dparams = params.distill.model_copy(update={"image_size": args.image_size, "batch_size": args.batch_size,
-                                                "epochs": 1, "warmup_epochs": 0})
+    dparams = params.distill.model_copy(
+        update={"image_size": args.image_size, "batch_size": args.batch_size, "epochs": 1, "warmup_epochs": 0}
+    )
     categories = data_categories(params)
     views = train_views(params, dparams, categories)
     views.images.paths = views.images.paths[: args.images]
@@ -74,12 +79,14 @@ if __name__ == "__main__":
     start = time.perf_counter()
     folder = Artifacts(params).logit_cache("benchmark")
     shutil.rmtree(folder, ignore_errors=True)
-    layout = CacheLayout(len(views), args.views, len(categories), dparams.cache_dtype, dparams.cache_top_k,
-                         dparams.cache_chunk_images)
+    layout = CacheLayout(
+        len(views), args.views, len(categories), dparams.cache_dtype, dparams.cache_top_k, dparams.cache_chunk_images
+    )
     logits = build_cache(folder, layout, live, views, args.batch_size, params.runtime, placement, False)
     build = time.perf_counter() - start
-    print(f"cache build ({args.views} views):     {build:7.2f} s      "
-          f"{build / (len(views) / plain):.2f}x a plain epoch")
+    print(
+        f"cache build ({args.views} views):     {build:7.2f} s      {build / (len(views) / plain):.2f}x a plain epoch"
+    )
     cached = CachedTeacher(logits, live, 1e-3)
     kd_cached = one_epoch(views, placement, params.runtime, dparams, cached, args.views, len(categories))
     print(f"KD, cached teacher logits:    {kd_cached:7.2f} img/s  {plain / kd_cached:.2f}x time")

@@ -56,19 +56,28 @@ def main() -> None:
 
     # PCA: held-out features of a quarter of the train images taken, fits on the rest.
     classifier = Predictor(folder)
-    loader = eval_loader(params, "train", classifier.categories, params.evaluate.batch_size,
-                         transform_from_meta(classifier.meta["preprocessing"]), limit=args.train_images)
+    loader = eval_loader(
+        params,
+        "train",
+        classifier.categories,
+        params.evaluate.batch_size,
+        transform_from_meta(classifier.meta["preprocessing"]),
+        limit=args.train_images,
+    )
     features = torch.cat([classifier.runner(images)[1] for images, *_ in loader]).double()
     order = np.random.default_rng(0).permutation(len(features))
-    held_out, pool = features[order[: len(order) // 4]], features[order[len(order) // 4:]]
+    held_out, pool = features[order[: len(order) // 4]], features[order[len(order) // 4 :]]
 
     def captured(projection: dict) -> float:
         centred = held_out - held_out.mean(dim=0)
         return float((centred @ projection["components"].T.double()).pow(2).sum() / centred.pow(2).sum())
 
     whole = captured(fit_projection(pool.float(), dims))
-    print(f"PCA: {len(pool)} train images fitted, {len(held_out)} held out; the whole pool's "
-          f"{dims} axes capture {whole:.3f} of the held-out variance", flush=True)
+    print(
+        f"PCA: {len(pool)} train images fitted, {len(held_out)} held out; the whole pool's "
+        f"{dims} axes capture {whole:.3f} of the held-out variance",
+        flush=True,
+    )
     for n in args.sizes:
         if n < len(pool):
             sample = pool[torch.from_numpy(np.random.default_rng(n).choice(len(pool), n, replace=False))]
@@ -78,19 +87,22 @@ def main() -> None:
     val = load_split(Path(params.data.prepared_dir) / "manifest.parquet", "val")
     profiled = store.profile(classifier, [Path(params.data.raw_dir) / p for p in val["path"]], params)
     halves = np.random.default_rng(1).permutation(len(profiled))
-    traffic, pool_rows = profiled.iloc[halves[: len(halves) // 2]], profiled.iloc[halves[len(halves) // 2:]]
+    traffic, pool_rows = profiled.iloc[halves[: len(halves) // 2]], profiled.iloc[halves[len(halves) // 2 :]]
     pool_rows = pool_rows.assign(category=val["category"].iloc[pool_rows.index].to_numpy())
     for n in args.sizes:
         if n <= len(pool_rows):
             reference = sample_rows(pool_rows.reset_index(drop=True), n, params.data.seed)
-            _, summary = build_report(reference, traffic.reset_index(drop=True), embedding_columns(dims),
-                                      params.monitoring)
+            _, summary = build_report(
+                reference, traffic.reset_index(drop=True), embedding_columns(dims), params.monitoring
+            )
             columns = summary["column_scores"]
             worst = max(columns, key=lambda c: columns[c]["score"])
-            print(f"reference_max_score_{n}={columns[worst]['score']:.3f} ({worst}, {columns[worst]['method']}) "
-                  f"reference_drifted_{n}="
-                  f"{summary['drift_detected']} embedding_score_{n}={summary['embedding_drift'].get('score', 0):.3f}",
-                  flush=True)
+            print(
+                f"reference_max_score_{n}={columns[worst]['score']:.3f} ({worst}, {columns[worst]['method']}) "
+                f"reference_drifted_{n}="
+                f"{summary['drift_detected']} embedding_score_{n}={summary['embedding_drift'].get('score', 0):.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from vgg2resnet.config import load_params
@@ -34,14 +34,18 @@ if __name__ == "__main__":
     with local_server(tag, cwd=root, project_root=root, params_file=root / "params.yaml") as url:
         print(f"{'corruption':12s} {'severity':>8s} {'drift':>6s} {'share':>6s}  drifted columns")
         for name, severity in [("clean", 0)] + [(c, s) for c in CORRUPTIONS for s in args.severities]:
-            since = datetime.now(timezone.utc)
+            since = datetime.now(UTC)
             send_traffic(params, url, args.requests, None if name == "clean" else name, severity or 3)
             summary = run_monitor(params, since=since)
-            print(f"{name:12s} {severity:8d} {str(summary['drift_detected']):>6s} "
-                  f"{summary['share_drifted_columns']:6.2f}  {', '.join(summary['drifted_columns']) or '-'}")
-        since = datetime.now(timezone.utc)
+            print(
+                f"{name:12s} {severity:8d} {summary['drift_detected']!s:>6s} "
+                f"{summary['share_drifted_columns']:6.2f}  {', '.join(summary['drifted_columns']) or '-'}"
+            )
+        since = datetime.now(UTC)
         send_traffic(params, url, args.rows)
         start = time.perf_counter()
         summary = run_monitor(params, since=since)
-        print(f"monitor run over {summary['rows_compared']['current']} logged rows: "
-              f"{time.perf_counter() - start:.1f} s (report and summary included)")
+        print(
+            f"monitor run over {summary['rows_compared']['current']} logged rows: "
+            f"{time.perf_counter() - start:.1f} s (report and summary included)"
+        )

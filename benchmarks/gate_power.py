@@ -60,21 +60,33 @@ def predictions(counts: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     order = rng.permutation(len(label))
     label, outcome = label[order], outcome[order]
     teacher_right, student_right = np.isin(outcome, (0, 1)), np.isin(outcome, (0, 2))
-    return pd.DataFrame({"label": label, "category": [f"c{i:04d}" for i in label],
-                         "teacher": np.where(teacher_right, label, label + 1),
-                         "pytorch_fp32": np.where(student_right, label, label + 1)})
+    return pd.DataFrame(
+        {
+            "label": label,
+            "category": [f"c{i:04d}" for i in label],
+            "teacher": np.where(teacher_right, label, label + 1),
+            "pytorch_fp32": np.where(student_right, label, label + 1),
+        }
+    )
 
 
-def draw(categories: int, images: int, shares: np.ndarray, rng: np.random.Generator,
-         planted: np.ndarray | None = None, planted_images: int | None = None) -> pd.DataFrame:
+def draw(
+    categories: int,
+    images: int,
+    shares: np.ndarray,
+    rng: np.random.Generator,
+    planted: np.ndarray | None = None,
+    planted_images: int | None = None,
+) -> pd.DataFrame:
     counts = rng.multinomial(images, shares, size=categories)
     if planted is not None:
         counts[0] = rng.multinomial(planted_images or images, planted)
     return predictions(counts, rng)
 
 
-def rates(categories: int, images: int, gate: GateParams, args: argparse.Namespace,
-          rng: np.random.Generator) -> dict[str, float]:
+def rates(
+    categories: int, images: int, gate: GateParams, args: argparse.Namespace, rng: np.random.Generator
+) -> dict[str, float]:
     equal = outcome_shares(args.teacher_top1, args.disagreement)
     category_drop = outcome_shares(args.teacher_top1, args.disagreement, 2 * gate.max_category_drop / 100)
     overall_drop = outcome_shares(args.teacher_top1, args.disagreement, 2 * gate.max_accuracy_drop / 100)
@@ -89,16 +101,20 @@ def rates(categories: int, images: int, gate: GateParams, args: argparse.Namespa
     return {name: count / args.trials for name, count in result.items()}
 
 
-def images_for_detection(categories: int, images: int, gate: GateParams, args: argparse.Namespace,
-                         rng: np.random.Generator) -> int | None:
+def images_for_detection(
+    categories: int, images: int, gate: GateParams, args: argparse.Namespace, rng: np.random.Generator
+) -> int | None:
     """The fewest test images in the dropped category (of --planted-images) caught 90% of the time."""
     equal = outcome_shares(args.teacher_top1, args.disagreement)
     planted = outcome_shares(args.teacher_top1, args.disagreement, 2 * gate.max_category_drop / 100)
     for size in args.planted_images:
         caught = sum(
-            any(row["category"] == "c0000" for row in category_drops(
-                draw(categories, images, equal, rng, planted, size), gate).details["failed"])
-            for _ in range(args.trials))
+            any(
+                row["category"] == "c0000"
+                for row in category_drops(draw(categories, images, equal, rng, planted, size), gate).details["failed"]
+            )
+            for _ in range(args.trials)
+        )
         if caught >= 0.9 * args.trials:
             return size
     return None
@@ -106,8 +122,12 @@ def images_for_detection(categories: int, images: int, gate: GateParams, args: a
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["10x45", "100x20", "100x50", "1000x50"],
-                        help="categories x test images per category")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["10x45", "100x20", "100x50", "1000x50"],
+        help="categories x test images per category",
+    )
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--disagreement", type=float, default=0.2)
     parser.add_argument("--teacher-top1", type=float, default=0.75)
@@ -116,19 +136,24 @@ def main() -> None:
     args = parser.parse_args()
     gate = load_params(ROOT / "params.yaml").gate
     rng = np.random.default_rng(args.seed)
-    print(f"gate: max_category_drop {gate.max_category_drop} pt, max_accuracy_drop {gate.max_accuracy_drop} pt, "
-          f"confidence {gate.confidence}; teacher top-1 {args.teacher_top1:.0%}, disagreement "
-          f"{args.disagreement:.0%}, {args.trials} trials per figure")
+    print(
+        f"gate: max_category_drop {gate.max_category_drop} pt, max_accuracy_drop {gate.max_accuracy_drop} pt, "
+        f"confidence {gate.confidence}; teacher top-1 {args.teacher_top1:.0%}, disagreement "
+        f"{args.disagreement:.0%}, {args.trials} trials per figure"
+    )
     for config in args.configs:
         categories, images = (int(v) for v in config.lower().split("x"))
         start = time.perf_counter()
         found = rates(categories, images, gate, args, rng)
         needed = images_for_detection(categories, images, gate, args, rng)
-        print(f"{config}: category_drop false_reject_rate={found['category_false_reject']:.3f} "
-              f"detect_rate={found['category_detect']:.3f}; accuracy_parity "
-              f"false_reject_rate={found['parity_false_reject']:.3f} detect_rate={found['parity_detect']:.3f}; "
-              f"category_images_for_0.9={needed if needed is not None else f'>{max(args.planted_images)}'} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"{config}: category_drop false_reject_rate={found['category_false_reject']:.3f} "
+            f"detect_rate={found['category_detect']:.3f}; accuracy_parity "
+            f"false_reject_rate={found['parity_false_reject']:.3f} detect_rate={found['parity_detect']:.3f}; "
+            f"category_images_for_0.9={needed if needed is not None else f'>{max(args.planted_images)}'} "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -47,20 +47,28 @@ if __name__ == "__main__":
         sent = 0
         with local_server(tag, cwd=root, project_root=root, params_file=params_file) as url:
             m = params.monitoring
-            print(f"serving {tag}; alert when even the upper {m.agreement_confidence:.0%} bound of a window's "
-                  f"agreement is more than {m.max_agreement_drop:g} pt below the test split's")
-            print(f"{'window':10s} {'severity':>8s} {'images':>6s} {'agreement':>9s} {'upper':>6s} "
-                  f"{'test split':>10s} {'drop pt':>7s} {'alert':>5s}")
+            print(
+                f"serving {tag}; alert when even the upper {m.agreement_confidence:.0%} bound of a window's "
+                f"agreement is more than {m.max_agreement_drop:g} pt below the test split's"
+            )
+            print(
+                f"{'window':10s} {'severity':>8s} {'images':>6s} {'agreement':>9s} {'upper':>6s} "
+                f"{'test split':>10s} {'drop pt':>7s} {'alert':>5s}"
+            )
             windows = [("clean", 0)] + [(c, s) for c in args.corruptions for s in args.severities]
             for name, severity in windows:
-                since = datetime.now(timezone.utc)
+                since = datetime.now(UTC)
                 send_traffic(params, url, args.requests, None if name == "clean" else name, severity or 3)
                 sent += args.requests
                 health = run_monitor(params, since=since)["teacher_agreement"]
-                print(f"{name:10s} {severity:8d} {health['sampled']:6d} {health['agreement']:8.1f}% "
-                      f"{health['agreement_upper_bound']:5.1f}% {health['test_split_agreement']:9.1f}% "
-                      f"{health['drop']:7.1f} {str(health['alert']):>5s}")
+                print(
+                    f"{name:10s} {severity:8d} {health['sampled']:6d} {health['agreement']:8.1f}% "
+                    f"{health['agreement_upper_bound']:5.1f}% {health['test_split_agreement']:9.1f}% "
+                    f"{health['drop']:7.1f} {health['alert']!s:>5s}"
+                )
         kept = disk_bytes(root / params.monitoring.retained_dir) - kept_before
-        print(f"retained images: {kept / 1e6:.2f} MB for {sent} requests, "
-              f"{kept / sent * 1000 / 1e6:.2f} MB per 1,000 at retain_fraction 1 "
-              f"(under {params.monitoring.retained_dir})")
+        print(
+            f"retained images: {kept / 1e6:.2f} MB for {sent} requests, "
+            f"{kept / sent * 1000 / 1e6:.2f} MB per 1,000 at retain_fraction 1 "
+            f"(under {params.monitoring.retained_dir})"
+        )

@@ -56,10 +56,11 @@ def jpeg(width: int, height: int, seed: int = 0) -> bytes:
 
 
 def noise_png(pixels: int) -> bytes:
-    side = int(pixels ** 0.5)
+    side = int(pixels**0.5)
     out = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(out, "PNG",
-                                                                                                     compress_level=1)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
+        out, "PNG", compress_level=1
+    )
     return out.getvalue()
 
 
@@ -79,8 +80,11 @@ def ordinary_p99(url: str, payload: bytes, batch: int, count: int) -> float:
 
 
 def server_tree(port: int) -> list[psutil.Process]:
-    [server] = [p for p in psutil.process_iter(["cmdline"]) if "serve" in (p.info["cmdline"] or [])
-                and str(port) in (p.info["cmdline"] or [])]
+    [server] = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "serve" in (p.info["cmdline"] or []) and str(port) in (p.info["cmdline"] or [])
+    ]
     return [server, *server.children(recursive=True)]
 
 
@@ -103,8 +107,10 @@ class PeakMemory(threading.Thread):
 def slow_body(port: int, stop: threading.Event) -> None:
     """A request whose body arrives a few bytes at a time until `stop`."""
     with socket.create_connection(("127.0.0.1", port)) as connection:
-        connection.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                           b"Content-Length: 1000000\r\n\r\n--b\r\n")
+        connection.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 1000000\r\n\r\n--b\r\n"
+        )
         while not stop.wait(0.5):
             connection.sendall(b"0123456789")
 
@@ -117,21 +123,28 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     serving, policy = params.serving, params.validation
-    tag = bench_model(params, args.image_size, "onnx_int8") if args.image_size else str(store.current(
-        serving.model_name).tag)
+    tag = (
+        bench_model(params, args.image_size, "onnx_int8")
+        if args.image_size
+        else str(store.current(serving.model_name).tag)
+    )
     metadata = bentoml.models.get(tag).info.metadata
     size = metadata.get("image_size") or metadata["preprocessing"]["image_size"]
     try:
-        with tempfile.TemporaryDirectory() as scratch, local_server(
-                tag, cwd=Path(scratch), project_root=ROOT, params_file=args.params.resolve()) as url:
+        with (
+            tempfile.TemporaryDirectory() as scratch,
+            local_server(tag, cwd=Path(scratch), project_root=ROOT, params_file=args.params.resolve()) as url,
+        ):
             port = int(url.rsplit(":", 1)[1])
             print(f"serving {tag} ({size} px) at {url}", flush=True)
             ordinary = jpeg(3 * size // 2, 3 * size // 2)
             full = serving.max_batch_size
             for _ in range(5):  # warm-up
                 timed(url, "classify", [("image", ("w.jpg", ordinary, "image/jpeg"))])
-            p99 = {1: ordinary_p99(url, ordinary, 1, args.requests), full: ordinary_p99(url, ordinary, full,
-                                                                                       args.requests // 4)}
+            p99 = {
+                1: ordinary_p99(url, ordinary, 1, args.requests),
+                full: ordinary_p99(url, ordinary, full, args.requests // 4),
+            }
             for batch, seconds in p99.items():
                 print(f"ordinary, {batch} image(s) per request: p99 {1000 * seconds:.1f} ms", flush=True)
 
@@ -140,7 +153,7 @@ def main() -> None:
             if longer * shorter > serving.max_pixels:
                 longer = int((serving.max_pixels * policy.max_aspect_ratio) ** 0.5)
                 shorter = int(np.ceil(longer / policy.max_aspect_ratio))
-            side = min(int(serving.max_pixels ** 0.5), policy.max_side)
+            side = min(int(serving.max_pixels**0.5), policy.max_side)
             each = min(int((serving.max_request_pixels / full) ** 0.5), policy.max_side)
             cases = {
                 "aspect": (1, [("image", ("a.jpg", jpeg(longer, shorter), "image/jpeg"))]),
@@ -159,8 +172,11 @@ def main() -> None:
                 if status >= 500:
                     raise SystemExit(f"{name}: the server answered {status}")
                 worst[batch] = max(worst[batch], seconds)
-                print(f"{name}: {seconds:.3f} s, status {status}, {sum(len(f[1][1]) for f in files) / 2**20:.1f} MiB "
-                      "sent", flush=True)
+                print(
+                    f"{name}: {seconds:.3f} s, status {status}, {sum(len(f[1][1]) for f in files) / 2**20:.1f} MiB "
+                    "sent",
+                    flush=True,
+                )
             memory.running = False
             memory.join()
 
@@ -173,8 +189,10 @@ def main() -> None:
             print(f"ordinary p99 while 16 slow bodies arrive: {1000 * slowed:.1f} ms")
 
         ratio = max(worst[b] / p99[b] for b in worst)
-        print(f"worst_request_s_ratio={ratio:.2f} slow_bodies_p99_ratio={slowed / p99[1]:.2f} "
-              f"rss_growth_mib={(memory.peak - before) / 2**20:.0f}")
+        print(
+            f"worst_request_s_ratio={ratio:.2f} slow_bodies_p99_ratio={slowed / p99[1]:.2f} "
+            f"rss_growth_mib={(memory.peak - before) / 2**20:.0f}"
+        )
     finally:
         if args.image_size:
             bentoml.models.delete(tag)

@@ -72,20 +72,27 @@ def settings(source: Path, size: int, steps: int, categories: int, images: int) 
     train = {"epochs": 1, "max_steps_per_epoch": steps, "image_size": size}
     return {
         "data": {"source": str(source)},
-        "validation": {"min_images_per_category": max(1, images // categories // 2),
-                       "near_duplicate_max_distance": 2},
+        "validation": {"min_images_per_category": max(1, images // categories // 2), "near_duplicate_max_distance": 2},
         "teacher": train,
         "distill": {**train, "cache_views": 1, "average_best": None},
         "prune": {"epochs": 1},
-        "gate": {"max_accuracy_drop": 100.0, "max_category_drop": 100.0, "max_latency_ratio": 100.0,
-                 "max_regression": 100.0, "min_teacher_margin": None, "bootstrap_samples": 200},
+        "gate": {
+            "max_accuracy_drop": 100.0,
+            "max_category_drop": 100.0,
+            "max_latency_ratio": 100.0,
+            "max_regression": 100.0,
+            "min_teacher_margin": None,
+            "bootstrap_samples": 200,
+        },
         "monitoring": {"min_rows": 20, "window_hours": 1.0},
     }
 
 
 def merged(base: dict, extra: dict) -> dict:
-    return {k: merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-            for k, v in {**base, **extra}.items()}
+    return {
+        k: merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        for k, v in {**base, **extra}.items()
+    }
 
 
 PIPELINE = ("params.yaml", "dvc.yaml", ".dvcignore", "src", "services")
@@ -109,11 +116,16 @@ def make_project(project: Path, code: Path, remote: Path, overrides: dict) -> Pa
     params = merged(yaml.safe_load((code / "params.yaml").read_text()), overrides)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (project / ".gitignore").write_text("__pycache__/\n")
-    for command in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
-                    ["git", "config", "user.name", "bench"], [BIN / "dvc", "init", "-q"],
-                    [BIN / "dvc", "config", "cache.type", dvc_cache_type()],
-                    [BIN / "dvc", "remote", "add", "-d", "folder", str(remote)],
-                    ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "bench@example.com"],
+        ["git", "config", "user.name", "bench"],
+        [BIN / "dvc", "init", "-q"],
+        [BIN / "dvc", "config", "cache.type", dvc_cache_type()],
+        [BIN / "dvc", "remote", "add", "-d", "folder", str(remote)],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "pipeline"],
+    ):
         subprocess.run(command, cwd=project, check=True, stdout=subprocess.DEVNULL)
     return project
 
@@ -124,8 +136,9 @@ def measured(command: list, cwd: Path, log: Path, env: dict) -> tuple[float, int
     with log.open("a") as out:
         out.write(f"$ {' '.join(map(str, command))}\n")
         out.flush()
-        rss = peak_rss([str(c) for c in command], 0.25, proportional=True, cwd=cwd, env=env, stdout=out,
-                       stderr=subprocess.STDOUT)
+        rss = peak_rss(
+            [str(c) for c in command], 0.25, proportional=True, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     return time.perf_counter() - start, rss
 
 
@@ -154,11 +167,17 @@ def measure(images: int, args: argparse.Namespace, code: Path, work: Path) -> di
     start = time.perf_counter()
     folder = synthetic_folder(work / "photos", images, args.categories, args.size)
     print(f"{images} images: wrote the folder in {time.perf_counter() - start:.0f} s", flush=True)
-    project = make_project(work / "project", code, work / "remote",
-                           settings(folder, args.size, args.steps, args.categories, images))
+    project = make_project(
+        work / "project", code, work / "remote", settings(folder, args.size, args.steps, args.categories, images)
+    )
     # PYTHONPATH: the snapshot's package, not the checkout's (an editable install) that may be edited meanwhile.
-    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(project / "src")}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(work / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(project / "src"),
+    }
     log = work / "commands.log"
     figures = {}
     time.sleep(2.5)  # the folder's stat keys settle (vgg2resnet.data.sources.settled), as an older folder's have
@@ -168,8 +187,10 @@ def measure(images: int, args: argparse.Namespace, code: Path, work: Path) -> di
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-qm", "reproduced"], cwd=project, check=True, stdout=subprocess.DEVNULL)
     targets = DATA_STAGES if args.no_training else []  # without training, only the data's outputs exist
-    for name, command, cwd in (("dvc_push", [BIN / "dvc", "push", *targets], project),
-                               ("dvc_status", [BIN / "dvc", "status"], project)):
+    for name, command, cwd in (
+        ("dvc_push", [BIN / "dvc", "push", *targets], project),
+        ("dvc_status", [BIN / "dvc", "status"], project),
+    ):
         figures[name] = measured(command, cwd, log, env)
         report(images, name, figures[name])
     clone = work / "clone"
@@ -204,14 +225,18 @@ print(len(window.rows), "logged requests read")
 
 def report(images: int, name: str, figure: tuple[float, int]) -> None:
     seconds, rss = figure
-    print(f"{images} images: {name} {seconds:.1f} s, {1e6 * seconds / images:.0f} µs per image, "
-          f"peak PSS {rss / 2**20:.0f} MiB", flush=True)
+    print(
+        f"{images} images: {name} {seconds:.1f} s, {1e6 * seconds / images:.0f} µs per image, "
+        f"peak PSS {rss / 2**20:.0f} MiB",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000], metavar="N",
-                        help="one or two folder sizes")
+    parser.add_argument(
+        "--images", type=int, nargs="+", default=[10_000, 100_000], metavar="N", help="one or two folder sizes"
+    )
     parser.add_argument("--categories", type=int, default=100)
     parser.add_argument("--size", type=int, default=32, help="network input side, px (teacher and student)")
     parser.add_argument("--steps", type=int, default=2, help="training steps per epoch (one epoch)")

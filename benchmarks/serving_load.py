@@ -61,8 +61,10 @@ if auth then wrk.headers["Authorization"] = auth end
 
 
 def multipart_body(payloads: list[bytes]) -> bytes:
-    part = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode()
+    part = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n"
+    ).encode()
     return b"".join(part + p + b"\r\n" for p in payloads) + f"--{BOUNDARY}--\r\n".encode()
 
 
@@ -72,11 +74,28 @@ def load_wrk(url: str, payloads: list[bytes], concurrency: int, duration: float,
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / "body").write_bytes(body)
         (Path(scratch) / "post.lua").write_text(WRK_SCRIPT)
-        out = subprocess.run(["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{int(duration)}s",
-                              "--latency", "--timeout", "60s", "-s", str(Path(scratch) / "post.lua"),
-                              f"{url}/classify_batch"], capture_output=True, text=True, check=True,
-                             env={"BENCH_BODY": str(Path(scratch) / "body"), "PATH": "/usr/bin:/bin",
-                                  **({"BENCH_AUTH": headers["Authorization"]} if headers else {})}).stdout
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{min(2, concurrency)}",
+                f"-c{concurrency}",
+                f"-d{int(duration)}s",
+                "--latency",
+                "--timeout",
+                "60s",
+                "-s",
+                str(Path(scratch) / "post.lua"),
+                f"{url}/classify_batch",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={
+                "BENCH_BODY": str(Path(scratch) / "body"),
+                "PATH": "/usr/bin:/bin",
+                **({"BENCH_AUTH": headers["Authorization"]} if headers else {}),
+            },
+        ).stdout
 
     def ms(label: str) -> float:
         value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out).groups()
@@ -87,8 +106,15 @@ def load_wrk(url: str, payloads: list[bytes], concurrency: int, duration: float,
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket.groups())) if socket else 0)
     req_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return {"concurrency": concurrency, "requests": requests_done, "errors": errors, "req_s": req_s,
-            "img_s": req_s * len(payloads), "p50_ms": ms("50%"), "p99_ms": ms("99%")}
+    return {
+        "concurrency": concurrency,
+        "requests": requests_done,
+        "errors": errors,
+        "req_s": req_s,
+        "img_s": req_s * len(payloads),
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+    }
 
 
 # Train images the bench model's drift projection is fitted on: its features are the unpruned
@@ -112,14 +138,22 @@ def bench_model(params: Params, image_size: int, variant: str) -> str:
             quantize_on_train_sample(params, fp32, artifact, categories, transform_from_meta(meta["preprocessing"]))
             write_sidecar(artifact, meta)
         runner, _ = load_runner(artifact, categories)
-        loader = eval_loader(params, "train", categories, 32, transform_from_meta(meta["preprocessing"]),
-                             limit=PROJECTION_IMAGES)
+        loader = eval_loader(
+            params, "train", categories, 32, transform_from_meta(meta["preprocessing"]), limit=PROJECTION_IMAGES
+        )
         features = torch.cat([runner(images)[1] for images, *_ in loader])
         projection = Path(scratch) / StoreLayout.PROJECTION
         torch.save(fit_projection(features, params.serving.embedding_dims), projection)
-        return store.save_version(f"{params.serving.model_name}-bench{image_size}", {
-            artifact.name: artifact, StoreLayout.META: sidecar(artifact), StoreLayout.PROJECTION: projection,
-        }, {"variant": variant, "image_size": image_size}, promoted=False)
+        return store.save_version(
+            f"{params.serving.model_name}-bench{image_size}",
+            {
+                artifact.name: artifact,
+                StoreLayout.META: sidecar(artifact),
+                StoreLayout.PROJECTION: projection,
+            },
+            {"variant": variant, "image_size": image_size},
+            promoted=False,
+        )
 
 
 def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: float, headers: dict) -> dict:
@@ -152,10 +186,15 @@ def load_threads(url: str, payloads: list[bytes], concurrency: int, duration: fl
         thread.join()
     elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
-            "req_s": len(latencies) / elapsed, "img_s": len(latencies) * len(payloads) / elapsed,
-            "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
-            "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan")}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "req_s": len(latencies) / elapsed,
+        "img_s": len(latencies) * len(payloads) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+    }
 
 
 def wait_until_idle(url: str, timeout: float = 300.0) -> None:
@@ -164,8 +203,13 @@ def wait_until_idle(url: str, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         metrics = text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=10).text)
-        if not any(sample.value for family in metrics if family.name == "bentoml_service_request_in_progress"
-                   for sample in family.samples if sample.labels.get("endpoint") == "/classify_batch"):
+        if not any(
+            sample.value
+            for family in metrics
+            if family.name == "bentoml_service_request_in_progress"
+            for sample in family.samples
+            if sample.labels.get("endpoint") == "/classify_batch"
+        ):
             return
         time.sleep(0.5)
     raise SystemExit(f"the service still had requests in flight after {timeout:.0f} s")
@@ -181,8 +225,11 @@ def raw_throughput(model_dir: Path, images: list[Image.Image], batch: int, secon
 
 
 def run(args: argparse.Namespace, params: Params, model: bentoml.Model) -> None:
-    print(f"model {model.tag} ({model.info.metadata.get('variant', 'pytorch_fp32')}); load from "
-          f"{args.client}, {args.images_per_request} image(s) per request", flush=True)
+    print(
+        f"model {model.tag} ({model.info.metadata.get('variant', 'pytorch_fp32')}); load from "
+        f"{args.client}, {args.images_per_request} image(s) per request",
+        flush=True,
+    )
     layout = Artifacts(params)
     paths = [layout.raw_dir / p for p in load_split(layout.manifest, "test")["path"]]
     payloads = [p.read_bytes() for p in paths[: args.images_per_request]]
@@ -197,9 +244,12 @@ def run(args: argparse.Namespace, params: Params, model: bentoml.Model) -> None:
             wait_until_idle(url)
             load = load_wrk if args.client == "wrk" else load_threads
             r = load(url, payloads, level, args.duration, headers)
-            print(f"concurrency {level:3d}: {r['req_s']:7.1f} req/s {r['img_s']:7.1f} img/s  "
-                  f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  "
-                  f"({r['requests']} requests)  {r['img_s'] / ceiling:.2f}x raw", flush=True)
+            print(
+                f"concurrency {level:3d}: {r['req_s']:7.1f} req/s {r['img_s']:7.1f} img/s  "
+                f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  "
+                f"({r['requests']} requests)  {r['img_s'] / ceiling:.2f}x raw",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
@@ -207,8 +257,12 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--image-size", type=int, default=None, help="serve the student at this input size")
-    parser.add_argument("--variant", choices=["onnx_int8", "pytorch_fp32"], default="onnx_int8",
-                        help="with --image-size: the variant to serve")
+    parser.add_argument(
+        "--variant",
+        choices=["onnx_int8", "pytorch_fp32"],
+        default="onnx_int8",
+        help="with --image-size: the variant to serve",
+    )
     parser.add_argument("--images-per-request", type=int, default=1)
     parser.add_argument("--client", choices=["wrk", "threads"], default="wrk" if shutil.which("wrk") else "threads")
     args = parser.parse_args()

@@ -81,8 +81,10 @@ def measure(images: int, categories: int, work: Path) -> dict[str, float]:
     settle()
     fresh = timed(["dvc", "repro", "prepare"], project)
     print(f"{images} images: fresh `dvc repro prepare` {fresh:.1f} s", flush=True)
-    figures = {"sources_s": timed(["vgg2resnet", "sources"], project),
-               "noop_repro_s": timed(["dvc", "repro", "prepare"], project)}
+    figures = {
+        "sources_s": timed(["vgg2resnet", "sources"], project),
+        "noop_repro_s": timed(["dvc", "repro", "prepare"], project),
+    }
     files = sorted(folder.rglob("*.jpg"))
     for path in files[::100]:
         os.utime(path)

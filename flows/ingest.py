@@ -25,14 +25,17 @@ from vgg2resnet.orchestration.pipeline import reproduce
 def ingest(drop: str, project_dir: str = ".", push: bool = True) -> dict:
     root = Path(project_dir).resolve()
     params = load_params(root / "params.yaml")
-    result = version_drop(Path(drop), root, params.data.incoming_dir, params.data.follow_external_links,
-                          push=push)
+    result = version_drop(Path(drop), root, params.data.incoming_dir, params.data.follow_external_links, push=push)
     if result["new_version"] and Path(params.data.source) == params.data.incoming_dir:
         for stage in ("sources", "prepare"):
             reproduce(stage, root)
-    create_markdown_artifact(key="data-version", markdown=(
-        f"Data version `{result['version']}`: {result['new_images']} new image(s) from `{drop}`"
-        + ("" if result["new_version"] else " (nothing new: same version)")))
+    create_markdown_artifact(
+        key="data-version",
+        markdown=(
+            f"Data version `{result['version']}`: {result['new_images']} new image(s) from `{drop}`"
+            + ("" if result["new_version"] else " (nothing new: same version)")
+        ),
+    )
     return result
 
 

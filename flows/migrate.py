@@ -62,8 +62,9 @@ def run_stage_on_gpu(stage: str, project_dir: str, deployment: str, timeout_s: i
     if not is_stale(stage, Path(project_dir)):
         return False  # up to date here: no GPU time, no commit, no dispatch
     revision = hand_off(stage, Path(project_dir))
-    child = run_deployment(name=deployment, parameters={"stage": stage, "revision": revision},
-                           timeout=timeout_s, poll_interval=poll_s)
+    child = run_deployment(
+        name=deployment, parameters={"stage": stage, "revision": revision}, timeout=timeout_s, poll_interval=poll_s
+    )
     if not child.state.is_completed():
         raise StageFailed(f"stage '{stage}' on {deployment} ended {child.state.name}: {child.state.message}")
     return reproduce(stage, Path(project_dir), pull=True)
@@ -72,22 +73,42 @@ def run_stage_on_gpu(stage: str, project_dir: str, deployment: str, timeout_s: i
 def _publish(root: Path, params: Params) -> dict:
     layout = Artifacts(params)
     gate = gate_outcome(root, params)
-    create_markdown_artifact(key="gate-report", markdown=(root / layout.gate_markdown).read_text(),
-                             description=f"promotion gate: {gate['decision']}")
+    create_markdown_artifact(
+        key="gate-report",
+        markdown=(root / layout.gate_markdown).read_text(),
+        description=f"promotion gate: {gate['decision']}",
+    )
     seen = gate.get("disagreements")
-    create_link_artifact(key="gate-page", link=(root / layout.gate_html).as_uri(), link_text="gate.html",
-                         description=(f"charts, confusion matrices and the {seen['disagreements']} of "
-                                      f"{seen['test_images']} test images on which teacher and {seen['student']} "
-                                      f"disagree ({seen['student wrong, teacher right']} where only the teacher "
-                                      f"is right, {seen['teacher wrong, student right']} where only the student is)"
-                                      if seen else "the gate could not read the evaluation"))
+    create_link_artifact(
+        key="gate-page",
+        link=(root / layout.gate_html).as_uri(),
+        link_text="gate.html",
+        description=(
+            f"charts, confusion matrices and the {seen['disagreements']} of "
+            f"{seen['test_images']} test images on which teacher and {seen['student']} "
+            f"disagree ({seen['student wrong, teacher right']} where only the teacher "
+            f"is right, {seen['teacher wrong, student right']} where only the student is)"
+            if seen
+            else "the gate could not read the evaluation"
+        ),
+    )
     report = json.loads((root / layout.evaluation_report).read_text())
     models = {"teacher": report["teacher"], **report["candidates"]}
-    create_table_artifact(key="migration-metrics", table=[
-        {"model": name, "top1": m["top1"], "top5": m["top5"], "size_mb": m["size_mb"],
-         "cpu_latency_ms_p50": m["cpu"]["latency_ms_p50"], "promoted": name == gate.get("variant")}
-        for name, m in models.items()
-    ], description="held-out test split")
+    create_table_artifact(
+        key="migration-metrics",
+        table=[
+            {
+                "model": name,
+                "top1": m["top1"],
+                "top5": m["top5"],
+                "size_mb": m["size_mb"],
+                "cpu_latency_ms_p50": m["cpu"]["latency_ms_p50"],
+                "promoted": name == gate.get("variant"),
+            }
+            for name, m in models.items()
+        ],
+        description="held-out test split",
+    )
     return gate
 
 
@@ -107,10 +128,12 @@ def migrate(project_dir: str = ".") -> dict[str, bool]:
         finally:  # also when validation or the gate stops the run: say what it did with the data
             change = data_change(before, data_version_of(root, params), ran)
             logger.info(change)
-            create_markdown_artifact(key="data-change", markdown=change,
-                                     description="what this run did with the data")
-    logger.info("stages run: %s; skipped (up to date): %s", [s for s, r in ran.items() if r],
-                [s for s, r in ran.items() if not r])
+            create_markdown_artifact(key="data-change", markdown=change, description="what this run did with the data")
+    logger.info(
+        "stages run: %s; skipped (up to date): %s",
+        [s for s, r in ran.items() if r],
+        [s for s, r in ran.items() if not r],
+    )
     return ran
 
 
@@ -120,15 +143,20 @@ def _run_stages(root: Path, params: Params, ran: dict[str, bool]) -> None:
     # One stage at a time: DVC commands must never run concurrently on one repository.
     for stage in stage_names(root):
         if orchestration.gpu_work_pool and stage in orchestration.gpu_stages:
-            ran[stage] = run_stage_on_gpu(stage, str(root), orchestration.gpu_deployment,
-                                          orchestration.gpu_timeout_s, orchestration.gpu_poll_s)
+            ran[stage] = run_stage_on_gpu(
+                stage, str(root), orchestration.gpu_deployment, orchestration.gpu_timeout_s, orchestration.gpu_poll_s
+            )
         else:
             ran[stage] = run_stage(stage, str(root))
         if stage == "validate":
             result = json.loads((root / layout.validation_result).read_text())
-            create_markdown_artifact(key="validation-report", markdown=(
-                f"Validation passed: {result['summary']['expectations']} expectations; "
-                f"Data Docs at `{root / layout.validation_docs_index}`"))
+            create_markdown_artifact(
+                key="validation-report",
+                markdown=(
+                    f"Validation passed: {result['summary']['expectations']} expectations; "
+                    f"Data Docs at `{root / layout.validation_docs_index}`"
+                ),
+            )
         if stage == "gate":
             gate = _publish(root, params)
             if gate["decision"] != "promote":
@@ -136,10 +164,14 @@ def _run_stages(root: Path, params: Params, ran: dict[str, bool]) -> None:
                 raise StageFailed(f"the gate rejected the student: {failed}")
         if stage == "package":
             package = json.loads((root / layout.package_json).read_text())
-            create_markdown_artifact(key="promoted-model", markdown=(
-                f"Serving `{package['model_tag']}` ({package['variant']}"
-                f"{', a new version' if package['new_version'] else ', already promoted'}); "
-                f"Bento `{package['bento']}`: `{package['serve']}`"))
+            create_markdown_artifact(
+                key="promoted-model",
+                markdown=(
+                    f"Serving `{package['model_tag']}` ({package['variant']}"
+                    f"{', a new version' if package['new_version'] else ', already promoted'}); "
+                    f"Bento `{package['bento']}`: `{package['serve']}`"
+                ),
+            )
 
 
 @flow(name="migrate-stage")

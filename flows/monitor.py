@@ -22,16 +22,27 @@ def monitor(project_dir: str = ".", since: datetime | None = None) -> dict:
     params = load_params(root / "params.yaml")
     # Paths in params.yaml are relative to the project; a worker may run elsewhere.
     m, p = params.monitoring, params.paths
-    params = params.model_copy(update={
-        "monitoring": m.model_copy(update={"log_dir": root / m.log_dir, "report_dir": root / m.report_dir,
-                                           "retained_dir": root / m.retained_dir}),
-        "paths": p.model_copy(update={"models_dir": root / p.models_dir, "metrics_dir": root / p.metrics_dir}),
-    })
+    params = params.model_copy(
+        update={
+            "monitoring": m.model_copy(
+                update={
+                    "log_dir": root / m.log_dir,
+                    "report_dir": root / m.report_dir,
+                    "retained_dir": root / m.retained_dir,
+                }
+            ),
+            "paths": p.model_copy(update={"models_dir": root / p.models_dir, "metrics_dir": root / p.metrics_dir}),
+        }
+    )
     summary = run_monitor(params, since=since)
-    create_markdown_artifact(key="drift-report", markdown=(
-        f"**{summary['status']}** for `{summary['model_tag']}`: {summary['rows_compared']['current']} logged "
-        f"predictions vs {summary['rows_compared']['reference']} reference rows; drifted: "
-        f"{', '.join(summary.get('drifted_columns', [])) or 'none'}. Report: `{summary.get('report_html')}`"))
+    create_markdown_artifact(
+        key="drift-report",
+        markdown=(
+            f"**{summary['status']}** for `{summary['model_tag']}`: {summary['rows_compared']['current']} logged "
+            f"predictions vs {summary['rows_compared']['reference']} reference rows; drifted: "
+            f"{', '.join(summary.get('drifted_columns', [])) or 'none'}. Report: `{summary.get('report_html')}`"
+        ),
+    )
     if summary["drift_detected"]:
         summary["event_id"] = emit_drift_event(summary, params)
     get_run_logger().info("drift: %s", summary["status"])

@@ -37,8 +37,12 @@ atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 # Under pytest-xdist (`--dist loadgroup`), the tests that need one of these costly fixtures run
 # on the same worker, in file order: each is built once, and the tests that change a shared
 # project and put it back never overlap. The first matching fixture names the group.
-SHARED_FIXTURES = {"distilled_project": "session-project", "user_project": "user-path",
-                   "source_project": "source-changes", "prefect_harness": "prefect-server"}
+SHARED_FIXTURES = {
+    "distilled_project": "session-project",
+    "user_project": "user-path",
+    "source_project": "source-changes",
+    "prefect_harness": "prefect-server",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the markers into node ids
@@ -100,9 +104,14 @@ def dvc_directory_md5(folder: Path) -> str:
     file's md5 and path, sorted by path (DVC 3's `.dir` object, which it names by that md5)."""
     import hashlib
 
-    listing = sorted(({"md5": hashlib.md5(path.read_bytes()).hexdigest(),
-                       "relpath": path.relative_to(folder).as_posix()}
-                      for path in folder.rglob("*") if path.is_file()), key=lambda entry: entry["relpath"])
+    listing = sorted(
+        (
+            {"md5": hashlib.md5(path.read_bytes()).hexdigest(), "relpath": path.relative_to(folder).as_posix()}
+            for path in folder.rglob("*")
+            if path.is_file()
+        ),
+        key=lambda entry: entry["relpath"],
+    )
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
@@ -130,8 +139,7 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project", tmp_path / "remote")
 
 
-def make_image_folder(root: Path, per_category: int, categories: list[str] | None = None,
-                      size: int = 32) -> Path:
+def make_image_folder(root: Path, per_category: int, categories: list[str] | None = None, size: int = 32) -> Path:
     """An ImageFolder tree cut from the demo digits: per_category images of each category."""
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -158,17 +166,27 @@ TINY_PARAMS = {
     "data": {"split": {"val": 0.2, "test": 0.3}},
     "validation": {"min_images_per_category": 3},
     "teacher": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16},
-    "distill": {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "cache_views": 2,
-                "cache_check_fraction": 0.05},
+    "distill": {
+        "epochs": 2,
+        "max_steps_per_epoch": 2,
+        "batch_size": 16,
+        "cache_views": 2,
+        "cache_check_fraction": 0.05,
+    },
     "prune": {"epochs": 1},
     "evaluate": {"batch_size": 32, "latency_batch_size": 4, "latency_warmup": 1, "latency_runs": 3},
     # Models trained for a few steps are near chance: a permissive policy lets them through,
     # so the stages after the gate have a promoted model; tests/test_gate.py tightens it. That
     # includes the regression check: tests that promote again leave a version whose near-chance
     # top-1 a later candidate may happen to trail.
-    "gate": {"max_accuracy_drop": 100.0, "max_category_drop": 100.0, "max_latency_ratio": 100.0,
-             "max_regression": 100.0,
-             "bootstrap_samples": 200, "min_teacher_margin": None},
+    "gate": {
+        "max_accuracy_drop": 100.0,
+        "max_category_drop": 100.0,
+        "max_latency_ratio": 100.0,
+        "max_regression": 100.0,
+        "bootstrap_samples": 200,
+        "min_teacher_margin": None,
+    },
     "monitoring": {"min_rows": 20, "traffic_requests": 40, "retain_fraction": 1.0},
     # A worker costs more to start than it saves on 50 tiny images; tests with workers set them.
     "runtime": {"num_workers": 0},
@@ -205,7 +223,7 @@ def classify_files(url: str, root: Path, paths, batch: int = 16) -> list[dict]:
     answers = []
     paths = list(paths)
     for start in range(0, len(paths), batch):
-        files = [("images", (Path(p).name, (root / p).read_bytes())) for p in paths[start:start + batch]]
+        files = [("images", (Path(p).name, (root / p).read_bytes())) for p in paths[start : start + batch]]
         answer = requests.post(f"{url}/classify_batch", files=files, timeout=120)
         assert answer.status_code == 200, answer.text
         answers += answer.json()
@@ -224,8 +242,9 @@ def served(promoted_project: Path, tmp_path_factory):
     from vgg2resnet.serving.server import local_server
 
     tag = promoted_tag(promoted_project)
-    with local_server(tag, cwd=promoted_project, project_root=ROOT,
-                      params_file=promoted_project / "params.yaml") as url:
+    with local_server(
+        tag, cwd=promoted_project, project_root=ROOT, params_file=promoted_project / "params.yaml"
+    ) as url:
         yield {"url": url, "tag": tag, "project": promoted_project}
 
 
@@ -254,16 +273,23 @@ def user_params(images: Path, teacher: dict[str, Path], **gate) -> dict:
     """TINY_PARAMS for a user's folder (broken files skipped) and imported teacher."""
     from .userdata import IMAGE_SIZE
 
-    return {**TINY_PARAMS,
-            "data": {**TINY_PARAMS["data"], "source": str(images), "on_undecodable": "skip"},
-            "teacher": {**TINY_PARAMS["teacher"], "arch": "vgg16", "checkpoint": str(teacher["checkpoint"]),
-                        "categories_file": str(teacher["categories_file"]), "image_size": IMAGE_SIZE},
-            # Enough steps for the student to learn the colours (100 % test top-1 here), so the
-            # repository's gate policy has a real student to promote: 36 steps, about 10 s more.
-            "distill": {**TINY_PARAMS["distill"], "image_size": IMAGE_SIZE, "epochs": 6, "max_steps_per_epoch": 6},
-            # The session project covers pruning; here the stage takes its prune.enabled: false path.
-            "prune": {**TINY_PARAMS["prune"], "enabled": False},
-            "gate": {**TINY_PARAMS["gate"], "min_teacher_margin": 20.0, **gate}}
+    return {
+        **TINY_PARAMS,
+        "data": {**TINY_PARAMS["data"], "source": str(images), "on_undecodable": "skip"},
+        "teacher": {
+            **TINY_PARAMS["teacher"],
+            "arch": "vgg16",
+            "checkpoint": str(teacher["checkpoint"]),
+            "categories_file": str(teacher["categories_file"]),
+            "image_size": IMAGE_SIZE,
+        },
+        # Enough steps for the student to learn the colours (100 % test top-1 here), so the
+        # repository's gate policy has a real student to promote: 36 steps, about 10 s more.
+        "distill": {**TINY_PARAMS["distill"], "image_size": IMAGE_SIZE, "epochs": 6, "max_steps_per_epoch": 6},
+        # The session project covers pruning; here the stage takes its prune.enabled: false path.
+        "prune": {**TINY_PARAMS["prune"], "enabled": False},
+        "gate": {**TINY_PARAMS["gate"], "min_teacher_margin": 20.0, **gate},
+    }
 
 
 @pytest.fixture(scope="session")

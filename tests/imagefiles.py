@@ -11,8 +11,12 @@ import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
 
-FILE_TYPES = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "WEBP": ("webp", "image/webp"),
-           "BMP": ("bmp", "image/bmp")}
+FILE_TYPES = {
+    "PNG": ("png", "image/png"),
+    "JPEG": ("jpg", "image/jpeg"),
+    "WEBP": ("webp", "image/webp"),
+    "BMP": ("bmp", "image/bmp"),
+}
 EXIF_ORIENTATION = 0x0112
 
 
@@ -37,8 +41,8 @@ def shortest_decodable(fmt: str, data: bytes) -> int:
         return len(data)
     position, end = 8, 0  # 8-byte signature, then chunks of length, type, data, CRC
     while position < len(data):
-        (length,) = struct.unpack(">I", data[position:position + 4])
-        if data[position + 4:position + 8] == b"IDAT":
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        if data[position + 4 : position + 8] == b"IDAT":
             end = position + 8 + length - 4
         position += 12 + length
     return end

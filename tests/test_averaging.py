@@ -38,7 +38,8 @@ def test_state_dicts_of_different_models_are_not_averaged():
 
 @given(scores=st.lists(st.integers(0, 100), min_size=1, max_size=8), k=st.integers(1, 4))
 def test_the_k_best_epochs_are_kept_ties_to_the_earlier_and_only_their_files_remain(
-        scores: list[int], k: int, tmp_path_factory):
+    scores: list[int], k: int, tmp_path_factory
+):
     best = BestEpochs(tmp_path_factory.mktemp("best"), k)
     net = _net(0)
     for epoch, score in enumerate(scores, start=1):
@@ -58,22 +59,22 @@ def test_one_kept_epoch_is_returned_exactly_as_it_was_saved(tmp_path: Path):
     best = BestEpochs(tmp_path, 1)
     best.offer(1, 50.0, _net(1))
     best.offer(2, 40.0, _net(2))
-    model, summary = average_best(_net(3), best, _bn_loader(), None, lambda m: pytest.fail("validated"),
-                                  torch.device("cpu"))
+    model, summary = average_best(
+        _net(3), best, _bn_loader(), None, lambda m: pytest.fail("validated"), torch.device("cpu")
+    )
     saved = _net(1).state_dict()
     assert all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
     assert summary["selected"] == "best_epoch" and summary["best_epoch"] == 1
 
 
-@pytest.mark.parametrize(("averaged_score", "selected"), [(61.0, "averaged"), (60.0, "averaged"),
-                                                         (59.0, "best_epoch")])
+@pytest.mark.parametrize(("averaged_score", "selected"), [(61.0, "averaged"), (60.0, "averaged"), (59.0, "best_epoch")])
 def test_the_average_is_kept_only_if_it_validates_at_least_as_well_as_the_best_epoch(
-        tmp_path: Path, averaged_score: float, selected: str):
+    tmp_path: Path, averaged_score: float, selected: str
+):
     best = BestEpochs(tmp_path, 2)
     best.offer(1, 60.0, _net(1))
     best.offer(2, 55.0, _net(2))
-    model, summary = average_best(_net(3), best, _bn_loader(), None, lambda m: averaged_score,
-                                  torch.device("cpu"))
+    model, summary = average_best(_net(3), best, _bn_loader(), None, lambda m: averaged_score, torch.device("cpu"))
     a, b = _net(1).state_dict(), _net(2).state_dict()
     weights = {k for k in a if "running" not in k and "num_batches" not in k}
     state = model.state_dict()
@@ -85,5 +86,10 @@ def test_the_average_is_kept_only_if_it_validates_at_least_as_well_as_the_best_e
         torch.testing.assert_close(state["1.running_mean"], features.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     else:
         assert all(torch.equal(state[k], a[k]) for k in a)
-    assert summary == {"best_epoch": 1, "val_accuracy_best_epoch": 60.0, "averaged_epochs": [1, 2],
-                       "val_accuracy_averaged": averaged_score, "selected": selected}
+    assert summary == {
+        "best_epoch": 1,
+        "val_accuracy_best_epoch": 60.0,
+        "averaged_epochs": [1, 2],
+        "val_accuracy_averaged": averaged_score,
+        "selected": selected,
+    }

@@ -10,8 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
-
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.compress.onnx import quantize_int8
 from vgg2resnet.config import load_params
@@ -23,6 +21,8 @@ from vgg2resnet.models.variants import load_runner, predict_logits
 from vgg2resnet.packaging import store
 from vgg2resnet.stages import evaluate, gate, package
 
+pytestmark = pytest.mark.slow
+
 
 def test_onnx_export_reproduces_pytorch(promoted_project: Path, monkeypatch):
     monkeypatch.chdir(promoted_project)
@@ -30,8 +30,13 @@ def test_onnx_export_reproduces_pytorch(promoted_project: Path, monkeypatch):
     categories = data_categories(params)
     torch_runner, meta = load_runner(Path("models/student.pt"), categories)
     onnx_runner, onnx_meta = load_runner(Path("models/student-fp32.onnx"), categories)
-    assert onnx_meta["variant"] == "onnx_fp32" and onnx_meta["source_sha256"] == read_meta(Path("models/student.pt"))["sha256"]
-    loader = eval_loader(params, "val", categories, 7, transform_from_meta(meta["preprocessing"]))  # odd batches: dynamic axis
+    assert (
+        onnx_meta["variant"] == "onnx_fp32"
+        and onnx_meta["source_sha256"] == read_meta(Path("models/student.pt"))["sha256"]
+    )
+    loader = eval_loader(
+        params, "val", categories, 7, transform_from_meta(meta["preprocessing"])
+    )  # odd batches: dynamic axis
     expected, got = predict_logits(torch_runner, loader), predict_logits(onnx_runner, loader)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() <= params.compress.parity_max_abs_logit
@@ -45,8 +50,9 @@ def test_onnx_export_reproduces_pytorch(promoted_project: Path, monkeypatch):
         noise = torch.randn(batch, 3, size, size, generator=generator) * 2
         (want, want_features), (have, have_features) = torch_runner(noise), onnx_runner(noise)
         torch.testing.assert_close(have, want, rtol=0, atol=1e-4 * float(want.abs().max()) + 1e-5)
-        torch.testing.assert_close(have_features, want_features, rtol=0,
-                                   atol=1e-4 * float(want_features.abs().max()) + 1e-5)
+        torch.testing.assert_close(
+            have_features, want_features, rtol=0, atol=1e-4 * float(want_features.abs().max()) + 1e-5
+        )
 
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
@@ -67,14 +73,27 @@ def test_int8_calibration_reads_train_images_only(promoted_project: Path, tmp_pa
     layout = Artifacts(params)
     read: list[str] = []
     pixels = datasets.pixels
-    monkeypatch.setattr(datasets, "pixels", lambda path, *a, **k: read.append(
-        Path(path).relative_to(params.data.raw_dir).as_posix()) or pixels(path, *a, **k))
+    monkeypatch.setattr(
+        datasets,
+        "pixels",
+        lambda path, *a, **k: (
+            read.append(Path(path).relative_to(params.data.raw_dir).as_posix()) or pixels(path, *a, **k)
+        ),
+    )
     meta = read_meta(layout.student("onnx_fp32"))
-    said = quantize_on_train_sample(params, layout.student("onnx_fp32"), tmp_path / "int8.onnx",
-                                    data_categories(params), transform_from_meta(meta["preprocessing"]))
+    said = quantize_on_train_sample(
+        params,
+        layout.student("onnx_fp32"),
+        tmp_path / "int8.onnx",
+        data_categories(params),
+        transform_from_meta(meta["preprocessing"]),
+    )
     manifest = pd.read_parquet(layout.manifest).set_index("path")
-    assert len(read) == len(set(read)) == min(params.compress.calibration_images,
-                                              int((manifest["split"] == "train").sum()))
+    assert (
+        len(read)
+        == len(set(read))
+        == min(params.compress.calibration_images, int((manifest["split"] == "train").sum()))
+    )
     assert set(manifest.loc[read, "split"]) == {"train"}
     assert sorted(read) == sorted(said["paths"])
     made, stage = _initializers(tmp_path / "int8.onnx"), _initializers(layout.student("onnx_int8"))
@@ -85,17 +104,21 @@ def test_int8_calibration_reads_train_images_only(promoted_project: Path, tmp_pa
     assert layout.student("onnx_int8").stat().st_size < 0.3 * layout.student("onnx_fp32").stat().st_size
 
 
-def test_a_broken_int8_variant_fails_the_gate_by_name_while_fp32_passes(promoted_project: Path, tmp_path: Path,
-                                                                         monkeypatch):
+def test_a_broken_int8_variant_fails_the_gate_by_name_while_fp32_passes(
+    promoted_project: Path, tmp_path: Path, monkeypatch
+):
     monkeypatch.chdir(promoted_project)
     models = tmp_path / "models"
     shutil.copytree(promoted_project / "models", models)
     params = load_params(promoted_project / "params.yaml")
-    params = params.model_copy(update={
-        "paths": params.paths.model_copy(update={"models_dir": models, "metrics_dir": tmp_path / "metrics",
-                                                 "reports_dir": tmp_path / "reports"}),
-        "serving": params.serving.model_copy(update={"model_name": "vgg2resnet-broken-int8-check"}),
-    })
+    params = params.model_copy(
+        update={
+            "paths": params.paths.model_copy(
+                update={"models_dir": models, "metrics_dir": tmp_path / "metrics", "reports_dir": tmp_path / "reports"}
+            ),
+            "serving": params.serving.model_copy(update={"model_name": "vgg2resnet-broken-int8-check"}),
+        }
+    )
     fp32, int8 = Artifacts(params).student("onnx_fp32"), Artifacts(params).student("onnx_int8")
     # Activation ranges calibrated on one constant image: every real image saturates them.
     size = read_meta(fp32)["preprocessing"]["image_size"]
@@ -117,12 +140,15 @@ def test_a_broken_int8_variant_fails_the_gate_by_name_while_fp32_passes(promoted
 
 
 @pytest.mark.parametrize("prefer, expected", [("smallest", "pruned_int8"), ("first", "pytorch_fp32")])
-def test_the_policy_picks_the_preferred_passing_variant(promoted_project: Path, tmp_path: Path, monkeypatch,
-                                                        prefer: str, expected: str):
+def test_the_policy_picks_the_preferred_passing_variant(
+    promoted_project: Path, tmp_path: Path, monkeypatch, prefer: str, expected: str
+):
     monkeypatch.chdir(promoted_project)
     params = load_params(promoted_project / "params.yaml")
-    params = params.model_copy(update={
-        "gate": params.gate.model_copy(update={"prefer": prefer, "min_variant_agreement": 0.0}),
-        "paths": params.paths.model_copy(update={"reports_dir": tmp_path / "reports"}),
-    })
+    params = params.model_copy(
+        update={
+            "gate": params.gate.model_copy(update={"prefer": prefer, "min_variant_agreement": 0.0}),
+            "paths": params.paths.model_copy(update={"reports_dir": tmp_path / "reports"}),
+        }
+    )
     assert gate.run(params)["variant"] == expected

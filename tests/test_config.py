@@ -31,9 +31,11 @@ def test_params_yaml_is_the_only_source_of_values():
 
 def _yaml_leaves(tree: dict, prefix: str = "") -> set[str]:
     """Dotted keys of a parsed YAML tree's leaves (an empty mapping is a leaf: a setting's value)."""
-    return {k for key, value in tree.items()
-            for k in (_yaml_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value
-                      else {prefix + key})}
+    return {
+        k
+        for key, value in tree.items()
+        for k in (_yaml_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key})
+    }
 
 
 def test_a_key_missing_from_params_yaml_is_named(tmp_path: Path):
@@ -41,7 +43,7 @@ def test_a_key_missing_from_params_yaml_is_named(tmp_path: Path):
     del raw["gate"]["min_teacher_margin"]
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(UserError, match="missing key 'gate.min_teacher_margin'"):
+    with pytest.raises(UserError, match=r"missing key 'gate\.min_teacher_margin'"):
         load_params(path)
 
 
@@ -75,7 +77,7 @@ def test_wrong_type_and_out_of_range_values_are_named(tmp_path: Path):
 def test_closed_choices_list_the_allowed_values(tmp_path: Path):
     path = tmp_path / "params.yaml"
     path.write_text("teacher:\n  optimizer: rmsprop\n")
-    with pytest.raises(UserError, match="'sgd'.*'adamw'"):
+    with pytest.raises(UserError, match=r"'sgd'.*'adamw'"):
         load_params(path)
 
 
@@ -113,8 +115,12 @@ def _leaves(model: type[BaseModel], prefix: str = ""):
 
 
 def _bounds(field) -> list[tuple[str, float]]:
-    return [(kind, getattr(rule, kind)) for rule in field.metadata for kind in ("ge", "gt", "le", "lt")
-            if getattr(rule, kind, None) is not None]
+    return [
+        (kind, getattr(rule, kind))
+        for rule in field.metadata
+        for kind in ("ge", "gt", "le", "lt")
+        if getattr(rule, kind, None) is not None
+    ]
 
 
 LEAVES = dict(_leaves(Params))
@@ -162,8 +168,12 @@ def _coercible(key: str) -> list:
     kind = annotation.removesuffix(" | None")
     if "Path" in annotation:
         return ["", "  ", 1]
-    return {"bool": [1, 0, "true"], "int": [True, "3", 3.0], "float": [True, "0.5", float("inf"), float("nan")],
-            "typing.Union[typing.Literal['auto'], int]": [True, "3", 3.0]}.get(kind, [])
+    return {
+        "bool": [1, 0, "true"],
+        "int": [True, "3", 3.0],
+        "float": [True, "0.5", float("inf"), float("nan")],
+        "typing.Union[typing.Literal['auto'], int]": [True, "3", 3.0],
+    }.get(kind, [])
 
 
 COERCIBLE = {key: values for key in LEAVES if (values := _coercible(key))}
@@ -177,24 +187,36 @@ def test_a_value_of_another_type_is_refused_not_coerced(tmp_path_factory, key: s
 
 def test_every_kind_of_setting_is_tried_for_coercion():
     tried = {str(LEAVES[key].annotation) for key in COERCIBLE}
-    assert {"<class 'bool'>", "<class 'int'>", "<class 'float'>", "<class 'pathlib.Path'>", "float | None",
-            "int | None"} <= tried and len(COERCIBLE) > 80
+    assert {
+        "<class 'bool'>",
+        "<class 'int'>",
+        "<class 'float'>",
+        "<class 'pathlib.Path'>",
+        "float | None",
+        "int | None",
+    } <= tried and len(COERCIBLE) > 80
 
 
-@pytest.mark.parametrize(("key", "value", "says"), [
-    ("orchestration.gpu_stages", ["tecaher"], "'teacher'"),
-    ("data.source", "", "at least 1 character"),
-    ("augment.std", [0.2, 0.0, 0.2], "greater than 0"),
-    ("augment.mean", [0.5, 0.5], "at least 3 items"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("orchestration.gpu_stages", ["tecaher"], "'teacher'"),
+        ("data.source", "", "at least 1 character"),
+        ("augment.std", [0.2, 0.0, 0.2], "greater than 0"),
+        ("augment.mean", [0.5, 0.5], "at least 3 items"),
+    ],
+)
 def test_names_and_lists_are_checked(tmp_path_factory, key: str, value, says: str):
     message = _load_with(tmp_path_factory, key, value)
     assert key in message and says in message
 
 
 def test_a_bound_pair_in_the_wrong_order_is_refused(tmp_path_factory):
-    message = _load_with(tmp_path_factory, "validation", {**repo_params().validation.model_dump(mode="json"),
-                                                          "min_side": 100, "max_side": 50})
+    message = _load_with(
+        tmp_path_factory,
+        "validation",
+        {**repo_params().validation.model_dump(mode="json"), "min_side": 100, "max_side": 50},
+    )
     assert "min_side (100) is above max_side (50)" in message
 
 
@@ -217,8 +239,10 @@ def _json_schema_bounds() -> dict[str, set]:
                 yield from walk(prop, f"{prefix}{name}.")
             else:
                 parts = [resolve(prop), *map(resolve, prop.get("anyOf", []))]
-                yield prefix + name, {(JSON_BOUNDS[k], v) for part in parts for k, v in part.items()
-                                      if k in JSON_BOUNDS}
+                yield (
+                    prefix + name,
+                    {(JSON_BOUNDS[k], v) for part in parts for k, v in part.items() if k in JSON_BOUNDS},
+                )
 
     return dict(walk(schema))
 

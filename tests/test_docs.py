@@ -105,7 +105,8 @@ def test_each_page_ends_with_its_settings(page: Path):
     headings = [heading for heading, _ in sections(page.read_text())]
     assert headings and headings[-1] == SETTINGS, (
         f"{page.name}: its last '## ' section must be '{SETTINGS}' (its sections: {headings}); "
-        "a page that owns no setting says so there")
+        "a page that owns no setting says so there"
+    )
 
 
 def test_every_setting_is_documented_on_exactly_one_page():
@@ -113,8 +114,11 @@ def test_every_setting_is_documented_on_exactly_one_page():
     for row in ROWS:
         owners[row.key].append(row.page)
     missing = [f"{key}: on no page's {SETTINGS}" for key in PARAMS if not owners[key]]
-    twice = [f"{key}: on {len(pages)} pages' {SETTINGS}: {', '.join(pages)}"
-             for key, pages in owners.items() if key in PARAMS and len(pages) > 1]
+    twice = [
+        f"{key}: on {len(pages)} pages' {SETTINGS}: {', '.join(pages)}"
+        for key, pages in owners.items()
+        if key in PARAMS and len(pages) > 1
+    ]
     assert not missing + twice, "\n".join(missing + twice)
 
 

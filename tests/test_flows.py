@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -37,8 +37,11 @@ pytestmark = pytest.mark.slow
 def _fresh_project(tmp_path: Path, images: Path, overrides: dict | None = None, **data) -> Path:
     project = make_project(tmp_path / "project", tmp_path / "remote")
     # Pruning is the session project's (tests/test_prune.py); the flows run its disabled path.
-    overrides = overrides or {**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "source": str(images), **data},
-                              "prune": {**TINY_PARAMS["prune"], "enabled": False}}
+    overrides = overrides or {
+        **TINY_PARAMS,
+        "data": {**TINY_PARAMS["data"], "source": str(images), **data},
+        "prune": {**TINY_PARAMS["prune"], "enabled": False},
+    }
     write_params(project, {**overrides, "serving": {"model_name": f"flow-{tmp_path.name[-12:].replace('_', '-')}"}})
     return project
 
@@ -46,8 +49,9 @@ def _fresh_project(tmp_path: Path, images: Path, overrides: dict | None = None, 
 def test_migrate_flow_fails_at_validation_and_says_why(prefect_harness, tmp_path: Path, tiny_images: Path):
     from flows.migrate import migrate
 
-    categories = json.loads(json.dumps(["zero", "one", "two", "three", "four", "five", "six", "seven",
-                                        "eight", "nine", "ten"]))
+    categories = json.loads(
+        json.dumps(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])
+    )
     project = _fresh_project(tmp_path, tiny_images, categories=categories)
     state = migrate(project_dir=str(project), return_state=True)
     assert state.is_failed()
@@ -67,9 +71,18 @@ def gpu_pool(prefect_harness, tmp_path: Path, user_folder: Path, user_teacher: d
     project = _fresh_project(tmp_path, user_folder, user_params(user_folder, user_teacher))
     # The hand-off is under test here, not learning or the default list of stages: the tiny
     # recipe, on two stages.
-    write_params(project, {"orchestration": {"gpu_work_pool": pool, "gpu_timeout_s": 600, "gpu_poll_s": 1,
-                                             "gpu_stages": ["teacher", "distill"]},
-                           "distill": TINY_PARAMS["distill"]})
+    write_params(
+        project,
+        {
+            "orchestration": {
+                "gpu_work_pool": pool,
+                "gpu_timeout_s": 600,
+                "gpu_poll_s": 1,
+                "gpu_stages": ["teacher", "distill"],
+            },
+            "distill": TINY_PARAMS["distill"],
+        },
+    )
     shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "prefect.yaml", project)
     run(["git", "add", "-A"], project)
@@ -81,18 +94,39 @@ def gpu_pool(prefect_harness, tmp_path: Path, user_folder: Path, user_teacher: d
     host = tmp_path / "gpu-host"
     run(["git", "clone", "-q", str(origin), str(host)], tmp_path)
 
-    env = {**os.environ, "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value(),
-           "PREFECT_HOME": str(tmp_path / "prefect-home"), "VGG2RESNET_PROJECT_DIR": str(host),
-           "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value(),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "VGG2RESNET_PROJECT_DIR": str(host),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
     prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
-    for command in ([*prefect, "work-pool", "create", pool, "--type", "process"],
-                    [*prefect, "deploy", "--name", "gpu", "--pool", pool],
-                    [*prefect, "deploy", "flows/migrate.py:migrate_stage", "--name", "no-cli", "--pool", pool,
-                     "--job-variable", json.dumps({"env": {"PATH": "/usr/bin:/bin"}})]):
+    for command in (
+        [*prefect, "work-pool", "create", pool, "--type", "process"],
+        [*prefect, "deploy", "--name", "gpu", "--pool", pool],
+        [
+            *prefect,
+            "deploy",
+            "flows/migrate.py:migrate_stage",
+            "--name",
+            "no-cli",
+            "--pool",
+            pool,
+            "--job-variable",
+            json.dumps({"env": {"PATH": "/usr/bin:/bin"}}),
+        ],
+    ):
         subprocess.run(command, cwd=host, env=env, check=True, capture_output=True)
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([*prefect, "worker", "start", "--pool", pool, "--type", "process"], cwd=host,
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        [*prefect, "worker", "start", "--pool", pool, "--type", "process"],
+        cwd=host,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         yield {"project": project, "host": host, "log": tmp_path / "worker.log"}
     finally:
@@ -111,13 +145,16 @@ def _runs_on_the_pool(deployment: str) -> list[tuple[str, str]]:
 
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
-        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                                     sort=FlowRunSort.START_TIME_ASC)
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
     return [(r.parameters["stage"], r.state.type.value) for r in runs]
 
 
 def test_the_migrate_flow_trains_on_a_real_gpu_pool_worker_and_a_second_run_skips_everything(
-        gpu_pool: dict, user_teacher: dict[str, Path], monkeypatch):
+    gpu_pool: dict, user_teacher: dict[str, Path], monkeypatch
+):
     """The parent cannot train: its `vgg2resnet` refuses teacher and distill. A child that fails on
     the worker fails the parent with the child's reason; the working host then imports the
     user's teacher and distils, the parent checks both out of the run cache and promotes, and
@@ -129,8 +166,8 @@ def test_the_migrate_flow_trains_on_a_real_gpu_pool_worker_and_a_second_run_skip
     shim = project.parent / "no-gpu-bin"
     shim.mkdir()
     (shim / "vgg2resnet").write_text(
-        '#!/bin/sh\ncase "$1" in teacher|distill) echo "no GPU on this host" >&2; exit 97;; esac\n'
-        f'exec {real} "$@"\n')
+        f'#!/bin/sh\ncase "$1" in teacher|distill) echo "no GPU on this host" >&2; exit 97;; esac\nexec {real} "$@"\n'
+    )
     (shim / "vgg2resnet").chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
 
@@ -148,8 +185,18 @@ def test_the_migrate_flow_trains_on_a_real_gpu_pool_worker_and_a_second_run_skip
     start = time.perf_counter()
     ran = migrate(project_dir=str(project))
     first_s = time.perf_counter() - start
-    assert list(ran) == ["sources", "prepare", "validate", "teacher", "distill", "compress", "prune", "evaluate",
-                         "gate", "package"]
+    assert list(ran) == [
+        "sources",
+        "prepare",
+        "validate",
+        "teacher",
+        "distill",
+        "compress",
+        "prune",
+        "evaluate",
+        "gate",
+        "package",
+    ]
     assert not ran["prepare"] and not ran["validate"]  # done by the failed run, and up to date
     assert all(ran[stage] for stage in list(ran)[3:]), ran
     assert _runs_on_the_pool("migrate-stage/gpu") == [("teacher", "COMPLETED"), ("distill", "COMPLETED")]
@@ -179,7 +226,8 @@ def test_the_migrate_flow_trains_on_a_real_gpu_pool_worker_and_a_second_run_skip
 
 
 def test_the_migrate_flow_on_an_unchanged_folder_retrains_nothing_and_says_there_are_no_new_images(
-        prefect_harness, promoted_project: Path):
+    prefect_harness, promoted_project: Path
+):
     """What the weekly schedule and the drift trigger run, when nobody added an image since."""
     from prefect.artifacts import Artifact
 
@@ -188,7 +236,7 @@ def test_the_migrate_flow_on_an_unchanged_folder_retrains_nothing_and_says_there
     ran = migrate(project_dir=str(promoted_project))
     names = list(ran)
     assert names[0] == "sources" and ran["sources"]  # it looks at the folder every time
-    assert not any(ran[stage] for stage in names[names.index("prepare") + 1:]), ran
+    assert not any(ran[stage] for stage in names[names.index("prepare") + 1 :]), ran
     outs = yaml.safe_load((promoted_project / "dvc.lock").read_text())["stages"]["prepare"]["outs"]
     [version] = [out["md5"] for out in outs if out["path"] == "data/raw"]
     change = Artifact.get("data-change").data
@@ -201,7 +249,7 @@ def test_monitor_flow_emits_the_drift_event_once_per_cool_down(prefect_harness, 
 
     monkeypatch.chdir(served["project"])
     params = load_params("params.yaml")
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     send_traffic(params, served["url"], 40, corruption="blur", severity=5)
     summary = monitor(project_dir=str(served["project"]), since=since)
     assert summary["drift_detected"] and summary["event_id"]

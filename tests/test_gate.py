@@ -52,16 +52,23 @@ def _predictions(n: int, teacher_right: int, student_right: int) -> pd.DataFrame
     labels = np.arange(n) % 2
     teacher = np.where(np.arange(n) < teacher_right, labels, 1 - labels)
     student = np.where(np.arange(n) < student_right, labels, 1 - labels)
-    return pd.DataFrame({"label": labels, "category": np.where(labels == 0, "a", "b"), "teacher": teacher,
-                         "pytorch_fp32": student})
+    return pd.DataFrame(
+        {"label": labels, "category": np.where(labels == 0, "a", "b"), "teacher": teacher, "pytorch_fp32": student}
+    )
 
 
 def _report(student_top1=95.0, teacher_top1=95.0, size_mb=94.0, teacher_mb=537.0, latency=0.5) -> dict:
     return {
         "teacher": {"top1": teacher_top1, "size_mb": teacher_mb},
-        "candidates": {"pytorch_fp32": {
-            "top1": student_top1, "size_mb": size_mb, "fp32_agreement": 100.0,
-            "size_ratio": size_mb / teacher_mb, "cpu_latency_ratio": latency}},
+        "candidates": {
+            "pytorch_fp32": {
+                "top1": student_top1,
+                "size_mb": size_mb,
+                "fp32_agreement": 100.0,
+                "size_ratio": size_mb / teacher_mb,
+                "cpu_latency_ratio": latency,
+            }
+        },
     }
 
 
@@ -83,18 +90,28 @@ def test_bootstrap_bound_rejects_a_lucky_point_estimate_on_a_tiny_test_set():
     # 20 images, student one image worse: point -5 pt is within a 10 pt allowance, but with
     # 20 paired samples the 95% lower bound is far below it.
     predictions = _predictions(20, 19, 18)
-    point, lower = paired_bootstrap((predictions.pytorch_fp32 == predictions.label).to_numpy(),
-                                    (predictions.teacher == predictions.label).to_numpy(), 1000, 0.95, 0)
+    point, lower = paired_bootstrap(
+        (predictions.pytorch_fp32 == predictions.label).to_numpy(),
+        (predictions.teacher == predictions.label).to_numpy(),
+        1000,
+        0.95,
+        0,
+    )
     assert point == pytest.approx(-5.0)
     check = accuracy_parity(predictions, gate_params(max_accuracy_drop=10.0, bootstrap_samples=1000))
     assert lower < -10.0 and not check.passed
 
 
-@given(n=st.integers(50, 600), student_only=st.floats(0, 0.3), teacher_only=st.floats(0, 0.2),
-       confidence=st.sampled_from([0.9, 0.95, 0.99]))
+@given(
+    n=st.integers(50, 600),
+    student_only=st.floats(0, 0.3),
+    teacher_only=st.floats(0, 0.2),
+    confidence=st.sampled_from([0.9, 0.95, 0.99]),
+)
 @settings(max_examples=15)
-def test_the_bootstrap_bound_is_that_of_resampling_the_images(n: int, student_only: float, teacher_only: float,
-                                                              confidence: float):
+def test_the_bootstrap_bound_is_that_of_resampling_the_images(
+    n: int, student_only: float, teacher_only: float, confidence: float
+):
     """Drawn as counts, the resamples have the distribution of resampled images: the bounds of
     both ways agree within their Monte-Carlo error and one step of the mean (1/n)."""
     rng = np.random.default_rng(n)
@@ -103,15 +120,21 @@ def test_the_bootstrap_bound_is_that_of_resampling_the_images(n: int, student_on
     _, lower = paired_bootstrap(student, teacher, 20_000, confidence, seed=1)
     diff = student.astype(float) - teacher
     means = diff[rng.integers(0, n, size=(20_000, n))].mean(axis=1)
-    assert lower == pytest.approx(100 * np.quantile(means, 1 - confidence), abs=100 * (0.2 * diff.std() / n**0.5 + 1 / n))
+    assert lower == pytest.approx(
+        100 * np.quantile(means, 1 - confidence), abs=100 * (0.2 * diff.std() / n**0.5 + 1 / n)
+    )
 
 
 def test_parity_says_how_often_an_equal_student_passes_on_this_split_and_what_split_would_do():
     """2,000 paired images, 200 on which exactly one model is right (10%), margin 1 pt: the
     difference's standard error is sqrt(0.1 / 2000) = 0.71 pt, so an equal student passes with
     P(Z > 1.645 - 1 / 0.71) = 41%; 0.1 x (2 x 1.645 / 0.01)^2 = 10,823 images would make it 95%."""
-    check = accuracy_parity(_predictions(2000, 1900, 1900).assign(
-        pytorch_fp32=lambda f: np.where(np.arange(2000) < 100, 1 - f.label, f.label)), GATE)
+    check = accuracy_parity(
+        _predictions(2000, 1900, 1900).assign(
+            pytorch_fp32=lambda f: np.where(np.arange(2000) < 100, 1 - f.label, f.label)
+        ),
+        GATE,
+    )
     assert check.details["disagreement"] == pytest.approx(0.1)
     assert check.details["equal_student_passes"] == pytest.approx(0.41, abs=0.01)
     assert check.details["images_for_confidence"] == 10823
@@ -123,13 +146,16 @@ def test_a_student_better_than_the_teacher_is_said_to_be():
     assert check.passed and "+10.00 pt" in check.reason
 
 
-@pytest.mark.parametrize("report, failing", [
-    (_report(), set()),
-    (_report(size_mb=130.0, teacher_mb=1000.0), {"size_mb"}),
-    (_report(size_mb=100.0, teacher_mb=200.0), {"size_ratio"}),
-    (_report(latency=1.5), {"latency_ratio"}),
-    (_report(size_mb=float("nan")), {"size_mb", "size_ratio"}),
-])
+@pytest.mark.parametrize(
+    "report, failing",
+    [
+        (_report(), set()),
+        (_report(size_mb=130.0, teacher_mb=1000.0), {"size_mb"}),
+        (_report(size_mb=100.0, teacher_mb=200.0), {"size_ratio"}),
+        (_report(latency=1.5), {"latency_ratio"}),
+        (_report(size_mb=float("nan")), {"size_mb", "size_ratio"}),
+    ],
+)
 def test_each_threshold_check(report, failing):
     checks = evaluate_policy(report, _predictions(500, 450, 450), GATE, promoted_top1=None)
     assert {c.name for c in checks if not c.passed} == failing
@@ -148,8 +174,14 @@ def _paired(categories: dict[str, list[str]]) -> pd.DataFrame:
     for label, (name, outcomes) in enumerate(categories.items()):
         for outcome in outcomes:
             teacher_right, student_right = OUTCOMES[outcome]
-            rows.append({"label": label, "category": name, "teacher": label if teacher_right else label + 1,
-                         "pytorch_fp32": label if student_right else label + 1})
+            rows.append(
+                {
+                    "label": label,
+                    "category": name,
+                    "teacher": label if teacher_right else label + 1,
+                    "pytorch_fp32": label if student_right else label + 1,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -158,8 +190,9 @@ def _outcome_lists(outcomes=tuple(OUTCOMES), max_images=40):
 
 
 def _category_sets(outcomes=tuple(OUTCOMES)):
-    return st.dictionaries(st.text("abcdefghij", min_size=1, max_size=6), _outcome_lists(outcomes), min_size=1,
-                           max_size=12)
+    return st.dictionaries(
+        st.text("abcdefghij", min_size=1, max_size=6), _outcome_lists(outcomes), min_size=1, max_size=12
+    )
 
 
 def _failed(check) -> set[str]:
@@ -234,12 +267,15 @@ def test_nan_metric_fails_closed_with_a_reason():
     assert not checks["latency_ratio"].passed and "not a finite number" in checks["latency_ratio"].reason
 
 
-@pytest.mark.parametrize("teacher_top1, share, margin, passes", [
-    (28.0, 0.10, 20.0, False),   # a teacher near chance on ten balanced categories
-    (31.0, 0.10, 20.0, True),
-    (85.0, 0.75, 20.0, False),   # an imbalanced set: 85% is only 10 pt over always answering 'majority'
-    (85.0, 0.75, 5.0, True),
-])
+@pytest.mark.parametrize(
+    "teacher_top1, share, margin, passes",
+    [
+        (28.0, 0.10, 20.0, False),  # a teacher near chance on ten balanced categories
+        (31.0, 0.10, 20.0, True),
+        (85.0, 0.75, 20.0, False),  # an imbalanced set: 85% is only 10 pt over always answering 'majority'
+        (85.0, 0.75, 5.0, True),
+    ],
+)
 def test_the_teacher_must_beat_the_majority_class_baseline(teacher_top1, share, margin, passes):
     n = 1000
     labels = np.where(np.arange(n) < share * n, 0, 1 + np.arange(n) % 9)  # one category holds `share`
@@ -262,12 +298,10 @@ def test_a_meaningless_teacher_fails_every_candidate_and_null_turns_the_check_of
 
 def test_min_accuracy_and_regression_against_the_promoted_model():
     policy = gate_params(min_accuracy=96.0, max_regression=1.0, bootstrap_samples=200)
-    checks = _by_name(evaluate_policy(_report(student_top1=95.0), _predictions(50, 45, 45), policy,
-                                      promoted_top1=97.0))
+    checks = _by_name(evaluate_policy(_report(student_top1=95.0), _predictions(50, 45, 45), policy, promoted_top1=97.0))
     assert not checks["min_accuracy"].passed
     assert not checks["no_regression"].passed and "promoted 97.00%" in checks["no_regression"].reason
-    checks = _by_name(evaluate_policy(_report(student_top1=96.5), _predictions(50, 45, 45), policy,
-                                      promoted_top1=97.0))
+    checks = _by_name(evaluate_policy(_report(student_top1=96.5), _predictions(50, 45, 45), policy, promoted_top1=97.0))
     assert checks["min_accuracy"].passed and checks["no_regression"].passed
 
 
@@ -288,8 +322,12 @@ def test_dvc_repro_promotes_the_gates_choice_with_lineage(promoted_project: Path
     assert meta["variant"] == report["variant"]
     artifact = promoted_project / Artifacts(load_params(promoted_project / "params.yaml")).student(report["variant"])
     stored = Path(promoted.path_of(StoreLayout.model_file(artifact)))
-    assert meta["model_sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest() \
-        == hashlib.sha256(stored.read_bytes()).hexdigest() == report["lineage"]["student_sha256"]
+    assert (
+        meta["model_sha256"]
+        == hashlib.sha256(artifact.read_bytes()).hexdigest()
+        == hashlib.sha256(stored.read_bytes()).hexdigest()
+        == report["lineage"]["student_sha256"]
+    )
     raw = promoted_project / "data/raw"
     assert meta["data_version"] == dvc_directory_md5(raw) == report["lineage"]["data_version"]
     head = run(["git", "rev-parse", "HEAD"], promoted_project).stdout.strip()
@@ -301,10 +339,12 @@ def test_dvc_repro_promotes_the_gates_choice_with_lineage(promoted_project: Path
 
 def _gate_params(project: Path, tmp_path: Path, **gate_overrides):
     params = load_params(project / "params.yaml")
-    return params.model_copy(update={
-        "gate": params.gate.model_copy(update=gate_overrides),
-        "paths": params.paths.model_copy(update={"reports_dir": tmp_path / "reports"}),
-    })
+    return params.model_copy(
+        update={
+            "gate": params.gate.model_copy(update=gate_overrides),
+            "paths": params.paths.model_copy(update={"reports_dir": tmp_path / "reports"}),
+        }
+    )
 
 
 @pytest.mark.slow
@@ -354,13 +394,16 @@ def test_the_repositorys_gate_policy_on_the_session_project(promoted_project: Pa
     assert real != session.gate
 
     def judged(name: str, student) -> tuple[dict, pd.DataFrame]:
-        params = session.model_copy(update={
-            "gate": real,
-            "paths": session.paths.model_copy(update={"metrics_dir": tmp_path / name / "metrics",
-                                                      "reports_dir": tmp_path / name / "reports"}),
-            # Nothing in production under this name: no regression check against what other tests promoted.
-            "serving": session.serving.model_copy(update={"model_name": f"real-policy-{name}"}),
-        })
+        params = session.model_copy(
+            update={
+                "gate": real,
+                "paths": session.paths.model_copy(
+                    update={"metrics_dir": tmp_path / name / "metrics", "reports_dir": tmp_path / name / "reports"}
+                ),
+                # Nothing in production under this name: no regression check against what other tests promoted.
+                "serving": session.serving.model_copy(update={"model_name": f"real-policy-{name}"}),
+            }
+        )
         predictions = _evaluated_as(promoted_project, tmp_path / name / "metrics", student)
         result = gate.run(params)
         report = json.loads(Artifacts(params).gate_json.read_text())
@@ -484,12 +527,17 @@ def damaged_gates(promoted_project: Path, tmp_path_factory) -> dict:
                 text = json.dumps(report)
                 (metrics / "report.json").write_text(text[: len(text) // 2] if damage == "malformed" else text)
             params = _gate_params(promoted_project, tmp_path)
-            params = params.model_copy(update={"paths": params.paths.model_copy(
-                update={"metrics_dir": tmp_path / "metrics"})})
+            params = params.model_copy(
+                update={"paths": params.paths.model_copy(update={"metrics_dir": tmp_path / "metrics"})}
+            )
             with raise_sites() as sites:
                 result = gate.run(params)
-            runs[damage] = {"result": result, "report": json.loads((tmp_path / "reports" / "gate.json").read_text()),
-                            "page": (tmp_path / "reports" / "gate.html").read_text(), "sites": sites}
+            runs[damage] = {
+                "result": result,
+                "report": json.loads((tmp_path / "reports" / "gate.json").read_text()),
+                "page": (tmp_path / "reports" / "gate.html").read_text(),
+                "sites": sites,
+            }
     return runs
 
 
@@ -508,8 +556,13 @@ def _raised_value_errors(code) -> set[int]:
     """The lines of a function's `raise ValueError(...)` statements, read from its syntax tree."""
     lines, first = inspect.getsourcelines(code)
     tree = ast.parse(textwrap.dedent("".join(lines)))
-    return {first + node.lineno - 1 for node in ast.walk(tree) if isinstance(node, ast.Raise)
-            and isinstance(node.exc, ast.Call) and getattr(node.exc.func, "id", None) == "ValueError"}
+    return {
+        first + node.lineno - 1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Raise)
+        and isinstance(node.exc, ast.Call)
+        and getattr(node.exc.func, "id", None) == "ValueError"
+    }
 
 
 @pytest.mark.slow
@@ -571,8 +624,9 @@ def test_promoting_the_promoted_student_again_saves_nothing_new(promoted_project
 
 
 @pytest.mark.slow
-def test_package_refuses_a_model_file_other_than_the_one_the_gate_judged(promoted_project: Path, tmp_path: Path,
-                                                                         monkeypatch):
+def test_package_refuses_a_model_file_other_than_the_one_the_gate_judged(
+    promoted_project: Path, tmp_path: Path, monkeypatch
+):
     """A student retrained (or replaced) after the gate ran is not promoted on the old verdict."""
     monkeypatch.chdir(promoted_project)
     params = _gate_params(promoted_project, tmp_path)
@@ -589,9 +643,24 @@ def test_package_refuses_a_model_file_other_than_the_one_the_gate_judged(promote
 
 def test_the_gate_power_benchmark_runs_on_the_real_policy():
     """benchmarks/gate_power.py at 2 trials, so that it cannot rot; its goals stay in the benchmark."""
-    output = run([sys.executable, str(ROOT / "benchmarks" / "gate_power.py"), "--trials", "2", "--configs", "12x30",
-                  "--planted-images", "30", "60"], ROOT).stdout
-    figures = re.search(r"12x30: category_drop false_reject_rate=([\d.]+) detect_rate=([\d.]+); accuracy_parity "
-                        r"false_reject_rate=([\d.]+) detect_rate=([\d.]+); category_images_for_0.9=(\d+|>60)", output)
+    output = run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gate_power.py"),
+            "--trials",
+            "2",
+            "--configs",
+            "12x30",
+            "--planted-images",
+            "30",
+            "60",
+        ],
+        ROOT,
+    ).stdout
+    figures = re.search(
+        r"12x30: category_drop false_reject_rate=([\d.]+) detect_rate=([\d.]+); accuracy_parity "
+        r"false_reject_rate=([\d.]+) detect_rate=([\d.]+); category_images_for_0.9=(\d+|>60)",
+        output,
+    )
     assert figures, output
     assert all(0.0 <= float(value) <= 1.0 for value in figures.groups()[:4])

@@ -16,10 +16,19 @@ from .conftest import repo_params
 CATEGORIES = ["cat", "dog", "fox"]
 # (true, teacher, student) for six test images: two where only the teacher is right, one where
 # only the student is, one where both are wrong but differ, and two agreements.
-ANSWERS = {"a.png": (0, 0, 1), "b.png": (1, 1, 2), "c.png": (2, 0, 2), "d.png": (0, 1, 2),
-           "e.png": (1, 1, 1), "f.png": (2, 0, 0)}
-GROUPS = {"student wrong, teacher right": {"a.png", "b.png"}, "teacher wrong, student right": {"c.png"},
-          "both wrong": {"d.png"}}
+ANSWERS = {
+    "a.png": (0, 0, 1),
+    "b.png": (1, 1, 2),
+    "c.png": (2, 0, 2),
+    "d.png": (0, 1, 2),
+    "e.png": (1, 1, 1),
+    "f.png": (2, 0, 0),
+}
+GROUPS = {
+    "student wrong, teacher right": {"a.png", "b.png"},
+    "teacher wrong, student right": {"c.png"},
+    "both wrong": {"d.png"},
+}
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", re.IGNORECASE)
 
 
@@ -31,21 +40,42 @@ def offline(page: str) -> bool:
 
 
 def _model(top1: float, size_mb: float, latency_ms: float, flops: float) -> dict:
-    return {"top1": top1, "size_mb": size_mb, "flops": flops, "cpu": {"latency_ms_p50": latency_ms},
-            "per_category": {c: top1 for c in CATEGORIES}}
+    return {
+        "top1": top1,
+        "size_mb": size_mb,
+        "flops": flops,
+        "cpu": {"latency_ms_p50": latency_ms},
+        "per_category": {c: top1 for c in CATEGORIES},
+    }
 
 
 def _page(tmp_path: Path, max_gallery_images: int) -> str:
     for i, name in enumerate(ANSWERS):
         Image.new("RGB", (40, 30), (40 * i, 0, 0)).save(tmp_path / name)
     predictions = pd.DataFrame(
-        [{"path": name, "label": t, "category": CATEGORIES[t], "teacher": p, "teacher_confidence": 0.9,
-          "onnx_int8": s, "onnx_int8_confidence": 0.6} for name, (t, p, s) in ANSWERS.items()])
+        [
+            {
+                "path": name,
+                "label": t,
+                "category": CATEGORIES[t],
+                "teacher": p,
+                "teacher_confidence": 0.9,
+                "onnx_int8": s,
+                "onnx_int8_confidence": 0.6,
+            }
+            for name, (t, p, s) in ANSWERS.items()
+        ]
+    )
     report = {"teacher": _model(66.7, 528.0, 40.0, 3.1e9), "candidates": {"onnx_int8": _model(50.0, 24.0, 9.0, 1.3e8)}}
-    result = {"decision": "promote", "variant": "onnx_int8", "summary": "promoting onnx_int8 <b>",
-              "checks": [{"name": "accuracy_parity", "value": 1.0, "threshold": 2.0, "passed": True,
-                          "reason": "within 2 pt"}],
-              "lineage": {"git_revision": "abc"}}
+    result = {
+        "decision": "promote",
+        "variant": "onnx_int8",
+        "summary": "promoting onnx_int8 <b>",
+        "checks": [
+            {"name": "accuracy_parity", "value": 1.0, "threshold": 2.0, "passed": True, "reason": "within 2 pt"}
+        ],
+        "lineage": {"git_revision": "abc"},
+    }
     settings = repo_params({"report": {"max_gallery_images": max_gallery_images}}).report
     return render_html(result, report, predictions, CATEGORIES, tmp_path, settings)
 

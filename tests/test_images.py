@@ -87,15 +87,17 @@ def test_a_file_cut_at_any_byte_decodes_only_when_every_pixel_is_in(fmt: str):
     end = shortest_decodable(fmt, data)
     assert 0 < end <= len(data)
     for offset in range(end):
-        with pytest.raises(UndecodableImage, match="truncated|corrupt|empty|not a"):
+        with pytest.raises(UndecodableImage, match=r"truncated|corrupt|empty|not a"):
             decode(data[:offset])
     for offset in range(end, len(data) + 1):
         assert decode(data[:offset]).size == noise().size
 
 
 @settings(max_examples=300)
-@given(fmt=st.sampled_from(list(FILE_TYPES)),
-       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8))
+@given(
+    fmt=st.sampled_from(list(FILE_TYPES)),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+)
 def test_flipped_bytes_give_an_image_or_undecodable_never_another_error(fmt: str, flips):
     data = bytearray(encoded(noise(), fmt))
     for position, value in flips:
@@ -137,11 +139,20 @@ def test_an_exif_rotated_jpeg_is_the_same_tensor_in_training_as_its_upright_twin
 
 
 @settings(max_examples=150, deadline=None)
-@given(width=st.integers(1, 90), height=st.integers(1, 90), mode=st.sampled_from(["RGB", "L", "CMYK"]),
-       fmt=st.sampled_from(list(FILE_TYPES)), orientation=st.integers(0, 8), quality=st.integers(20, 100),
-       subsampling=st.integers(0, 2), progressive=st.booleans(), seed=st.integers(0, 2**16))
-def test_training_pixels_are_the_decoders_pixels(tmp_path_factory, width, height, mode, fmt, orientation,
-                                                  quality, subsampling, progressive, seed):
+@given(
+    width=st.integers(1, 90),
+    height=st.integers(1, 90),
+    mode=st.sampled_from(["RGB", "L", "CMYK"]),
+    fmt=st.sampled_from(list(FILE_TYPES)),
+    orientation=st.integers(0, 8),
+    quality=st.integers(20, 100),
+    subsampling=st.integers(0, 2),
+    progressive=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_training_pixels_are_the_decoders_pixels(
+    tmp_path_factory, width, height, mode, fmt, orientation, quality, subsampling, progressive, seed
+):
     """`pixels` (torchvision's JPEG decoder, for training) equals `decode` (Pillow, for the
     service) on every format, mode, JPEG encoding and EXIF orientation (0: no EXIF at all)."""
     image = noise(width, height, seed)

@@ -21,9 +21,17 @@ from .userdata import edit_keeping_times
 
 
 def _params(tmp_path: Path, source: Path, workers: int | str = 0) -> Params:
-    return repo_params({"data": {"source": str(source), "raw_dir": str(tmp_path / "raw"),
-                                 "prepared_dir": str(tmp_path / "prepared")},
-                        "runtime": {"num_workers": workers}, "paths": {"state_dir": str(tmp_path / "state")}})
+    return repo_params(
+        {
+            "data": {
+                "source": str(source),
+                "raw_dir": str(tmp_path / "raw"),
+                "prepared_dir": str(tmp_path / "prepared"),
+            },
+            "runtime": {"num_workers": workers},
+            "paths": {"state_dir": str(tmp_path / "state")},
+        }
+    )
 
 
 def _photos(root: Path, count: int, first: int = 0) -> Path:
@@ -72,20 +80,24 @@ def test_prepare_on_two_workers_writes_what_one_process_writes(tmp_path: Path):
     source = _photos(tmp_path / "mine", 40)
     assert prepare.run(_params(tmp_path / "one", source, 0)) == prepare.run(_params(tmp_path / "two", source, 2))
     for name in ("manifest.parquet", "categories.json"):
-        assert (tmp_path / "one" / "prepared" / name).read_bytes() == (tmp_path / "two" / "prepared" / name).read_bytes()
+        assert (tmp_path / "one" / "prepared" / name).read_bytes() == (
+            tmp_path / "two" / "prepared" / name
+        ).read_bytes()
     files = sorted(p.relative_to(tmp_path / "one" / "raw") for p in (tmp_path / "one" / "raw").rglob("*.*"))
-    assert files and all((tmp_path / "one" / "raw" / f).read_bytes() == (tmp_path / "two" / "raw" / f).read_bytes()
-                         for f in files)
+    assert files and all(
+        (tmp_path / "one" / "raw" / f).read_bytes() == (tmp_path / "two" / "raw" / f).read_bytes() for f in files
+    )
 
 
-def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_writes(
-        tmp_path: Path, monkeypatch):
+def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_writes(tmp_path: Path, monkeypatch):
     source = _photos(tmp_path / "mine", 30)
     decoded: list[str] = []
     facts = intake.image_facts
-    monkeypatch.setattr(intake, "image_facts",
-                        lambda payload, max_pixels: decoded.append(hashlib.sha256(payload).hexdigest())
-                        or facts(payload, max_pixels))
+    monkeypatch.setattr(
+        intake,
+        "image_facts",
+        lambda payload, max_pixels: decoded.append(hashlib.sha256(payload).hexdigest()) or facts(payload, max_pixels),
+    )
     params = _params(tmp_path / "project", source)  # one process, so the counter sees every decode
     prepare.run(params)
     assert len(decoded) == 30
@@ -103,8 +115,9 @@ def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_
 
     fresh = _params(tmp_path / "fresh", source)
     prepare.run(fresh)
-    assert (tmp_path / "project" / "prepared" / "manifest.parquet").read_bytes() \
-        == (tmp_path / "fresh" / "prepared" / "manifest.parquet").read_bytes()
+    assert (tmp_path / "project" / "prepared" / "manifest.parquet").read_bytes() == (
+        tmp_path / "fresh" / "prepared" / "manifest.parquet"
+    ).read_bytes()
     # Unchanged files were linked from the previous data/raw, not written again.
     unchanged = {f for f in inodes if f != edited.relative_to(source)}
     assert all((raw / f).stat().st_ino == inodes[f] for f in unchanged)
@@ -143,8 +156,9 @@ def test_a_rerun_does_not_read_a_file_whose_stat_key_is_unchanged(tmp_path: Path
 
     fresh = _params(tmp_path / "fresh", source)
     prepare.run(fresh)
-    assert (tmp_path / "project" / "prepared" / "manifest.parquet").read_bytes() \
-        == (tmp_path / "fresh" / "prepared" / "manifest.parquet").read_bytes()
+    assert (tmp_path / "project" / "prepared" / "manifest.parquet").read_bytes() == (
+        tmp_path / "fresh" / "prepared" / "manifest.parquet"
+    ).read_bytes()
     assert all((raw / p.relative_to(source)).read_bytes() == p.read_bytes() for p in source.rglob("*.*"))
 
     read.clear()
@@ -165,33 +179,35 @@ def test_facts_of_another_facts_version_or_over_the_pixel_limit_are_not_reused(t
 
     first = pd.read_parquet(manifest)
     limit = int((first["width"] * first["height"]).median())
-    small = params.model_copy(update={"data": params.data.model_copy(update={"max_pixels": limit,
-                                                                              "on_undecodable": "record"})})
+    small = params.model_copy(
+        update={"data": params.data.model_copy(update={"max_pixels": limit, "on_undecodable": "record"})}
+    )
     prepare.run(small)
     rows = pd.read_parquet(manifest)
     assert list(rows["decodes"]) == list(first["width"] * first["height"] <= limit)
     assert 0 < rows["decodes"].sum() < len(rows)
 
 
-def test_dvc_links_data_raw_to_its_cache_so_the_images_are_stored_once_more_not_twice(
-        project: Path, tmp_path: Path):
+def test_dvc_links_data_raw_to_its_cache_so_the_images_are_stored_once_more_not_twice(project: Path, tmp_path: Path):
     source = make_image_folder(tmp_path / "mine", per_category=6)
     write_params(project, {"data": {"source": str(source)}})
     run(["dvc", "repro", "prepare"], project)
     source_bytes = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
     raw_files = [p for p in (project / "data" / "raw").rglob("*") if p.is_file()]
-    cached = [project / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
-              for digest in (hashlib.md5(p.read_bytes()).hexdigest() for p in raw_files)]
+    cached = [
+        project / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+        for digest in (hashlib.md5(p.read_bytes()).hexdigest() for p in raw_files)
+    ]
     assert raw_files and all(p.is_file() for p in cached)
     stored = {p.stat().st_ino: p.stat().st_size for p in raw_files + cached}  # a linked file counts once
     assert sum(stored.values()) <= 1.1 * source_bytes
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(actions=st.lists(st.sampled_from(["keep", "touch", "edit"]), min_size=6, max_size=6),
-       added=st.integers(0, 2))
-def test_a_rerun_reads_exactly_the_files_that_were_written_or_added(tmp_path_factory, monkeypatch,
-                                                                    actions: list[str], added: int):
+@given(actions=st.lists(st.sampled_from(["keep", "touch", "edit"]), min_size=6, max_size=6), added=st.integers(0, 2))
+def test_a_rerun_reads_exactly_the_files_that_were_written_or_added(
+    tmp_path_factory, monkeypatch, actions: list[str], added: int
+):
     work = tmp_path_factory.mktemp("stat")
     source = _photos(work / "mine", 6)
     params = _params(work / "project", source)

@@ -18,7 +18,7 @@ def test_alpha_zero_is_plain_cross_entropy():
     student = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     teacher = torch.tensor([[0.0, 3.0, 0.0], [1.0, 0.0, 0.0]])
     labels = torch.tensor([0, 2])
-    total, kd, ce = kd_loss(student, teacher, labels, temperature=1.0, alpha=0.0)
+    total, _, ce = kd_loss(student, teacher, labels, temperature=1.0, alpha=0.0)
     assert total.item() == pytest.approx(F.cross_entropy(student, labels).item())
     assert ce.item() == pytest.approx(total.item())
 
@@ -57,8 +57,14 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 @settings(max_examples=200)
-@given(batch=st.integers(2, 8), classes=st.integers(2, 10), temperature=st.floats(0.5, 8.0),
-       alpha=st.floats(0.0, 1.0), smoothing=st.floats(0.0, 0.3), seed=st.integers(0, 2**32 - 1))
+@given(
+    batch=st.integers(2, 8),
+    classes=st.integers(2, 10),
+    temperature=st.floats(0.5, 8.0),
+    alpha=st.floats(0.0, 1.0),
+    smoothing=st.floats(0.0, 0.3),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_loss_and_its_gradient_match_the_definition_written_out(batch, classes, temperature, alpha, smoothing, seed):
     rng = np.random.default_rng(seed)
     student, teacher = rng.normal(0.0, 3.0, (2, batch, classes))
@@ -69,12 +75,20 @@ def test_loss_and_its_gradient_match_the_definition_written_out(batch, classes, 
     target[np.arange(batch), labels] += 1.0 - smoothing
     ce = -(target * _log_softmax(student)).sum() / batch
     # d/ds of each term: T (softmax(s/T) - softmax(t/T)) / B and (softmax(s) - target) / B.
-    gradient = (alpha * temperature * (np.exp(student_log) - np.exp(teacher_log))
-                + (1 - alpha) * (np.exp(_log_softmax(student)) - target)) / batch
+    gradient = (
+        alpha * temperature * (np.exp(student_log) - np.exp(teacher_log))
+        + (1 - alpha) * (np.exp(_log_softmax(student)) - target)
+    ) / batch
 
     logits = torch.tensor(student, dtype=torch.float64, requires_grad=True)
-    total, kd_got, ce_got = kd_loss(logits, torch.tensor(teacher, dtype=torch.float64), torch.tensor(labels),
-                                    temperature, alpha, label_smoothing=smoothing)
+    total, kd_got, ce_got = kd_loss(
+        logits,
+        torch.tensor(teacher, dtype=torch.float64),
+        torch.tensor(labels),
+        temperature,
+        alpha,
+        label_smoothing=smoothing,
+    )
     total.backward()
     assert ce_got.item() == pytest.approx(ce, rel=1e-9, abs=1e-12)
     assert kd_got.item() == pytest.approx(kd if alpha > 0 else 0.0, rel=1e-9, abs=1e-12)
@@ -83,8 +97,13 @@ def test_loss_and_its_gradient_match_the_definition_written_out(batch, classes, 
 
 
 @settings(max_examples=200)
-@given(batch=st.integers(1, 6), classes=st.integers(2, 12), data=st.data(), temperature=st.floats(0.5, 8.0),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    batch=st.integers(1, 6),
+    classes=st.integers(2, 12),
+    data=st.data(),
+    temperature=st.floats(0.5, 8.0),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_top_k_teacher_is_its_softmax_renormalised_over_k(batch, classes, data, temperature, seed):
     """A top-k cached teacher (-inf outside its k largest) against the formula written out: the
     teacher's softmax over its k logits, the student's log-softmax over all categories, KL over
@@ -110,6 +129,7 @@ def test_top_k_teacher_is_its_softmax_renormalised_over_k(batch, classes, data, 
     assert kd_got.item() == pytest.approx(kd, rel=1e-9, abs=1e-12)
     np.testing.assert_allclose(logits.grad.numpy(), gradient, rtol=1e-7, atol=1e-12)
     if k == classes:
-        _, full, _ = kd_loss(logits.detach(), torch.tensor(teacher), torch.zeros(batch, dtype=torch.long),
-                             temperature, 1.0)
+        _, full, _ = kd_loss(
+            logits.detach(), torch.tensor(teacher), torch.zeros(batch, dtype=torch.long), temperature, 1.0
+        )
         assert kd_got.item() == pytest.approx(full.item(), rel=1e-12, abs=1e-12)

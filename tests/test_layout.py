@@ -27,9 +27,13 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 def test_the_settings_know_the_stages_of_dvc_yaml():
     """orchestration.gpu_stages is checked against config.Stage: a typo must not run a stage locally."""
     assert list(get_args(Stage)) == list(STAGES)
+
+
 # Read, but with no effect on what a stage writes: changing them must not rerun it.
 NO_EFFECT = {
-    "runtime.num_workers", "runtime.prefetch_factor", "runtime.pin_memory",  # how fast data loads
+    "runtime.num_workers",
+    "runtime.prefetch_factor",
+    "runtime.pin_memory",  # how fast data loads
     "data.reuse_by_stat",  # whether prepare re-reads unchanged files: the same output either way
     "paths.state_dir",  # where resumable training state and the logit cache wait (not an output)
     "gate.min_teacher_margin",  # in `teacher`, it only words a warning; the gate's check depends on it
@@ -174,8 +178,11 @@ def test_each_stage_lists_every_setting_it_reads(settings_read: dict[str, set[st
     entry = STAGES[stage]
     listed = entry.get("params", [])
     interpolated = set(re.findall(r"\$\{([^}]+)\}", yaml.safe_dump(entry)))  # paths DVC already tracks
-    unlisted = {key for key in settings_read[stage] - NO_EFFECT - interpolated
-                if not any(key == p or key.startswith(f"{p}.") for p in listed)}
+    unlisted = {
+        key
+        for key in settings_read[stage] - NO_EFFECT - interpolated
+        if not any(key == p or key.startswith(f"{p}.") for p in listed)
+    }
     assert sorted(unlisted) == []
 
 
@@ -190,6 +197,7 @@ def test_dvc_yaml_names_the_artifacts_where_vgg2resnet_artifacts_puts_them():
             for part in match.group(1).split("."):
                 node = node[part]
             return str(node)
+
         return re.sub(r"\$\{([^}]+)\}", value, text)
 
     def paths(items) -> set[str]:
@@ -200,8 +208,7 @@ def test_dvc_yaml_names_the_artifacts_where_vgg2resnet_artifacts_puts_them():
 
     assert set(VARIANT_FILES) == set(VARIANTS)  # every form of the student has its file
     layout = Artifacts(params)
-    outs = {name: paths(s.get("outs")) | paths(s.get("metrics")) | paths(s.get("plots"))
-            for name, s in STAGES.items()}
+    outs = {name: paths(s.get("outs")) | paths(s.get("metrics")) | paths(s.get("plots")) for name, s in STAGES.items()}
     assert outs["sources"] == str_(*(layout.source_record(name) for name in SOURCE_RECORDS.values()))
     for stage, name in SOURCE_RECORDS.items():  # a stage reading outside files depends on their record
         assert str_(layout.source_record(name)) <= paths(STAGES[stage]["deps"]), stage
@@ -213,10 +220,15 @@ def test_dvc_yaml_names_the_artifacts_where_vgg2resnet_artifacts_puts_them():
     assert outs["prune"] == str_(layout.pruned_dir, layout.training_metrics("prune"))
     assert all(layout.student(v).parent == layout.pruned_dir for v in PRUNED_VARIANTS)
     assert layout.pruning_record.parent == layout.pruned_dir
-    assert outs["compress"] == str_(*(layout.student(v).with_suffix(s) for v in ("onnx_fp32", "onnx_int8")
-                                      for s in (".onnx", ".json")))
-    assert outs["evaluate"] == str_(layout.evaluation_report, layout.predictions, layout.evaluation_metrics,
-                                    *(layout.confusion(m) for m in CONFUSION_MODELS))
+    assert outs["compress"] == str_(
+        *(layout.student(v).with_suffix(s) for v in ("onnx_fp32", "onnx_int8") for s in (".onnx", ".json"))
+    )
+    assert outs["evaluate"] == str_(
+        layout.evaluation_report,
+        layout.predictions,
+        layout.evaluation_metrics,
+        *(layout.confusion(m) for m in CONFUSION_MODELS),
+    )
     assert outs["gate"] == str_(layout.gate_json, layout.gate_markdown, layout.gate_html)
     assert outs["package"] == str_(layout.package_json)
     top = yaml.safe_load((ROOT / "dvc.yaml").read_text())

@@ -17,8 +17,12 @@ def _git(root: Path, *args: str) -> str:
 def test_what_dvc_repro_rewrites_leaves_the_revision_clean_and_an_edit_of_the_users_does_not(tmp_path: Path):
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
-    rewritten = [tmp_path / "dvc.lock", tmp_path / "reports/gate.md", tmp_path / "data/sources/images.json",
-                 tmp_path / "metrics/evaluate/metrics.json"]
+    rewritten = [
+        tmp_path / "dvc.lock",
+        tmp_path / "reports/gate.md",
+        tmp_path / "data/sources/images.json",
+        tmp_path / "metrics/evaluate/metrics.json",
+    ]
     for path in rewritten:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("as committed\n")
@@ -27,7 +31,8 @@ def test_what_dvc_repro_rewrites_leaves_the_revision_clean_and_an_edit_of_the_us
     _git(tmp_path, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "project")
     head = _git(tmp_path, "rev-parse", "HEAD")
     assert {"reports/gate.md", "data/sources/images.json", "metrics/evaluate/metrics.json"} <= set(
-        pipeline_outputs(tmp_path))
+        pipeline_outputs(tmp_path)
+    )
 
     for path in rewritten:  # what a `dvc repro` of a clean clone writes
         path.write_text("rewritten by the pipeline\n")

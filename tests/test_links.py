@@ -25,8 +25,14 @@ def _tree(base: Path) -> tuple[Path, Path]:
     root, outside = base / "photos", base / "elsewhere"
     for folder in (root / "a" / "deep", root / "b" / "sub", outside / "more"):
         folder.mkdir(parents=True)
-    for path in (root / "a" / "1.png", root / "a" / "deep" / "2.png", root / "b" / "3.png",
-                 root / "b" / "sub" / "4.png", outside / "5.png", outside / "more" / "6.png"):
+    for path in (
+        root / "a" / "1.png",
+        root / "a" / "deep" / "2.png",
+        root / "b" / "3.png",
+        root / "b" / "sub" / "4.png",
+        outside / "5.png",
+        outside / "more" / "6.png",
+    ):
         path.write_bytes(b"not decoded by a scan")
     return root, outside
 
@@ -35,10 +41,15 @@ def _link(root: Path, outside: Path, where: str, number: int, kind: str) -> Path
     folder = root / "a" / where if where else root / "a"
     suffix = ".png" if kind.endswith("file") or kind in ("dangling", "itself") else ""
     link = folder / f"link{number}{suffix}"
-    target = {"inside_file": root / "b" / "3.png", "inside_dir": root / "b" / "sub",
-              "outside_file": outside / "5.png", "outside_dir": outside / "more",
-              "dangling": root / "b" / "gone.png", "itself": link,
-              "folder_above": folder if where else root}[kind]
+    target = {
+        "inside_file": root / "b" / "3.png",
+        "inside_dir": root / "b" / "sub",
+        "outside_file": outside / "5.png",
+        "outside_dir": outside / "more",
+        "dangling": root / "b" / "gone.png",
+        "itself": link,
+        "folder_above": folder if where else root,
+    }[kind]
     link.symlink_to(target)
     return link
 
@@ -55,8 +66,10 @@ def _walked(root: Path) -> dict[str, list[str]]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(links=st.lists(st.tuples(st.sampled_from(["", "deep"]), st.sampled_from(KINDS)), max_size=4),
-       follow_external=st.booleans())
+@given(
+    links=st.lists(st.tuples(st.sampled_from(["", "deep"]), st.sampled_from(KINDS)), max_size=4),
+    follow_external=st.booleans(),
+)
 def test_links_are_followed_inside_the_folder_and_refused_by_name_otherwise(links, follow_external):
     with tempfile.TemporaryDirectory() as base:
         root, outside = _tree(Path(base))

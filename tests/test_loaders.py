@@ -30,13 +30,20 @@ def test_every_dataloader_of_the_package_is_built_by_the_factory():
     built = []
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "DataLoader":
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "DataLoader"
+            ):
                 built.append(path.relative_to(PACKAGE).as_posix())
     assert built == ["data/loaders.py"]
 
 
-@given(sizes=st.lists(st.integers(1, 80), min_size=1, max_size=15), limit=st.integers(1, 600),
-       seed=st.integers(0, 2**32 - 1), interleave=st.booleans())
+@given(
+    sizes=st.lists(st.integers(1, 80), min_size=1, max_size=15),
+    limit=st.integers(1, 600),
+    seed=st.integers(0, 2**32 - 1),
+    interleave=st.booleans(),
+)
 def test_a_sample_is_bounded_stratified_seeded_and_in_the_rows_order(sizes, limit: int, seed: int, interleave: bool):
     categories = [f"c{i}" for i, n in enumerate(sizes) for _ in range(n)]
     if interleave:  # a row's category is not known from its position
@@ -78,8 +85,13 @@ for subset in {subsets[1:]!r}:
     os.sched_setaffinity(0, subset)
 print(worker_count(runtime), worker_count(runtime.model_copy(update={{"num_workers": 3}})))
 """
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
-                           preexec_fn=lambda: os.sched_setaffinity(0, subsets[0]))
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=lambda: os.sched_setaffinity(0, subsets[0]),
+    )
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == [str(len(set(subset))) for subset in subsets] + ["3"], (subsets, child.stdout)
 
@@ -87,8 +99,9 @@ print(worker_count(runtime), worker_count(runtime.model_copy(update={{"num_worke
 @pytest.fixture(scope="module")
 def views(tmp_path_factory) -> SeededViews:
     root = make_image_folder(tmp_path_factory.mktemp("views") / "digits", per_category=3, size=40)
-    rows = pd.DataFrame([{"path": p.relative_to(root).as_posix(), "category": p.parent.name}
-                         for p in sorted(root.rglob("*.png"))])
+    rows = pd.DataFrame(
+        [{"path": p.relative_to(root).as_posix(), "category": p.parent.name} for p in sorted(root.rglob("*.png"))]
+    )
     augment = repo_params().augment.model_dump()
     dataset = ImageDataset(rows, root, sorted(rows["category"].unique()), None)
     return SeededViews(dataset, train_transform(24, AugmentParams(**augment)), seed=7)
@@ -98,8 +111,10 @@ def test_persistent_workers_serve_each_epochs_items_as_zero_workers_do(views: Se
     """One loader, two workers kept across epochs, items swapped per epoch: the same batches,
     bit for bit, as a loader without workers."""
     runtime = repo_params().runtime
-    epochs = [[(i, (i + e) % 3) for i in torch.randperm(len(views), generator=torch.Generator().manual_seed(e)).tolist()]
-              for e in range(3)]
+    epochs = [
+        [(i, (i + e) % 3) for i in torch.randperm(len(views), generator=torch.Generator().manual_seed(e)).tolist()]
+        for e in range(3)
+    ]
     batches = {}
     for workers in (0, 2):
         items = EpochItems()
@@ -132,8 +147,13 @@ def test_a_seeded_view_is_the_transform_under_torch_manual_seed_of_its_view_seed
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**31), height=st.integers(16, 300), width=st.integers(16, 300),
-       size=st.integers(8, 64), hflip=st.booleans())
+@given(
+    seed=st.integers(0, 2**31),
+    height=st.integers(16, 300),
+    width=st.integers(16, 300),
+    size=st.integers(8, 64),
+    hflip=st.booleans(),
+)
 def test_a_view_is_the_plain_uint8_pipeline_up_to_rounding(seed: int, height: int, width: int, size: int, hflip: bool):
     """train_transform jitters and rotates in float for speed. Under one seed its view is the
     view of torchvision's documented order (every augmentation on uint8, then float): the same
@@ -142,10 +162,17 @@ def test_a_view_is_the_plain_uint8_pipeline_up_to_rounding(seed: int, height: in
     single mismatched draw differs by tens of levels."""
     augment = repo_params({"augment": {"hflip": hflip}}).augment
     jitter = augment.color_jitter
-    plain = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size, scale=(augment.crop_scale_min, 1.0), antialias=True),
-                        *([v2.RandomHorizontalFlip()] if hflip else []),
-                        v2.RandomRotation(augment.rotation_degrees, fill=255), v2.ColorJitter(jitter, jitter, jitter),
-                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(augment.mean), list(augment.std))])
+    plain = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(size, scale=(augment.crop_scale_min, 1.0), antialias=True),
+            *([v2.RandomHorizontalFlip()] if hflip else []),
+            v2.RandomRotation(augment.rotation_degrees, fill=255),
+            v2.ColorJitter(jitter, jitter, jitter),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(augment.mean), list(augment.std)),
+        ]
+    )
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     views = []
     for transform in (train_transform(size, augment), plain):
@@ -170,7 +197,8 @@ sys.meta_path.insert(0, Blocked())
 import torch
 import vgg2resnet.data.datasets, vgg2resnet.data.loaders, vgg2resnet.data.transforms
 import vgg2resnet.models.builders, vgg2resnet.models.checkpoint
-import vgg2resnet.training.loop, vgg2resnet.training.fit, vgg2resnet.training.objective, vgg2resnet.distill.teacher_signal
+import vgg2resnet.training.loop, vgg2resnet.training.fit, vgg2resnet.training.objective
+import vgg2resnet.distill.teacher_signal
 import vgg2resnet.training.placement
 from vgg2resnet.config import load_params
 from vgg2resnet.training.loop import Training, Updates, build_optimizer, build_scheduler, train_one_epoch

@@ -21,7 +21,8 @@ from vgg2resnet.locking import exclusive
 with exclusive(sys.argv[1]):
     print("held", flush=True)
     if sys.argv[2] == "child":  # a process this run starts, as `dvc repro` starts a stage command
-        child = "from vgg2resnet.locking import exclusive\\nwith exclusive(__import__('sys').argv[1]): print('child ran')"
+        child = ("from vgg2resnet.locking import exclusive\\n"
+                 "with exclusive(__import__('sys').argv[1]): print('child ran')")
         print(subprocess.run([sys.executable, "-c", child, sys.argv[1]], capture_output=True, text=True).stdout)
     else:
         time.sleep(600)
@@ -56,9 +57,17 @@ def test_the_processes_a_run_starts_share_its_lock(tmp_path: Path):
 def test_two_stage_commands_started_together_run_one_at_a_time(tmp_path: Path):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     command = [str(Path(sys.executable).with_name("vgg2resnet")), "prepare"]
-    runs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "COLUMNS": "400"})
-            for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "400"},
+        )
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=300) for run in runs]
     codes = sorted(run.returncode for run in runs)
     assert codes == [0, 2], outputs

@@ -64,19 +64,34 @@ class Teacher:
 
 layouts = st.builds(
     lambda images, views, categories, dtype, k, chunk: CacheLayout(images, views, categories, dtype, k, chunk),
-    images=st.integers(1, 30), views=st.integers(1, 3), categories=st.integers(2, 30),
-    dtype=st.sampled_from(["float16", "float32"]), k=st.none() | st.integers(1, 32), chunk=st.integers(1, 40))
+    images=st.integers(1, 30),
+    views=st.integers(1, 3),
+    categories=st.integers(2, 30),
+    dtype=st.sampled_from(["float16", "float32"]),
+    k=st.none() | st.integers(1, 32),
+    chunk=st.integers(1, 40),
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(layout=layouts, batch_size=st.integers(1, 17))
 def test_every_layout_reads_back_what_the_teacher_computed(layout: CacheLayout, batch_size: int):
     with tempfile.TemporaryDirectory() as tmp:
-        cache = build_cache(Path(tmp) / "cache", layout, Teacher(layout.categories), Views(layout.images),
-                            batch_size, LOADING, CPU, show_progress=False)
+        cache = build_cache(
+            Path(tmp) / "cache",
+            layout,
+            Teacher(layout.categories),
+            Views(layout.images),
+            batch_size,
+            LOADING,
+            CPU,
+            show_progress=False,
+        )
         assert sorted(p.name for p in Path(tmp, "cache").iterdir()) == sorted(
-            ["layout.json"] + [f"values-{c:05d}.npy" for c in range(layout.chunks)]
-            + ([f"indices-{c:05d}.npy" for c in range(layout.chunks)] if layout.top_k else []))
+            ["layout.json"]
+            + [f"values-{c:05d}.npy" for c in range(layout.chunks)]
+            + ([f"indices-{c:05d}.npy" for c in range(layout.chunks)] if layout.top_k else [])
+        )
         images, views = np.divmod(np.arange(layout.images * layout.views), layout.views)
         computed = expected_logits(images, views, layout.categories)
         want = computed.astype(layout.dtype).astype(np.float32)
@@ -94,7 +109,7 @@ def test_every_layout_reads_back_what_the_teacher_computed(layout: CacheLayout, 
 def test_a_cache_of_another_layout_is_refused_by_name(tmp_path: Path):
     layout = CacheLayout(6, 2, 4, "float16", None, 3)
     build_cache(tmp_path / "cache", layout, Teacher(4), Views(6), 4, LOADING, CPU, show_progress=False)
-    with pytest.raises(UserError, match="another layout.*delete the folder"):
+    with pytest.raises(UserError, match=r"another layout.*delete the folder"):
         open_cache(tmp_path / "cache", CacheLayout(6, 2, 4, "float32", None, 3))
 
 
@@ -103,15 +118,20 @@ KILLED = CacheLayout(images=12, views=2, categories=5, dtype="float16", top_k=3,
 
 def test_a_build_killed_after_two_of_three_chunks_resumes_and_equals_one_built_in_one_go(tmp_path: Path, caplog):
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "tests.test_logit_cache", str(killed), "8"], cwd=ROOT,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.test_logit_cache", str(killed), "8"], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while not (killed / "values-00001.npy").is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     _, stderr = process.communicate()
-    assert sorted(p.name for p in killed.glob("*.npy")) == ["indices-00000.npy", "indices-00001.npy",
-                                                           "values-00000.npy", "values-00001.npy"], stderr
+    assert sorted(p.name for p in killed.glob("*.npy")) == [
+        "indices-00000.npy",
+        "indices-00001.npy",
+        "values-00000.npy",
+        "values-00001.npy",
+    ], stderr
 
     teacher = Teacher(KILLED.categories)
     with caplog.at_level("INFO", logger="vgg2resnet"):
@@ -127,5 +147,13 @@ def test_a_build_killed_after_two_of_three_chunks_resumes_and_equals_one_built_i
 
 
 if __name__ == "__main__":  # the build the test above kills: images from argv[2] on never load
-    build_cache(Path(sys.argv[1]), KILLED, Teacher(KILLED.categories), Views(KILLED.images, int(sys.argv[2])),
-                5, LOADING, CPU, show_progress=False)
+    build_cache(
+        Path(sys.argv[1]),
+        KILLED,
+        Teacher(KILLED.categories),
+        Views(KILLED.images, int(sys.argv[2])),
+        5,
+        LOADING,
+        CPU,
+        show_progress=False,
+    )

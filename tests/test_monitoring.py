@@ -2,7 +2,7 @@
 real Evidently reports."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -66,10 +66,12 @@ def test_a_promotion_profiles_a_seeded_sample_of_val_when_told_to(served, params
 
     full = bentoml.models.get(served["tag"])
     limit = 7
-    sampled_params = params.model_copy(update={
-        "serving": params.serving.model_copy(update={"model_name": "sampled-reference"}),
-        "monitoring": params.monitoring.model_copy(update={"reference_images": limit, "projection_images": 16}),
-    })
+    sampled_params = params.model_copy(
+        update={
+            "serving": params.serving.model_copy(update={"model_name": "sampled-reference"}),
+            "monitoring": params.monitoring.model_copy(update={"reference_images": limit, "projection_images": 16}),
+        }
+    )
     artifact = Artifacts(params).student(full.info.metadata["variant"])
     tag, saved = store.promote(sampled_params, artifact, full.info.metadata)
     sampled = read_reference(bentoml.models.get(tag))
@@ -77,8 +79,13 @@ def test_a_promotion_profiles_a_seeded_sample_of_val_when_told_to(served, params
     chosen = val["path"].isin(sample_rows(val, limit, params.data.seed)["path"]).to_numpy()
     columns = [c for c in sampled.columns if not c.startswith("emb_")]
     assert saved and len(sampled) == limit < len(val)
-    pd.testing.assert_frame_equal(sampled[columns], read_reference(full)[columns][chosen].reset_index(drop=True),
-                                  check_exact=False, rtol=1e-4, atol=1e-4)
+    pd.testing.assert_frame_equal(
+        sampled[columns],
+        read_reference(full)[columns][chosen].reset_index(drop=True),
+        check_exact=False,
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_the_reference_holds_what_the_service_logs_for_the_same_images(served, params):
@@ -90,13 +97,14 @@ def test_the_reference_holds_what_the_service_logs_for_the_same_images(served, p
 
     reference = read_reference(bentoml.models.get(served["tag"]))
     val = load_split(params.data.prepared_dir / "manifest.parquet", "val")
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     classify_files(served["url"], params.data.raw_dir, val["path"])
     logged = read_inference_log(params.monitoring.log_dir, since=since).rows.reset_index(drop=True)
     assert len(logged) == len(reference) == len(val)
     columns = [c for c in reference.columns if c not in ("prediction",)]
-    pd.testing.assert_frame_equal(logged[columns].astype(float), reference[columns].astype(float),
-                                  check_exact=False, rtol=1e-4, atol=1e-4)
+    pd.testing.assert_frame_equal(
+        logged[columns].astype(float), reference[columns].astype(float), check_exact=False, rtol=1e-4, atol=1e-4
+    )
     assert logged["prediction"].tolist() == reference["prediction"].tolist()
 
 
@@ -108,7 +116,7 @@ def test_clean_traffic_shows_no_drift(served, params):
     from vgg2resnet.data.datasets import load_split
 
     val = load_split(params.data.prepared_dir / "manifest.parquet", "val")
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     classify_files(served["url"], params.data.raw_dir, [*val["path"], *val["path"]])
     summary = run_monitor(params, since=since)
     assert summary["status"] == "no_drift", summary
@@ -123,7 +131,7 @@ def test_clean_traffic_shows_no_drift(served, params):
 
 
 def test_strong_corruption_is_detected_and_named(served, params):
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     send_traffic(params, served["url"], 40, corruption="brightness", severity=5)
     summary = run_monitor(params, since=since)
     assert summary["drift_detected"] and summary["status"] == "drift"
@@ -135,7 +143,7 @@ def test_strong_corruption_is_detected_and_named(served, params):
 
 
 def test_too_few_rows_is_not_enough_data_not_an_alarm(served, params):
-    summary = run_monitor(params, since=datetime.now(timezone.utc))
+    summary = run_monitor(params, since=datetime.now(UTC))
     assert summary["status"] == "not_enough_data" and summary["drift_detected"] is False
     assert "min_rows" in summary["message"]
 
@@ -145,25 +153,37 @@ def test_a_corrupt_log_line_is_skipped_and_counted(served, params, tmp_path: Pat
     source = sorted(params.monitoring.log_dir.glob("*.log"))[0]
     copy = tmp_path / "data.1.log"
     lines = source.read_text().splitlines()
-    copy.write_text("\n".join(lines[:3] + ['{"logged_at": broken json', "plain garbage"] + lines[3:6]) + "\n")
-    window = read_inference_log(tmp_path, since=datetime(2000, 1, 1, tzinfo=timezone.utc))
+    copy.write_text("\n".join([*lines[:3], '{"logged_at": broken json', "plain garbage", *lines[3:6]]) + "\n")
+    window = read_inference_log(tmp_path, since=datetime(2000, 1, 1, tzinfo=UTC))
     assert window.skipped_lines == 2 and len(window.rows) == 6
 
 
-@pytest.mark.parametrize("url", ["http://192.0.2.1:3000", "http://127.evil.example:3000", "http://0.0.0.0:3000",
-                                 "http://[::ffff:192.0.2.1]:3000", "ftp://127.0.0.1:3000", "127.0.0.1:3000",
-                                 "http://127.0.0.1:99999"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://192.0.2.1:3000",
+        "http://127.evil.example:3000",
+        "http://0.0.0.0:3000",
+        "http://[::ffff:192.0.2.1]:3000",
+        "ftp://127.0.0.1:3000",
+        "127.0.0.1:3000",
+        "http://127.0.0.1:99999",
+    ],
+)
 def test_simulated_traffic_refuses_hosts_that_are_not_loopback(params, url: str):
     with pytest.raises(UserError, match="this machine only"):
         send_traffic(params, url, 1)
 
 
-@pytest.mark.parametrize("url, sent_to", [
-    ("http://localhost:3000/", {"http://127.0.0.1:3000", "http://[::1]:3000"}),
-    ("http://127.0.0.2:3000", {"http://127.0.0.2:3000"}),
-    ("http://[::1]:3000", {"http://[::1]:3000"}),
-    ("http://2130706433:3000", {"http://127.0.0.1:3000"}),  # 127.0.0.1 as one number
-])
+@pytest.mark.parametrize(
+    "url, sent_to",
+    [
+        ("http://localhost:3000/", {"http://127.0.0.1:3000", "http://[::1]:3000"}),
+        ("http://127.0.0.2:3000", {"http://127.0.0.2:3000"}),
+        ("http://[::1]:3000", {"http://[::1]:3000"}),
+        ("http://2130706433:3000", {"http://127.0.0.1:3000"}),  # 127.0.0.1 as one number
+    ],
+)
 def test_a_loopback_host_is_resolved_once_and_requests_go_to_its_address(url: str, sent_to: set[str]):
     assert loopback_url(url) in sent_to
 
@@ -178,7 +198,8 @@ def test_every_corruption_changes_the_image(served):
 
 
 def test_traffic_is_judged_against_the_reference_of_the_version_that_served_it(
-        promoted_project: Path, tmp_path: Path, monkeypatch):
+    promoted_project: Path, tmp_path: Path, monkeypatch
+):
     """Two versions with different references, then a rollback: each window of logged traffic is
     compared with the reference stored with the version that served it."""
     import bentoml
@@ -187,25 +208,38 @@ def test_traffic_is_judged_against_the_reference_of_the_version_that_served_it(
 
     monkeypatch.chdir(promoted_project)
     loaded = load_params("params.yaml")
-    params = loaded.model_copy(update={"monitoring": loaded.monitoring.model_copy(update={
-        "log_dir": tmp_path / "logs", "report_dir": tmp_path / "drift"})})
+    params = loaded.model_copy(
+        update={
+            "monitoring": loaded.monitoring.model_copy(
+                update={"log_dir": tmp_path / "logs", "report_dir": tmp_path / "drift"}
+            )
+        }
+    )
     tag = promoted_tag(promoted_project)
-    files = {p.name: p for p in Path(bentoml.models.get(tag).path).iterdir()
-             if p.is_file() and not p.name.startswith("model.yaml")}
+    files = {
+        p.name: p
+        for p in Path(bentoml.models.get(tag).path).iterdir()
+        if p.is_file() and not p.name.startswith("model.yaml")
+    }
     reference = pd.read_parquet(files[StoreLayout.REFERENCE])
     reference.assign(brightness=reference["brightness"] - 100).to_parquet(tmp_path / StoreLayout.REFERENCE)
     plain = store.save_version("monitor-versions", files, {"model_sha256": "plain"})
-    darker = store.save_version("monitor-versions", {**files, StoreLayout.REFERENCE: tmp_path / StoreLayout.REFERENCE},
-                                {"model_sha256": "darker"})
+    darker = store.save_version(
+        "monitor-versions",
+        {**files, StoreLayout.REFERENCE: tmp_path / StoreLayout.REFERENCE},
+        {"model_sha256": "darker"},
+    )
     restored = store.rollback("monitor-versions", plain)
 
     # The same traffic (the plain reference's own rows) served first by `darker`, then by `restored`.
     (tmp_path / "logs").mkdir()
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     for hour, served_by in ((0, darker), (1, restored)):
         stamp = start + timedelta(hours=hour)
-        records = [{**row, "logged_at": stamp.isoformat(), "model_tag": served_by, "retained_image": ""}
-                   for row in reference.to_dict(orient="records")]
+        records = [
+            {**row, "logged_at": stamp.isoformat(), "model_tag": served_by, "retained_image": ""}
+            for row in reference.to_dict(orient="records")
+        ]
         (tmp_path / "logs" / f"data.{hour}.log").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     first = run_monitor(params, since=start, until=start + timedelta(hours=1))
@@ -225,7 +259,7 @@ def test_teacher_agreement_with_each_constant_prediction_sums_to_100(served, par
     # One load of the 0.5 GB teacher for the ten calls below, not ten.
     monkeypatch.setattr(health, "load_model", functools.lru_cache(maxsize=1)(health.load_model))
     teacher_agreement = health.teacher_agreement
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     send_traffic(params, served["url"], 16)  # the tests' service keeps every image (retain_fraction 1.0)
     kept = read_inference_log(params.monitoring.log_dir, since=since).rows
     assert len(kept) == 16 and kept["retained_image"].astype(bool).all()

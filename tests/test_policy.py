@@ -34,10 +34,12 @@ def test_the_decoder_refuses_by_policy_exactly_the_files_whose_recorded_facts_br
 
 
 def test_the_defaults_refuse_the_inputs_training_never_sees():
-    for payload, setting in ((in_mode("RGB", 1, 1), "validation.min_side"),
-                             (in_mode("RGB", 400, 20), "validation.max_aspect_ratio"),
-                             (in_mode("I;16", 32, 32), "validation.allowed_modes"),
-                             (in_mode("CMYK", 32, 32), "validation.allowed_modes")):
+    for payload, setting in (
+        (in_mode("RGB", 1, 1), "validation.min_side"),
+        (in_mode("RGB", 400, 20), "validation.max_aspect_ratio"),
+        (in_mode("I;16", 32, 32), "validation.allowed_modes"),
+        (in_mode("CMYK", 32, 32), "validation.allowed_modes"),
+    ):
         with pytest.raises(UndecodableImage, match=setting):
             decode(payload, policy=POLICY)
 

@@ -16,10 +16,17 @@ from .conftest import ROOT, make_image_folder, repo_params, write_params
 
 
 def _params(tmp_path: Path, source: str, **data) -> Params:
-    return repo_params({"data": {
-        "source": source, "raw_dir": str(tmp_path / "raw"),
-        "prepared_dir": str(tmp_path / "prepared"), **data,
-    }, "paths": {"state_dir": str(tmp_path / "state")}})
+    return repo_params(
+        {
+            "data": {
+                "source": source,
+                "raw_dir": str(tmp_path / "raw"),
+                "prepared_dir": str(tmp_path / "prepared"),
+                **data,
+            },
+            "paths": {"state_dir": str(tmp_path / "state")},
+        }
+    )
 
 
 def test_demo_manifest_is_deterministic_and_stratified(tmp_path: Path):
@@ -40,8 +47,7 @@ def test_demo_manifest_is_deterministic_and_stratified(tmp_path: Path):
     assert shares["test"] == pytest.approx(0.25, abs=0.02)
     assert shares["val"] == pytest.approx(0.15, abs=0.02)
     assert manifest["decodes"].all()
-    assert set(manifest.columns) >= {"path", "category", "split", "sha256", "width", "height",
-                                     "mode", "bytes"}
+    assert set(manifest.columns) >= {"path", "category", "split", "sha256", "width", "height", "mode", "bytes"}
 
 
 def test_split_depends_on_the_seed(tmp_path: Path):
@@ -73,12 +79,15 @@ def test_user_image_folder_with_nested_dirs_and_junk(tmp_path: Path):
     assert sorted(p.relative_to(source) for p in source.rglob("*")) == before  # source untouched
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "data folder not found"),
-    ("empty_category", "has no images"),
-    ("undecodable", "do not decode"),
-    ("case_clash", "differ only in case"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "data folder not found"),
+        ("empty_category", "has no images"),
+        ("undecodable", "do not decode"),
+        ("case_clash", "differ only in case"),
+    ],
+)
 def test_bad_input_gives_one_clear_error(tmp_path: Path, case: str, message: str):
     source = tmp_path / "mine"
     if case != "missing":
@@ -101,9 +110,12 @@ def test_bad_input_gives_one_clear_error(tmp_path: Path, case: str, message: str
 def test_skip_leaves_every_undecodable_file_out_and_lists_it_by_its_source_path(tmp_path: Path):
     source = make_image_folder(tmp_path / "mine", per_category=5, categories=["cat", "dog"])
     good = (source / "cat" / sorted(p.name for p in (source / "cat").iterdir())[0]).read_bytes()
-    broken = {source / "dog" / "broken.jpg": b"this is not a jpeg", source / "dog" / "empty.png": b"",
-              # every cut of a valid PNG that loses pixel data
-              **{source / "cat" / "cut" / f"{n:04d}.png": good[:n] for n in range(1, len(good) // 2)}}
+    broken = {
+        source / "dog" / "broken.jpg": b"this is not a jpeg",
+        source / "dog" / "empty.png": b"",
+        # every cut of a valid PNG that loses pixel data
+        **{source / "cat" / "cut" / f"{n:04d}.png": good[:n] for n in range(1, len(good) // 2)},
+    }
     for path, payload in broken.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(payload)
@@ -114,8 +126,9 @@ def test_skip_leaves_every_undecodable_file_out_and_lists_it_by_its_source_path(
     assert all(entry["error"] for entry in skipped)
     manifest = pd.read_parquet(tmp_path / "prepared" / "manifest.parquet")
     assert manifest["decodes"].all() and len(manifest) == 10
-    assert sorted(p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*") if p.is_file()) \
-        == sorted(manifest["path"])
+    assert sorted(
+        p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*") if p.is_file()
+    ) == sorted(manifest["path"])
 
 
 def test_cli_exits_2_with_the_message_not_a_traceback(tmp_path: Path):

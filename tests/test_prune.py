@@ -71,11 +71,15 @@ def test_a_pruned_resnet50_trains_and_exports_to_onnx_with_matching_logits(prune
     nn.functional.cross_entropy(model(images), torch.tensor([0, 1, 2, 3])).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     export_onnx(model, tmp_path / "pruned.onnx", SIZE, 18)
-    (want, want_features), (have, have_features) = TorchRunner(model, torch.device("cpu"))(images), \
-        OnnxRunner(tmp_path / "pruned.onnx", torch.device("cpu"))(images)
+    (want, want_features), (have, have_features) = (
+        TorchRunner(model, torch.device("cpu"))(images),
+        OnnxRunner(tmp_path / "pruned.onnx", torch.device("cpu"))(images),
+    )
     assert have_features.shape == (4, model.fc.in_features)
     torch.testing.assert_close(have, want, rtol=0, atol=1e-4 * float(want.abs().max()) + 1e-5)
-    torch.testing.assert_close(have_features, want_features, rtol=0, atol=1e-4 * float(want_features.abs().max()) + 1e-5)
+    torch.testing.assert_close(
+        have_features, want_features, rtol=0, atol=1e-4 * float(want_features.abs().max()) + 1e-5
+    )
 
 
 def test_pruning_the_same_weights_again_gives_the_same_network(pruned):
@@ -97,8 +101,13 @@ def onnx_flops_and_parameters(path: Path) -> tuple[int, int]:
 
     graph = shape_inference.infer_shapes(onnx.load(str(path))).graph
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    weights.update({node.output[0]: weights[node.input[0]] for node in graph.node
-                    if node.op_type == "DequantizeLinear" and node.input[0] in weights})
+    weights.update(
+        {
+            node.output[0]: weights[node.input[0]]
+            for node in graph.node
+            if node.op_type == "DequantizeLinear" and node.input[0] in weights
+        }
+    )
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.value_info, *graph.output]}
     flops = parameters = 0
     for node in graph.node:
@@ -176,8 +185,9 @@ def test_the_gate_judges_the_pruned_forms_beside_the_others(promoted_project: Pa
     assert all(f"| {v} |" in markdown for v in PRUNED_VARIANTS) and "FLOPs vs teacher" in markdown
 
 
-def test_rerunning_prune_reuses_the_logit_cache_and_makes_the_same_network(promoted_project: Path,
-                                                                          tmp_path: Path, monkeypatch):
+def test_rerunning_prune_reuses_the_logit_cache_and_makes_the_same_network(
+    promoted_project: Path, tmp_path: Path, monkeypatch
+):
     from vgg2resnet.distill import logit_cache
     from vgg2resnet.stages import prune
 
@@ -189,16 +199,18 @@ def test_rerunning_prune_reuses_the_logit_cache_and_makes_the_same_network(promo
     monkeypatch.setattr(logit_cache, "_fill", lambda *a, **k: built.append(a))
     prune.run(params)
     assert built == [] and caches  # the distill stage's cache, read, not rebuilt
-    assert {p: p.stat().st_mtime_ns for p in (promoted_project / "checkpoints/distill").glob("teacher-logits-*/*")} \
-        == caches
+    assert {
+        p: p.stat().st_mtime_ns for p in (promoted_project / "checkpoints/distill").glob("teacher-logits-*/*")
+    } == caches
     session = Artifacts(load_params("params.yaml"))
     for variant in PRUNED_VARIANTS:
         again, first = read_meta(Artifacts(params).student(variant)), read_meta(session.student(variant))
         assert again["weights_sha256"] == first["weights_sha256"]
 
 
-def test_with_prune_disabled_the_stage_records_it_and_the_gate_weighs_the_rest(promoted_project: Path,
-                                                                               tmp_path: Path, monkeypatch):
+def test_with_prune_disabled_the_stage_records_it_and_the_gate_weighs_the_rest(
+    promoted_project: Path, tmp_path: Path, monkeypatch
+):
     from vgg2resnet.stages import evaluate, gate, prune
 
     monkeypatch.chdir(promoted_project)
@@ -218,9 +230,16 @@ def _settings(project: Path, tmp_path: Path, **prune):
     models_dir = tmp_path / "models"
     shutil.copytree(project / "models", models_dir)
     params = load_params(project / "params.yaml")
-    return params.model_copy(update={
-        "paths": params.paths.model_copy(update={"models_dir": models_dir, "metrics_dir": tmp_path / "metrics",
-                                                 "reports_dir": tmp_path / "reports"}),
-        "prune": params.prune.model_copy(update=prune),
-        "serving": params.serving.model_copy(update={"model_name": "vgg2resnet-prune-check"}),
-    })
+    return params.model_copy(
+        update={
+            "paths": params.paths.model_copy(
+                update={
+                    "models_dir": models_dir,
+                    "metrics_dir": tmp_path / "metrics",
+                    "reports_dir": tmp_path / "reports",
+                }
+            ),
+            "prune": params.prune.model_copy(update=prune),
+            "serving": params.serving.model_copy(update={"model_name": "vgg2resnet-prune-check"}),
+        }
+    )

@@ -41,15 +41,18 @@ def test_every_stage_runs_at_224_px_and_the_service_classifies_a_224_px_upload(t
     images = make_image_folder(tmp_path / "images", per_category=10, categories=CATEGORIES, size=SIZE)
     project = make_project(tmp_path / "project", tmp_path / "remote")
     one_step = {"epochs": 1, "max_steps_per_epoch": 1, "batch_size": 4, "image_size": SIZE}
-    write_params(project, {
-        **TINY_PARAMS,
-        "data": {**TINY_PARAMS["data"], "source": str(images)},
-        "teacher": one_step,
-        "distill": {**one_step, "cache_views": 1},
-        "compress": {"calibration_images": 8, "calibration_batch_size": 4},
-        "evaluate": {"batch_size": 8, "latency_batch_size": 2, "latency_warmup": 1, "latency_runs": 2},
-        "monitoring": {**TINY_PARAMS["monitoring"], "projection_images": 16, "reference_images": 16},
-    })
+    write_params(
+        project,
+        {
+            **TINY_PARAMS,
+            "data": {**TINY_PARAMS["data"], "source": str(images)},
+            "teacher": one_step,
+            "distill": {**one_step, "cache_views": 1},
+            "compress": {"calibration_images": 8, "calibration_batch_size": 4},
+            "evaluate": {"batch_size": 8, "latency_batch_size": 2, "latency_warmup": 1, "latency_runs": 2},
+            "monitoring": {**TINY_PARAMS["monitoring"], "projection_images": 16, "reference_images": 16},
+        },
+    )
     run(["dvc", "repro"], project)
     assert stale_stages(project) == {}
 
@@ -65,8 +68,9 @@ def test_every_stage_runs_at_224_px_and_the_service_classifies_a_224_px_upload(t
     Image.fromarray(pixels).save(upload, format="JPEG")
     started = datetime.now(UTC)
     with local_server(tag, cwd=project, project_root=ROOT, params_file=project / "params.yaml") as url:
-        answer = requests.post(f"{url}/classify", files={"image": ("photo.jpg", upload.getvalue(), "image/jpeg")},
-                               timeout=120)
+        answer = requests.post(
+            f"{url}/classify", files={"image": ("photo.jpg", upload.getvalue(), "image/jpeg")}, timeout=120
+        )
     assert answer.status_code == 200, answer.text
     assert answer.json()["category"] in CATEGORIES
     logged = read_inference_log(project / params.monitoring.log_dir, since=started).rows
@@ -74,8 +78,19 @@ def test_every_stage_runs_at_224_px_and_the_service_classifies_a_224_px_upload(t
 
 
 def test_the_scale_benchmark_measures_every_stage_dvc_and_the_monitor(tmp_path: Path):
-    output = run([sys.executable, str(ROOT / "benchmarks" / "pipeline_scale.py"), "--images", "300",
-                  "--categories", "10", "--work", str(tmp_path)], ROOT / "benchmarks").stdout
+    output = run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "pipeline_scale.py"),
+            "--images",
+            "300",
+            "--categories",
+            "10",
+            "--work",
+            str(tmp_path),
+        ],
+        ROOT / "benchmarks",
+    ).stdout
     measured = re.findall(r"^300 images: (\w+) [\d.]+ s, \d+ µs per image, peak PSS (\d+) MiB$", output, re.MULTILINE)
     stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
     assert [name for name, _ in measured] == [*stages, "dvc_push", "dvc_status", "dvc_pull", "monitor"], output

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bentoml
@@ -62,8 +62,9 @@ def _test_split(project: Path) -> pd.DataFrame:
 def test_a_test_image_gets_the_offline_prediction_with_a_ranked_top_k(server):
     project = server["project"]
     row = _test_split(project).iloc[0]
-    answer = requests.post(f"{server['url']}/classify", files={"image": (project / "data/raw" / row["path"]).open("rb")},
-                           timeout=60)
+    answer = requests.post(
+        f"{server['url']}/classify", files={"image": (project / "data/raw" / row["path"]).open("rb")}, timeout=60
+    )
     assert answer.status_code == 200, answer.text
     body = answer.json()
     categories = json.loads((project / "data/prepared/categories.json").read_text())
@@ -93,10 +94,15 @@ def _in_openapi_30_terms(node):
     return node
 
 
-@pytest.mark.xfail(strict=True, raises=jsonschema_rs.ValidationError, reason=(
-    "/docs.json declares OpenAPI 3.0.2 but types uploads 'file' (BentoML's OneImage and Images) and writes "
-    "optional values as anyOf [..., {type: null}] (BentoML's TaskStatusResponse, vgg2resnet.serving.errors' "
-    "Problem): 3.1 constructs; see _in_openapi_30_terms"))
+@pytest.mark.xfail(
+    strict=True,
+    raises=jsonschema_rs.ValidationError,
+    reason=(
+        "/docs.json declares OpenAPI 3.0.2 but types uploads 'file' (BentoML's OneImage and Images) and writes "
+        "optional values as anyOf [..., {type: null}] (BentoML's TaskStatusResponse, vgg2resnet.serving.errors' "
+        "Problem): 3.1 constructs; see _in_openapi_30_terms"
+    ),
+)
 def test_the_openapi_document_is_valid_as_it_is_served(spec):
     import schemathesis
 
@@ -148,8 +154,9 @@ def test_openapi_documents_both_endpoints_as_file_uploads_answering_json(server,
         jsonschema.validate(body, _schema(spec, declared["application/json"]["schema"]))
         assert len(body if isinstance(body, list) else [body]) == images
         if form.get("additionalProperties") is False:
-            extra = requests.post(f"{server['url']}{path}", files=[*files, ("undocumented", ("x.png", _png()))],
-                                  timeout=60)
+            extra = requests.post(
+                f"{server['url']}{path}", files=[*files, ("undocumented", ("x.png", _png()))], timeout=60
+            )
             assert extra.status_code == 400 and "400" in post["responses"], extra.text
             check_answer(extra, spec)
 
@@ -175,11 +182,13 @@ def test_accuracy_through_http_equals_the_offline_evaluation(server):
 def _promote(project: Path, variant: str, name: str, reports_dir: Path) -> str:
     """Promote one variant under its own model name through the real gate and package; its tag."""
     params = load_params(project / "params.yaml")
-    params = params.model_copy(update={
-        "gate": params.gate.model_copy(update={"variants": [variant], "min_variant_agreement": 0.0}),
-        "paths": params.paths.model_copy(update={"reports_dir": reports_dir}),
-        "serving": params.serving.model_copy(update={"model_name": name}),
-    })
+    params = params.model_copy(
+        update={
+            "gate": params.gate.model_copy(update={"variants": [variant], "min_variant_agreement": 0.0}),
+            "paths": params.paths.model_copy(update={"reports_dir": reports_dir}),
+            "serving": params.serving.model_copy(update={"model_name": name}),
+        }
+    )
     result = gate.run(params)
     assert result["variant"] == variant, result
     _, tag, _ = package.promote(params)
@@ -194,13 +203,15 @@ def _logged(log_dir: Path, rows: int) -> pd.DataFrame:
         if sum(len(f.read_text().splitlines()) for f in files) >= rows:
             break
         time.sleep(0.5)
-    return pd.concat([pd.read_json(f, lines=True, dtype={"request_id": str, "trace_id": str})
-                      for f in sorted(log_dir.glob("*.log"))])
+    return pd.concat(
+        [pd.read_json(f, lines=True, dtype={"request_id": str, "trace_id": str}) for f in sorted(log_dir.glob("*.log"))]
+    )
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_each_variant_serves_what_it_scored_offline_and_logs_its_drift_embedding(served, variant: str,
-                                                                                  tmp_path: Path, monkeypatch):
+def test_each_variant_serves_what_it_scored_offline_and_logs_its_drift_embedding(
+    served, variant: str, tmp_path: Path, monkeypatch
+):
     """Every form, the pruned ones included, whose pooled features are narrower than the
     ResNet-50's 2,048: the embedding is projected from the form's own features."""
     import torch
@@ -211,12 +222,14 @@ def test_each_variant_serves_what_it_scored_offline_and_logs_its_drift_embedding
     tag = _promote(project, variant, f"smoke-{variant.replace('_', '-')}", tmp_path / "reports")
     model_file = Path(bentoml.models.get(tag).path)
     assert (model_file / StoreLayout.ONNX).is_file() == (variant != "pytorch_fp32")
-    width = json.loads((project / "models/pruned/prune.json").read_text())["features"] \
-        if variant.startswith("pruned") else 2048
+    width = (
+        json.loads((project / "models/pruned/prune.json").read_text())["features"]
+        if variant.startswith("pruned")
+        else 2048
+    )
     components = torch.load(model_file / StoreLayout.PROJECTION, weights_only=True)["components"]
     assert components.shape == (params.serving.embedding_dims, width)
-    with local_server(tag, cwd=tmp_path, project_root=ROOT,
-                      params_file=project / "params.yaml") as url:
+    with local_server(tag, cwd=tmp_path, project_root=ROOT, params_file=project / "params.yaml") as url:
         _assert_http_equals_offline(url, project, variant)
         logged = _logged(tmp_path / params.monitoring.log_dir, len(_test_split(project)))
     assert len(logged) == len(_test_split(project)) and set(logged["model_tag"]) == {tag}
@@ -224,8 +237,7 @@ def test_each_variant_serves_what_it_scored_offline_and_logs_its_drift_embedding
     assert np.isfinite(embedding).all() and embedding.std(axis=0).min() > 0
 
 
-def test_a_rollback_serves_the_earlier_model_and_the_monitor_judges_its_traffic(served, tmp_path: Path,
-                                                                               monkeypatch):
+def test_a_rollback_serves_the_earlier_model_and_the_monitor_judges_its_traffic(served, tmp_path: Path, monkeypatch):
     """Promote A, then B, roll back, serve `name:latest` as a user would: the answers are A's
     offline predictions, and the monitor judges the traffic against A's reference."""
     from vgg2resnet.monitoring.monitor import run_monitor
@@ -240,22 +252,28 @@ def test_a_rollback_serves_the_earlier_model_and_the_monitor_judges_its_traffic(
     a_files, restored_files = (Path(bentoml.models.get(tag).path) for tag in (tag_a, restored))
     assert (restored_files / StoreLayout.MODEL).read_bytes() == (a_files / StoreLayout.MODEL).read_bytes()
     assert not (restored_files / StoreLayout.ONNX).exists()  # not B's int8 model
-    with local_server(f"{name}:latest", cwd=tmp_path, project_root=ROOT,
-                      params_file=project / "params.yaml") as url:
+    with local_server(f"{name}:latest", cwd=tmp_path, project_root=ROOT, params_file=project / "params.yaml") as url:
         answer = requests.post(f"{url}/classify", files={"image": ("ok.png", _png(), "image/png")}, timeout=60)
         assert answer.json()["model_tag"] == restored
         _assert_http_equals_offline(url, project, "pytorch_fp32")
     params = load_params(project / "params.yaml")
-    params = params.model_copy(update={
-        "serving": params.serving.model_copy(update={"model_name": name}),
-        "monitoring": params.monitoring.model_copy(update={
-            "log_dir": tmp_path / "monitoring/vgg2resnet_classifier/data", "report_dir": tmp_path / "drift",
-            "retained_dir": tmp_path / "monitoring/retained"}),
-    })
-    summary = run_monitor(params, since=datetime.now(timezone.utc) - timedelta(hours=1))
+    params = params.model_copy(
+        update={
+            "serving": params.serving.model_copy(update={"model_name": name}),
+            "monitoring": params.monitoring.model_copy(
+                update={
+                    "log_dir": tmp_path / "monitoring/vgg2resnet_classifier/data",
+                    "report_dir": tmp_path / "drift",
+                    "retained_dir": tmp_path / "monitoring/retained",
+                }
+            ),
+        }
+    )
+    summary = run_monitor(params, since=datetime.now(UTC) - timedelta(hours=1))
     assert summary["model_tag"] == restored and summary["status"] != "not_enough_data"
-    pd.testing.assert_frame_equal(store.read_reference(bentoml.models.get(restored)),
-                                  store.read_reference(bentoml.models.get(tag_a)))
+    pd.testing.assert_frame_equal(
+        store.read_reference(bentoml.models.get(restored)), store.read_reference(bentoml.models.get(tag_a))
+    )
 
 
 def _png(size=(32, 32)) -> bytes:
@@ -300,9 +318,22 @@ def _still_serving(url: str) -> None:
     assert good.status_code == 200, good.text
 
 
-@pytest.mark.parametrize("case", ["not_an_image", "empty", "truncated", "decompression_bomb", "gif",
-                                  "wrong_content_type", "too_many_files", "text_instead_of_file",
-                                  "malformed_form", "unknown_field", "no_body"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not_an_image",
+        "empty",
+        "truncated",
+        "decompression_bomb",
+        "gif",
+        "wrong_content_type",
+        "too_many_files",
+        "text_instead_of_file",
+        "malformed_form",
+        "unknown_field",
+        "no_body",
+    ],
+)
 def test_bad_input_gets_a_400_saying_what_was_wrong_and_the_server_keeps_serving(server, spec, case):
     url = f"{server['url']}/classify"
     if case == "not_an_image":
@@ -330,11 +361,19 @@ def test_bad_input_gets_a_400_saying_what_was_wrong_and_the_server_keeps_serving
         answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
     assert answer.status_code == 400, (answer.status_code, answer.text)
     check_answer(answer, spec)
-    expected = {"not_an_image": "not a PNG, JPEG, WebP or BMP image", "empty": "empty", "truncated": "truncated",
-                "decompression_bomb": "the limit is", "gif": "not a PNG, JPEG, WebP or BMP image",
-                "wrong_content_type": "not multipart/form-data", "too_many_files": "at most 32",
-                "text_instead_of_file": "not a file", "malformed_form": "not a valid form",
-                "unknown_field": "unknown field", "no_body": "not multipart/form-data"}[case]
+    expected = {
+        "not_an_image": "not a PNG, JPEG, WebP or BMP image",
+        "empty": "empty",
+        "truncated": "truncated",
+        "decompression_bomb": "the limit is",
+        "gif": "not a PNG, JPEG, WebP or BMP image",
+        "wrong_content_type": "not multipart/form-data",
+        "too_many_files": "at most 32",
+        "text_instead_of_file": "not a file",
+        "malformed_form": "not a valid form",
+        "unknown_field": "unknown field",
+        "no_body": "not multipart/form-data",
+    }[case]
     body = answer.json()
     assert expected in body["error"] and any(expected in p["reason"] for p in body["problems"])
     if case in ("not_an_image", "empty", "truncated", "decompression_bomb", "gif"):
@@ -350,9 +389,11 @@ def test_two_files_sent_to_the_one_file_endpoint_are_refused_not_half_classified
 
 
 def test_routing_errors_and_the_openapi_document_share_one_error_shape(server, spec):
-    answers = [requests.get(f"{server['url']}/no-such-endpoint", timeout=30),
-               requests.get(f"{server['url']}/classify", timeout=30),
-               requests.delete(f"{server['url']}/classify_batch", timeout=30)]
+    answers = [
+        requests.get(f"{server['url']}/no-such-endpoint", timeout=30),
+        requests.get(f"{server['url']}/classify", timeout=30),
+        requests.delete(f"{server['url']}/classify_batch", timeout=30),
+    ]
     assert [a.status_code for a in answers] == [404, 405, 405]
     for answer in answers:
         check_answer(answer, spec)
@@ -371,14 +412,20 @@ def test_routing_errors_and_the_openapi_document_share_one_error_shape(server, s
 
 def test_a_batch_with_bad_files_names_each_by_index_and_filename_and_classifies_nothing(server, spec):
     jpeg = encoded(noise(), "JPEG")
-    files = [("images", ("good-0.png", _png(), "image/png")), ("images", ("cut.jpg", jpeg[:300], "image/jpeg")),
-             ("images", ("good-2.png", _png(), "image/png")), ("images", ("notes.txt", b"hello", "text/plain"))]
+    files = [
+        ("images", ("good-0.png", _png(), "image/png")),
+        ("images", ("cut.jpg", jpeg[:300], "image/jpeg")),
+        ("images", ("good-2.png", _png(), "image/png")),
+        ("images", ("notes.txt", b"hello", "text/plain")),
+    ]
     answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
     assert answer.status_code == 400
     check_answer(answer, spec)
     problems = answer.json()["problems"]
-    assert [(p["field"], p["index"], p["filename"]) for p in problems] == [("images", 1, "cut.jpg"),
-                                                                           ("images", 3, "notes.txt")]
+    assert [(p["field"], p["index"], p["filename"]) for p in problems] == [
+        ("images", 1, "cut.jpg"),
+        ("images", 3, "notes.txt"),
+    ]
 
 
 @pytest.mark.parametrize("fmt", list(FILE_TYPES))
@@ -408,7 +455,7 @@ def test_a_generated_batch_is_classified_whole_or_refused_naming_every_cut_file(
     sample = {fmt: encoded(noise(seed=1), fmt) for fmt in FILE_TYPES}
     upload, must_fail = [], set()
     for index, (fmt, cut) in enumerate(files):
-        data = sample[fmt] if cut is None else sample[fmt][:cut % len(sample[fmt])]
+        data = sample[fmt] if cut is None else sample[fmt][: cut % len(sample[fmt])]
         if len(data) < shortest_decodable(fmt, sample[fmt]):  # every other one decodes
             must_fail.add(index)
         upload.append(("images", (f"{index}.{FILE_TYPES[fmt][0]}", data, FILE_TYPES[fmt][1])))
@@ -422,8 +469,10 @@ def test_a_generated_batch_is_classified_whole_or_refused_naming_every_cut_file(
 
 
 @settings(max_examples=150)
-@given(fmt=st.sampled_from(list(FILE_TYPES)),
-       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8))
+@given(
+    fmt=st.sampled_from(list(FILE_TYPES)),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+)
 def test_flipped_bytes_get_a_prediction_or_a_400(server, spec, fmt: str, flips):
     data = bytearray(encoded(noise(), fmt))
     for position, value in flips:
@@ -432,13 +481,15 @@ def test_flipped_bytes_get_a_prediction_or_a_400(server, spec, fmt: str, flips):
     check_answer(answer, spec, 1)
 
 
-HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=24).map(str.strip)
-PART = st.fixed_dictionaries({
-    "name": st.sampled_from(["image", "images"]) | st.text(max_size=8),
-    "filename": st.none() | st.text(max_size=16),
-    "type": st.none() | st.sampled_from(["image/png", "image/jpeg", "text/plain"]) | HEADER_TEXT,
-    "content": st.binary(max_size=64) | st.sampled_from([_png(), encoded(noise(), "JPEG")]),
-})
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=24).map(str.strip)
+PART = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["image", "images"]) | st.text(max_size=8),
+        "filename": st.none() | st.text(max_size=16),
+        "type": st.none() | st.sampled_from(["image/png", "image/jpeg", "text/plain"]) | HEADER_TEXT,
+        "content": st.binary(max_size=64) | st.sampled_from([_png(), encoded(noise(), "JPEG")]),
+    }
+)
 
 
 @st.composite
@@ -450,17 +501,36 @@ def multipart_requests(draw) -> tuple[bytes, dict[str, str]]:
         disposition = f'form-data; name="{part["name"]}"'
         if part["filename"] is not None:
             disposition += f'; filename="{part["filename"]}"'
-        head = "\r\n".join([f"Content-Disposition: {disposition}",
-                            *([f"Content-Type: {part['type']}"] if part["type"] else [])])
+        head = "\r\n".join(
+            [f"Content-Disposition: {disposition}", *([f"Content-Type: {part['type']}"] if part["type"] else [])]
+        )
         body += f"--{boundary}\r\n{head}\r\n\r\n".encode() + part["content"] + b"\r\n"
     if draw(st.booleans()):
         body += f"--{boundary}--\r\n".encode()
-    content_type = draw(st.sampled_from([f"multipart/form-data; boundary={boundary}", "multipart/form-data",
-                                         "multipart/mixed; boundary=x", "application/x-www-form-urlencoded",
-                                         "application/json", "text/plain", ""]) | HEADER_TEXT)
+    content_type = draw(
+        st.sampled_from(
+            [
+                f"multipart/form-data; boundary={boundary}",
+                "multipart/form-data",
+                "multipart/mixed; boundary=x",
+                "application/x-www-form-urlencoded",
+                "application/json",
+                "text/plain",
+                "",
+            ]
+        )
+        | HEADER_TEXT
+    )
     headers = {"Content-Type": content_type} if content_type else {}
-    headers.update(draw(st.dictionaries(st.sampled_from(["Accept", "Content-Encoding", "Expect", "X-Request-Id",
-                                                         "Authorization"]), HEADER_TEXT, max_size=3)))
+    headers.update(
+        draw(
+            st.dictionaries(
+                st.sampled_from(["Accept", "Content-Encoding", "Expect", "X-Request-Id", "Authorization"]),
+                HEADER_TEXT,
+                max_size=3,
+            )
+        )
+    )
     if draw(st.booleans()):
         body = draw(st.binary(max_size=200))  # not framed at all
     return body, headers
@@ -481,9 +551,28 @@ def test_schemathesis_finds_no_failure_with_all_checks(server, tmp_path: Path):
 def _schemathesis(url: str, workdir: Path, *options: str) -> None:
     """schemathesis against the live server, from its own /docs.json; bounded and seeded for CI."""
     st_cli = Path(sys.executable).with_name("st")
-    result = subprocess.run([str(st_cli), "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run",
-                             f"{url}/docs.json", "--checks", "all", "--max-examples", "100", "--seed", "1",
-                             "--workers", "1", *options], cwd=workdir, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            str(st_cli),
+            "--config-file",
+            str(ROOT / "tests" / "schemathesis.toml"),
+            "run",
+            f"{url}/docs.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "100",
+            "--seed",
+            "1",
+            "--workers",
+            "1",
+            *options,
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
@@ -519,14 +608,16 @@ def test_a_request_over_the_pixel_budget_is_refused_from_the_headers(server, spe
 def test_a_body_over_the_byte_limit_is_refused_with_a_413_whether_its_length_is_declared_or_not(server, spec):
     limit = load_params(server["project"] / "params.yaml").serving.max_request_bytes
     boundary = "x" * 16
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
     body = head + _png() + b"\0" * (limit - len(head))  # over the limit by the PNG's size
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
     def chunks():
         for start in range(0, len(body), 1 << 20):
-            yield body[start:start + (1 << 20)]
+            yield body[start : start + (1 << 20)]
 
     for data in (body, chunks()):  # Content-Length, then chunked transfer encoding
         answer = requests.post(f"{server['url']}/classify", data=data, headers=headers, timeout=120)
@@ -571,8 +662,10 @@ def test_an_exif_rotated_jpeg_gets_the_prediction_of_its_upright_twin(server):
     """A phone photo stored sideways (EXIF orientation 6), and the upright picture it shows."""
     rotated, stored, shown = sideways_photo()
     upright, sideways = encoded(Image.fromarray(shown), "PNG"), encoded(Image.fromarray(stored), "PNG")
-    answers = [requests.post(f"{server['url']}/classify", files={"image": (name, data)}, timeout=60).json()
-               for name, data in (("rotated.jpg", rotated), ("upright.png", upright), ("sideways.png", sideways))]
+    answers = [
+        requests.post(f"{server['url']}/classify", files={"image": (name, data)}, timeout=60).json()
+        for name, data in (("rotated.jpg", rotated), ("upright.png", upright), ("sideways.png", sideways))
+    ]
     assert answers[0] == answers[1]
     assert answers[0]["top_k"] != answers[2]["top_k"]  # the orientation matters to the model
 
@@ -581,10 +674,12 @@ def _serve_with(served: dict, workdir: Path, serving: dict, host: str = "127.0.0
     """The session's model served with other serving settings."""
     workdir.mkdir(parents=True, exist_ok=True)
     settings_file = workdir / "params.yaml"
-    settings_file.write_text(yaml.safe_dump(merge(yaml.safe_load((served["project"] / "params.yaml").read_text()),
-                                                  {"serving": serving})))
-    return settings_file, local_server(served["tag"], cwd=workdir, project_root=ROOT, params_file=settings_file,
-                                       host=host)
+    settings_file.write_text(
+        yaml.safe_dump(merge(yaml.safe_load((served["project"] / "params.yaml").read_text()), {"serving": serving}))
+    )
+    return settings_file, local_server(
+        served["tag"], cwd=workdir, project_root=ROOT, params_file=settings_file, host=host
+    )
 
 
 def test_a_version_whose_files_changed_since_it_was_saved_is_never_served(served, tmp_path: Path):
@@ -593,18 +688,23 @@ def test_a_version_whose_files_changed_since_it_was_saved_is_never_served(served
     tag = store.save_version("damaged-copy", files, dict(promoted.info.metadata), promoted=False)
     model = StoreLayout.model_in(Path(bentoml.models.get(tag).path))
     model.write_bytes(model.read_bytes()[:-1])  # as a copy cut short by a crash
-    with pytest.raises(RuntimeError, match=rf"{tag} is incomplete \({model.name} does not match"), \
-            local_server(tag, cwd=tmp_path, project_root=ROOT, params_file=served["project"] / "params.yaml"):
+    with (
+        pytest.raises(RuntimeError, match=rf"{tag} is incomplete \({model.name} does not match"),
+        local_server(tag, cwd=tmp_path, project_root=ROOT, params_file=served["project"] / "params.yaml"),
+    ):
         pass
 
 
 def test_without_a_token_the_service_starts_only_on_a_loopback_address(served, tmp_path: Path):
     _, open_to_all = _serve_with(served, tmp_path / "open", {}, host="0.0.0.0")
-    with pytest.raises(RuntimeError, match=r"listen on 0\.0\.0\.0 without a token(.|\n)*serving\.auth_token_env"), \
-            open_to_all:
+    with (
+        pytest.raises(RuntimeError, match=r"listen on 0\.0\.0\.0 without a token(.|\n)*serving\.auth_token_env"),
+        open_to_all,
+    ):
         pass
-    _, behind_a_gateway = _serve_with(served, tmp_path / "gateway", {"allow_network_without_token": True},
-                                      host="0.0.0.0")
+    _, behind_a_gateway = _serve_with(
+        served, tmp_path / "gateway", {"allow_network_without_token": True}, host="0.0.0.0"
+    )
     with behind_a_gateway as url:
         _still_serving(url)
 
@@ -642,10 +742,16 @@ def test_with_a_token_set_only_the_right_one_is_served_and_health_stays_open(sec
     spec = requests.get(f"{secured['url']}/docs.json", timeout=30).json()
     image = {"image": ("ok.png", _png(), "image/png")}
     for endpoint, files in (("classify", image), ("classify_batch", {"images": image["image"]})):
-        answers = [requests.post(f"{secured['url']}/{endpoint}", files=files, headers=headers, timeout=60)
-                   for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": secured["token"]},
-                                   {"Authorization": f"Bearer {secured['token']}"},
-                                   {"Authorization": f"bearer {secured['token']}"})]  # the scheme is case-blind
+        answers = [
+            requests.post(f"{secured['url']}/{endpoint}", files=files, headers=headers, timeout=60)
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": secured["token"]},
+                {"Authorization": f"Bearer {secured['token']}"},
+                {"Authorization": f"bearer {secured['token']}"},
+            )
+        ]  # the scheme is case-blind
         assert [a.status_code for a in answers] == [401, 401, 401, 200, 200], [a.text for a in answers]
         for answer in answers[:3]:
             check_answer(answer, spec)
@@ -655,8 +761,10 @@ def test_with_a_token_set_only_the_right_one_is_served_and_health_stays_open(sec
     for path in ("/livez", "/readyz", "/metrics", "/docs.json", "/"):
         assert requests.get(f"{secured['url']}{path}", timeout=30).status_code == 200
     # Everything else is closed, an unknown path or a HEAD included: nothing tells what exists.
-    for answer in (requests.get(f"{secured['url']}/no-such-endpoint", timeout=30),
-                   requests.head(f"{secured['url']}/classify", timeout=30)):
+    for answer in (
+        requests.get(f"{secured['url']}/no-such-endpoint", timeout=30),
+        requests.head(f"{secured['url']}/classify", timeout=30),
+    ):
         assert answer.status_code == 401 and answer.headers["content-type"] == "application/json"
     post = spec["paths"]["/classify"]["post"]
     assert post["security"] == [{"bearer": []}] and "401" in post["responses"]
@@ -700,7 +808,18 @@ def test_every_prediction_is_logged_with_its_drift_features(server):
     last = pd.read_json(sorted(log_dir.glob("*.log"))[-1], lines=True, dtype={"request_id": str, "trace_id": str})
     record = last.iloc[-1]
     assert record["model_tag"] == server["tag"]
-    for column in ("brightness", "contrast", "sharpness", "saturation", "width", "height", "emb_0", "emb_7",
-                   "prediction", "confidence", "logged_at"):
+    for column in (
+        "brightness",
+        "contrast",
+        "sharpness",
+        "saturation",
+        "width",
+        "height",
+        "emb_0",
+        "emb_7",
+        "prediction",
+        "confidence",
+        "logged_at",
+    ):
         assert column in last.columns
     assert record["brightness"] == pytest.approx(255.0)

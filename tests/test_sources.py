@@ -30,17 +30,28 @@ EDITS = ("add", "replace", "remove", "touch", "rewrite", "none")
 
 
 def _params(work: Path, source: Path | str, **teacher):
-    return repo_params({"data": {"source": str(source), "raw_dir": str(work / "raw"),
-                                 "prepared_dir": str(work / "prepared"), "sources_dir": str(work / "sources")},
-                        "paths": {"state_dir": str(work / "state")}, "runtime": {"num_workers": 0},
-                        "teacher": {k: str(v) for k, v in teacher.items()}})
+    return repo_params(
+        {
+            "data": {
+                "source": str(source),
+                "raw_dir": str(work / "raw"),
+                "prepared_dir": str(work / "prepared"),
+                "sources_dir": str(work / "sources"),
+            },
+            "paths": {"state_dir": str(work / "state")},
+            "runtime": {"num_workers": 0},
+            "teacher": {k: str(v) for k, v in teacher.items()},
+        }
+    )
 
 
 def _contents(folder: Path) -> dict[str, str]:
     """What the pipeline would read: each image's path under the folder and content hash."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.jpg"))
-            if not any(part.startswith(".") for part in p.relative_to(folder).parts)}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.jpg"))
+        if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
 
 
 def _edit(folder: Path, edit: str, pick: int, rng: np.random.Generator) -> None:
@@ -74,10 +85,13 @@ def _read_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @settings(max_examples=25)
-@given(edits=st.lists(st.tuples(st.sampled_from(EDITS), st.integers(0, 99)), min_size=1, max_size=6),
-       seed=st.integers(0, 2**16))
+@given(
+    edits=st.lists(st.tuples(st.sampled_from(EDITS), st.integers(0, 99)), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
 def test_the_images_record_changes_exactly_when_an_image_is_added_changed_or_removed(
-        tmp_path_factory, edits: list[tuple[str, int]], seed: int):
+    tmp_path_factory, edits: list[tuple[str, int]], seed: int
+):
     work = tmp_path_factory.mktemp("record")
     folder = make_user_folder(work / "photos", per_category=4, seed=seed)
     params = _params(work, folder)
@@ -144,6 +158,7 @@ def test_a_key_not_yet_settled_is_not_trusted(tmp_path: Path, monkeypatch):
 # Under real DVC: a project on a copy of the user's folder and teacher, reproduced up to the
 # teacher (imported, so a rerun costs seconds), then edited as a user would.
 
+
 def _ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
@@ -207,8 +222,9 @@ def test_an_added_changed_or_removed_image_reruns_prepare_and_the_stages_after_i
     assert _contents(folder) != before
     assert _repro(project, "prepare") == ["sources", "prepare"]
     rows = _manifest(project)
-    assert dict(zip(rows["path"], rows["sha256"])) == {p: s for p, s in _contents(folder).items()
-                                                        if p in set(rows["path"])}
+    assert dict(zip(rows["path"], rows["sha256"])) == {
+        p: s for p, s in _contents(folder).items() if p in set(rows["path"])
+    }
     assert set(_contents(folder)) - set(rows["path"]) <= {"green/empty.jpg", "blue/shoot-0/truncated.jpg"}
     [reasons] = stale_stages(project)["teacher"]  # what `dvc repro` reruns next
     assert reasons["changed deps"]["data/raw"] == "modified", reasons
@@ -226,17 +242,30 @@ def test_a_touched_or_copied_image_reruns_nothing(source_project: dict):
 
 def _fresh_params(project: Path, work: Path):
     """The project's settings, with every output in `work`: a prepare that has never run."""
-    return Params.model_validate(merge(yaml.safe_load((project / "params.yaml").read_text()), {
-        "data": {"raw_dir": str(work / "raw"), "prepared_dir": str(work / "prepared"),
-                 "sources_dir": str(work / "sources")}, "paths": {"state_dir": str(work / "state")}}))
+    return Params.model_validate(
+        merge(
+            yaml.safe_load((project / "params.yaml").read_text()),
+            {
+                "data": {
+                    "raw_dir": str(work / "raw"),
+                    "prepared_dir": str(work / "prepared"),
+                    "sources_dir": str(work / "sources"),
+                },
+                "paths": {"state_dir": str(work / "state")},
+            },
+        )
+    )
 
 
 @pytest.mark.slow
 @settings(max_examples=3)
-@given(edits=st.lists(st.tuples(st.sampled_from(EDITS), st.integers(0, 99)), min_size=1, max_size=2),
-       seed=st.integers(0, 2**16))
+@given(
+    edits=st.lists(st.tuples(st.sampled_from(EDITS), st.integers(0, 99)), min_size=1, max_size=2),
+    seed=st.integers(0, 2**16),
+)
 def test_after_any_edits_dvc_repro_leaves_the_manifest_a_fresh_prepare_of_the_folder_writes(
-        source_project: dict, tmp_path_factory, edits: list[tuple[str, int]], seed: int):
+    source_project: dict, tmp_path_factory, edits: list[tuple[str, int]], seed: int
+):
     project, folder = source_project["project"], source_project["folder"]
     rng = np.random.default_rng(seed)
     for edit, pick in edits:
@@ -254,15 +283,26 @@ def test_after_any_edits_dvc_repro_leaves_the_manifest_a_fresh_prepare_of_the_fo
 STAGES = ["sources", "prepare", "validate", "teacher", "distill"]
 
 
-@pytest.mark.parametrize(("before", "after", "ran", "says"), [
-    ("v1", "v1", [True, False, False, False, False], "No new images since data version v1: retraining would"),
-    ("v1", "v1", [True, True, False, False, False], "No new images since data version v1: retraining would"),
-    ("v1", "v1", [True, False, False, False, True], "No new images since data version v1; stages rerun because "
-                                                    "their settings or code changed: distill."),
-    ("v1", "v2", [True, True, True, True, True], "New data version v2 (was v1); stages run on it: validate, "
-                                                 "teacher, distill."),
-    (None, "v1", [True, True], "New data version v1; stages run on it: none yet."),
-    ("v1", "v1", [True], "The run stopped before `prepare`; the data version is still v1."),
-])
+@pytest.mark.parametrize(
+    ("before", "after", "ran", "says"),
+    [
+        ("v1", "v1", [True, False, False, False, False], "No new images since data version v1: retraining would"),
+        ("v1", "v1", [True, True, False, False, False], "No new images since data version v1: retraining would"),
+        (
+            "v1",
+            "v1",
+            [True, False, False, False, True],
+            "No new images since data version v1; stages rerun because their settings or code changed: distill.",
+        ),
+        (
+            "v1",
+            "v2",
+            [True, True, True, True, True],
+            "New data version v2 (was v1); stages run on it: validate, teacher, distill.",
+        ),
+        (None, "v1", [True, True], "New data version v1; stages run on it: none yet."),
+        ("v1", "v1", [True], "The run stopped before `prepare`; the data version is still v1."),
+    ],
+)
 def test_a_run_says_what_it_did_with_the_data(before, after, ran, says):
     assert data_change(before, after, dict(zip(STAGES, ran))).startswith(says)

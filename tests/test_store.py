@@ -41,8 +41,11 @@ store.save_version(sys.argv[3], {name: Path(path) for name, path in zip(sys.argv
 
 def _files(folder: Path, label: str) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    files = {StoreLayout.MODEL: folder / "model.pt", StoreLayout.META: folder / "model.json",
-             StoreLayout.REFERENCE: folder / "reference.parquet"}
+    files = {
+        StoreLayout.MODEL: folder / "model.pt",
+        StoreLayout.META: folder / "model.json",
+        StoreLayout.REFERENCE: folder / "reference.parquet",
+    }
     for name, path in files.items():
         path.write_bytes(f"{label} {name} ".encode() * 1000)
     return files
@@ -50,15 +53,17 @@ def _files(folder: Path, label: str) -> dict[str, Path]:
 
 @pytest.mark.parametrize("half", [False, True], ids=["between_files", "inside_a_file"])
 @pytest.mark.parametrize("crash_at", range(4))  # three files and BentoML's model.yaml
-def test_a_save_killed_at_any_point_leaves_the_previous_version_in_production(tmp_path: Path, crash_at: int,
-                                                                              half: bool):
+def test_a_save_killed_at_any_point_leaves_the_previous_version_in_production(
+    tmp_path: Path, crash_at: int, half: bool
+):
     name = f"crash-{crash_at}-{int(half)}"
     previous = store.save_version(name, _files(tmp_path / "old", "old"), {"model_sha256": "old"})
     new = _files(tmp_path / "new", "new")
     arguments = [str(crash_at), "half" if half else "whole", name]
     arguments += [str(item) for pair in new.items() for item in pair]
-    killed = subprocess.run([sys.executable, "-c", CRASHING_SAVE, *arguments], capture_output=True, text=True,
-                            check=False)
+    killed = subprocess.run(
+        [sys.executable, "-c", CRASHING_SAVE, *arguments], capture_output=True, text=True, check=False
+    )
     assert killed.returncode == -9, killed.stderr
 
     whole, broken = store.inventory(name)

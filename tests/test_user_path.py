@@ -3,7 +3,7 @@ from a fresh repository, exactly as docs/distillation.md ("Bring your own VGG-16
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -31,8 +31,13 @@ def user_project(tmp_path_factory, user_folder: Path, user_teacher: dict[str, Pa
     base = tmp_path_factory.mktemp("user-path")
     project = make_project(base / "project", base / "remote")
     defaults = yaml.safe_load((project / "params.yaml").read_text())["gate"]
-    write_params(project, {**user_params(user_folder, user_teacher, **{**defaults, "bootstrap_samples": 200}),
-                           "serving": {"model_name": MODEL_NAME}})
+    write_params(
+        project,
+        {
+            **user_params(user_folder, user_teacher, **{**defaults, "bootstrap_samples": 200}),
+            "serving": {"model_name": MODEL_NAME},
+        },
+    )
     before = content_hashes(user_folder)
     repro = run(["dvc", "repro"], project)
     return {"project": project, "repro": repro.stdout, "before": before}
@@ -56,8 +61,7 @@ def test_every_stage_runs_on_the_users_folder_and_teacher(user_project: dict, us
     assert not (project / "metrics/teacher/plots").exists()  # imported: no curves, and none faked
 
 
-def test_broken_files_are_skipped_and_named_by_their_path_in_the_users_folder(
-        user_project: dict, user_folder: Path):
+def test_broken_files_are_skipped_and_named_by_their_path_in_the_users_folder(user_project: dict, user_folder: Path):
     project = user_project["project"]
     expected = {str(user_folder / name) for name in BROKEN_FILES}
     assert {entry["path"] for entry in json.loads((project / "data/prepared/skipped.json").read_text())} == expected
@@ -76,7 +80,8 @@ def test_the_users_folder_is_unchanged(user_project: dict, user_folder: Path):
 
 
 def test_the_repositorys_policy_promotes_a_student_that_learnt_and_it_serves_what_it_scored(
-        user_project: dict, monkeypatch):
+    user_project: dict, monkeypatch
+):
     """Promotion under the repository's own gate policy, of a student well above chance, HTTP
     answers equal to the offline evaluation on a model whose answers mean something, and the
     teacher-agreement alert firing when the answers stop agreeing with the teacher."""
@@ -100,11 +105,10 @@ def test_the_repositorys_policy_promotes_a_student_that_learnt_and_it_serves_wha
     test = manifest[manifest["split"] == "test"].sort_values("path")
     categories = json.loads((project / "data/prepared/categories.json").read_text())
     offline = pd.read_parquet(project / "metrics/evaluate/predictions.parquet")[gate["variant"]]
-    since = datetime.now(timezone.utc)
-    with local_server(package["model_tag"], cwd=project, project_root=ROOT,
-                      params_file=project / "params.yaml") as url:
+    since = datetime.now(UTC)
+    with local_server(package["model_tag"], cwd=project, project_root=ROOT, params_file=project / "params.yaml") as url:
         served = [answer["category"] for answer in classify_files(url, project / "data/raw", test["path"])]
-        shifted = datetime.now(timezone.utc)
+        shifted = datetime.now(UTC)
         monkeypatch.chdir(project)
         params = load_params("params.yaml")
         send_traffic(params, url, len(test), corruption=SHIFT[0], severity=SHIFT[1])
@@ -133,7 +137,8 @@ def _stage(project: Path, stage: str) -> tuple[dict, str]:
 
 
 def test_a_categories_file_in_the_wrong_order_is_named_before_distillation(
-        user_project: dict, user_teacher: dict[str, Path], tmp_path: Path):
+    user_project: dict, user_teacher: dict[str, Path], tmp_path: Path
+):
     project = user_project["project"]
     swapped = list(TEACHER_ORDER)
     swapped[0], swapped[2] = swapped[2], swapped[0]
@@ -144,14 +149,15 @@ def test_a_categories_file_in_the_wrong_order_is_named_before_distillation(
         result, log = _stage(project, "teacher")
         assert set(result["val_at_or_below_chance"]) == {TEACHER_ORDER[0], TEACHER_ORDER[2]}
         text = " ".join(log.split())  # the log handler wraps long lines
-        warning = text[text.index("at or below chance"):text.index("wrong order")]
+        warning = text[text.index("at or below chance") : text.index("wrong order")]
         assert set(re.findall(r"'(\w+)' [\d.]+%", warning)) == {TEACHER_ORDER[0], TEACHER_ORDER[2]}
     finally:
         write_params(project, {"teacher": {"categories_file": str(user_teacher["categories_file"])}})
 
 
 def test_a_teacher_that_knows_nothing_makes_the_gate_fail_closed(
-        user_project: dict, user_teacher: dict[str, Path], tmp_path: Path):
+    user_project: dict, user_teacher: dict[str, Path], tmp_path: Path
+):
     project = user_project["project"]
     torch.save(shuffled(torch.load(user_teacher["checkpoint"], weights_only=True)), tmp_path / "shuffled.pt")
     write_params(project, {"teacher": {"checkpoint": str(tmp_path / "shuffled.pt")}})

@@ -25,14 +25,19 @@ CATEGORIES = ["zero", "one", "two", "three"]
 
 
 def _params(tmp_path: Path, source: Path, categories=CATEGORIES, **validation) -> Params:
-    return repo_params({
-        "data": {"source": str(source), "raw_dir": str(tmp_path / "raw"),
-                 "prepared_dir": str(tmp_path / "prepared"), "categories": categories,
-                 "on_undecodable": "record"},
-        "paths": {"state_dir": str(tmp_path / "state")},
-        "validation": {"report_dir": str(tmp_path / "reports"), "min_images_per_category": 5,
-                       **validation},
-    })
+    return repo_params(
+        {
+            "data": {
+                "source": str(source),
+                "raw_dir": str(tmp_path / "raw"),
+                "prepared_dir": str(tmp_path / "prepared"),
+                "categories": categories,
+                "on_undecodable": "record",
+            },
+            "paths": {"state_dir": str(tmp_path / "state")},
+            "validation": {"report_dir": str(tmp_path / "reports"), "min_images_per_category": 5, **validation},
+        }
+    )
 
 
 @pytest.fixture
@@ -101,8 +106,9 @@ def test_skipped_files_are_a_warning_naming_each_by_its_path_in_the_users_folder
     assert set(problem["offending"]) == {str(truncated), str(images / "two" / "empty.png")}
     assert str(truncated) in problem["message"]
 
-    strict = params.model_copy(update={"validation": params.validation.model_copy(
-        update={"severity": {"skipped_undecodable": "fail"}})})
+    strict = params.model_copy(
+        update={"validation": params.validation.model_copy(update={"severity": {"skipped_undecodable": "fail"}})}
+    )
     assert str(truncated) in _failure(strict, "skipped_undecodable")
 
 
@@ -174,8 +180,9 @@ def test_validation_flags_exactly_the_images_the_input_policy_refuses(cases):
         except UserError:
             pass
         problems = json.loads((params.validation.report_dir / "result.json").read_text())["summary"]["problems"]
-        flagged = {path for p in problems if p["check"] in ("dimensions", "aspect_ratio", "modes")
-                   for path in p["offending"]}
+        flagged = {
+            path for p in problems if p["check"] in ("dimensions", "aspect_ratio", "modes") for path in p["offending"]
+        }
         assert flagged == refused
 
 
@@ -197,8 +204,12 @@ def test_near_duplicates_across_splits_warn_and_can_be_made_to_fail(tmp_path: Pa
 
 
 def _brute_force_near_duplicates(hashes: list[int], splits: list[str], max_distance: int) -> list[bool]:
-    return [any(bin(h ^ other).count("1") <= max_distance and s != other_split
-                for other, other_split in zip(hashes, splits)) for h, s in zip(hashes, splits)]
+    return [
+        any(
+            bin(h ^ other).count("1") <= max_distance and s != other_split for other, other_split in zip(hashes, splits)
+        )
+        for h, s in zip(hashes, splits)
+    ]
 
 
 @settings(max_examples=150)
@@ -256,13 +267,16 @@ def _row(manifest: pd.DataFrame, split: str, category: str = "zero") -> int:
 def _edit(change):
     """A case that edits the manifest prepare wrote; change(manifest) returns the row it edited,
     which the failure must name by its file."""
+
     def case(images: Path):
         named: list[str] = []
 
         def edit(manifest: pd.DataFrame) -> None:
             paths = manifest["path"].copy()
             named.append(str(images / paths[change(manifest)]))
+
         return {}, edit, named
+
     return case
 
 
@@ -298,7 +312,9 @@ def _moved_to_train(split: str):
     def case(images: Path):
         def edit(manifest: pd.DataFrame) -> None:
             manifest.loc[(manifest["category"] == "zero") & (manifest["split"] == split), "split"] = "train"
+
         return {}, edit, ["zero"]
+
     return case
 
 
@@ -319,31 +335,54 @@ def _fewer_zeros(images: Path):
 
 VIOLATIONS = {
     # A row without a path has no file to name: the failure counts it (offending_count below).
-    ("not_null", "expect_column_values_to_not_be_null", "path"):
-        lambda images: ({}, lambda manifest: _null_path(manifest) and None, []),
+    ("not_null", "expect_column_values_to_not_be_null", "path"): lambda images: (
+        {},
+        lambda manifest: _null_path(manifest) and None,
+        [],
+    ),
     ("not_null", "expect_column_values_to_not_be_null", "category"): _edit(_null_category),
-    ("categories", "expect_column_distinct_values_to_equal_set", "category"):
-        lambda images: ({"data": {"categories": CATEGORIES + ["four"]}}, None, ["missing ['four']"]),
+    ("categories", "expect_column_distinct_values_to_equal_set", "category"): lambda images: (
+        {"data": {"categories": [*CATEGORIES, "four"]}},
+        None,
+        ["missing ['four']"],
+    ),
     ("decodes", "expect_column_values_to_be_in_set", "decodes"): lambda images: ({}, None, [_truncated(images)]),
     ("dimensions", "expect_column_values_to_be_between", "width"): lambda images: (
-        {}, None, [_plant(images, "narrow.png", in_mode("RGB", _policy().min_side - 1, 2 * _policy().min_side))]),
+        {},
+        None,
+        [_plant(images, "narrow.png", in_mode("RGB", _policy().min_side - 1, 2 * _policy().min_side))],
+    ),
     ("dimensions", "expect_column_values_to_be_between", "height"): lambda images: (
-        {}, None, [_plant(images, "low.png", in_mode("RGB", 2 * _policy().min_side, _policy().min_side - 1))]),
+        {},
+        None,
+        [_plant(images, "low.png", in_mode("RGB", 2 * _policy().min_side, _policy().min_side - 1))],
+    ),
     ("aspect_ratio", "expect_column_values_to_be_between", "aspect_ratio"): lambda images: (
-        {}, None, [_plant(images, "long.png", in_mode("RGB", 12, int(12 * _policy().max_aspect_ratio) + 2))]),
+        {},
+        None,
+        [_plant(images, "long.png", in_mode("RGB", 12, int(12 * _policy().max_aspect_ratio) + 2))],
+    ),
     ("modes", "expect_column_values_to_be_in_set", "mode"): lambda images: (
-        {}, None, [_plant(images, "print.jpg", in_mode("CMYK", 32, 32))]),  # CMYK is not among the allowed modes
+        {},
+        None,
+        [_plant(images, "print.jpg", in_mode("CMYK", 32, 32))],
+    ),  # CMYK is not among the allowed modes
     ("leakage", "expect_column_values_to_be_in_set", "duplicate_across_splits"): _edit(_test_copy_of_train),
-    ("within_split_duplicates", "expect_column_values_to_be_in_set", "duplicate_within_split"):
-        _edit(_train_copy_of_train),
-    ("near_duplicates", "expect_column_values_to_be_in_set", "near_duplicate_across_splits"):
-        _edit(_val_looks_like_train),
+    ("within_split_duplicates", "expect_column_values_to_be_in_set", "duplicate_within_split"): _edit(
+        _train_copy_of_train
+    ),
+    ("near_duplicates", "expect_column_values_to_be_in_set", "near_duplicate_across_splits"): _edit(
+        _val_looks_like_train
+    ),
     ("min_train_images", "expect_column_values_to_be_between", "train"): _few_zeros,
     ("val_and_test_coverage", "expect_column_values_to_be_between", "val"): _moved_to_train("val"),
     ("val_and_test_coverage", "expect_column_values_to_be_between", "test"): _moved_to_train("test"),
     ("imbalance", "expect_column_values_to_be_between", "ratio_to_smallest"): _fewer_zeros,
-    ("skipped_undecodable", "expect_column_values_to_be_in_set", "decodes"):
-        lambda images: ({"data": {"on_undecodable": "skip"}}, None, [_truncated(images)]),
+    ("skipped_undecodable", "expect_column_values_to_be_in_set", "decodes"): lambda images: (
+        {"data": {"on_undecodable": "skip"}},
+        None,
+        [_truncated(images)],
+    ),
 }
 
 
@@ -359,9 +398,7 @@ def clean_images(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("expectation", [
-    pytest.param(key, id="-".join(key[::2]))
-    for key in VIOLATIONS])
+@pytest.mark.parametrize("expectation", [pytest.param(key, id="-".join(key[::2])) for key in VIOLATIONS])
 def test_each_expectation_fails_alone_on_data_that_breaks_it(tmp_path: Path, clean_images: Path, expectation):
     """A real GX run over data that breaks one expectation: that one fails, naming what broke it,
     every other passes, and the check stops the stage exactly when its severity is 'fail'. Every

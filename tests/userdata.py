@@ -29,7 +29,7 @@ def colour_image(rgb: tuple[int, int, int], rng: np.random.Generator) -> Image.I
     height, width = rng.integers(36, 65, size=2)
     pixels = np.asarray(rgb, dtype=np.float32) + rng.normal(0, 18, (height, width, 3))
     top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-    pixels[top:top + height // 3, left:left + width // 3] *= 0.6
+    pixels[top : top + height // 3, left : left + width // 3] *= 0.6
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
@@ -55,8 +55,11 @@ BROKEN_FILES = {"green/empty.jpg", "blue/shoot-0/truncated.jpg"}
 
 
 def content_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -70,9 +73,15 @@ def make_colour_teacher(categories: list[str], per_category: int = 16, seed: int
     convolutions, the last layer fitted by logistic regression on freshly drawn images."""
     torch.manual_seed(seed)
     model = models.vgg16(weights=None, num_classes=len(categories)).eval()
-    transform = v2.Compose([v2.ToImage(), v2.Resize(IMAGE_SIZE, antialias=True), v2.CenterCrop(IMAGE_SIZE),
-                            v2.ToDtype(torch.float32, scale=True),
-                            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    transform = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(IMAGE_SIZE, antialias=True),
+            v2.CenterCrop(IMAGE_SIZE),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for label, name in enumerate(categories):
@@ -97,8 +106,7 @@ def make_colour_teacher(categories: list[str], per_category: int = 16, seed: int
 def shuffled(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
     """The same tensors with their elements permuted: a checkpoint that loads but knows nothing."""
     generator = torch.Generator().manual_seed(seed)
-    return {k: v.flatten()[torch.randperm(v.numel(), generator=generator)].reshape(v.shape)
-            for k, v in state.items()}
+    return {k: v.flatten()[torch.randperm(v.numel(), generator=generator)].reshape(v.shape) for k, v in state.items()}
 
 
 def edit_keeping_times(path: Path) -> bytes:

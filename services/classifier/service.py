@@ -80,8 +80,7 @@ class Images(Budgeted):
     images: ImageFiles
 
 
-@bentoml.service(traffic={"timeout": PARAMS.timeout_s, "max_concurrency": PARAMS.max_concurrency},
-                 workers=1)
+@bentoml.service(traffic={"timeout": PARAMS.timeout_s, "max_concurrency": PARAMS.max_concurrency}, workers=1)
 class Classifier:
     model_ref = bentoml.models.BentoModel(args.model_tag)
 
@@ -96,8 +95,15 @@ class Classifier:
     def _predict(self, images: list[Image.Image]) -> list[Prediction]:
         results = self.predictor.predict(images, PARAMS.top_k)
         self._log(results, images)
-        return [Prediction(category=r["category"], confidence=r["confidence"],
-                           top_k=[Ranked(**t) for t in r["top_k"]], model_tag=self.tag) for r in results]
+        return [
+            Prediction(
+                category=r["category"],
+                confidence=r["confidence"],
+                top_k=[Ranked(**t) for t in r["top_k"]],
+                model_tag=self.tag,
+            )
+            for r in results
+        ]
 
     def _log(self, results: list[dict], images: list) -> None:
         """One monitoring record per prediction; a logging failure never fails the request.
@@ -110,16 +116,18 @@ class Classifier:
                     kept = f"{uuid.uuid4().hex}.png"
                     image.save(RETAIN.retained_dir / kept)
                 with bentoml.monitor(MONITOR) as monitor:
-                    monitor.log(datetime.datetime.now(datetime.UTC).isoformat(), name="logged_at",
-                                role="feature", data_type="categorical")
+                    monitor.log(
+                        datetime.datetime.now(datetime.UTC).isoformat(),
+                        name="logged_at",
+                        role="feature",
+                        data_type="categorical",
+                    )
                     monitor.log(self.tag, name="model_tag", role="feature", data_type="categorical")
                     monitor.log(kept, name="retained_image", role="feature", data_type="categorical")
                     for name, value in result["features"].items():
                         monitor.log(value, name=name, role="feature", data_type="numerical")
-                    monitor.log(result["category"], name="prediction", role="prediction",
-                                data_type="categorical")
-                    monitor.log(result["confidence"], name="confidence", role="prediction",
-                                data_type="numerical")
+                    monitor.log(result["category"], name="prediction", role="prediction", data_type="categorical")
+                    monitor.log(result["confidence"], name="confidence", role="prediction", data_type="numerical")
         except Exception:  # monitoring is best effort by design
             log.exception("inference logging failed; the prediction was still returned")
 
@@ -128,8 +136,9 @@ class Classifier:
         """Classify one uploaded image (multipart field `image`)."""
         return self._predict([image])[0]
 
-    @bentoml.api(input_spec=Images, batchable=True, max_batch_size=PARAMS.max_batch_size,
-                 max_latency_ms=PARAMS.max_latency_ms)
+    @bentoml.api(
+        input_spec=Images, batchable=True, max_batch_size=PARAMS.max_batch_size, max_latency_ms=PARAMS.max_latency_ms
+    )
     def classify_batch(self, images: ImageFiles) -> Annotated[list[Prediction], Json]:
         """Classify images (multipart field `images`, repeated, at most serving.max_batch_size);
         concurrent requests are batched adaptively."""

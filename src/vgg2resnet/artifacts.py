@@ -19,10 +19,13 @@ from vgg2resnet.config import Params, UserError
 # The student's forms (config.VARIANTS), each a file in paths.models_dir, with `<name>.json`
 # metadata beside it.
 PRUNED_DIR = "pruned"  # the prune stage's one output folder in paths.models_dir
-VARIANT_FILES: dict[str, str] = {"pytorch_fp32": "student.pt", "onnx_fp32": "student-fp32.onnx",
-                                 "onnx_int8": "student-int8.onnx",
-                                 "pruned_fp32": f"{PRUNED_DIR}/student-pruned-fp32.onnx",
-                                 "pruned_int8": f"{PRUNED_DIR}/student-pruned-int8.onnx"}
+VARIANT_FILES: dict[str, str] = {
+    "pytorch_fp32": "student.pt",
+    "onnx_fp32": "student-fp32.onnx",
+    "onnx_int8": "student-int8.onnx",
+    "pruned_fp32": f"{PRUNED_DIR}/student-pruned-fp32.onnx",
+    "pruned_int8": f"{PRUNED_DIR}/student-pruned-int8.onnx",
+}
 TRAINING_STAGES = ("teacher", "distill", "prune")
 # Confusion matrices that the evaluate stage draws (dvc plots): the teacher's and two student forms.
 CONFUSION_MODELS = ("teacher", "pytorch_fp32", "onnx_int8")
@@ -38,9 +41,9 @@ def sidecar(path: Path) -> Path:
 class StoreLayout:
     """The files of one promoted version's folder in the BentoML model store."""
 
-    MODEL = "model.pt"            # a PyTorch checkpoint
-    ONNX = "model.onnx"           # or an ONNX export (fp32 or int8)
-    META = "model.json"           # the model's metadata, beside either
+    MODEL = "model.pt"  # a PyTorch checkpoint
+    ONNX = "model.onnx"  # or an ONNX export (fp32 or int8)
+    META = "model.json"  # the model's metadata, beside either
     PROJECTION = "projection.pt"  # PCA of penultimate features: the logged drift embedding
     REFERENCE = "reference.parquet"  # the drift baseline of this version
 

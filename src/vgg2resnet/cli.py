@@ -1,8 +1,8 @@
 """The `vgg2resnet` command: one subcommand per pipeline stage, plus helpers.
 
-    vgg2resnet prepare            # what `dvc repro prepare` runs (likewise every stage)
-    vgg2resnet data-version       # the DVC hash of data/raw
-    vgg2resnet demo               # serve, send traffic, report drift
+vgg2resnet prepare            # what `dvc repro prepare` runs (likewise every stage)
+vgg2resnet data-version       # the DVC hash of data/raw
+vgg2resnet demo               # serve, send traffic, report drift
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,8 +25,9 @@ from rich.logging import RichHandler
 
 from vgg2resnet.config import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help=__doc__.splitlines()[0])
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.splitlines()[0]
+)
 err = Console(stderr=True, soft_wrap=True)
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 
@@ -34,8 +35,10 @@ ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file"
 def _setup_logging() -> None:
     # Libraries log at WARNING and above; the project's own progress at INFO.
     logging.basicConfig(
-        level=logging.WARNING, format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True,
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+        force=True,
     )
     logging.getLogger("vgg2resnet").setLevel(logging.INFO)
 
@@ -138,8 +141,10 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @command
-def gate(params: ParamsOption = Path("params.yaml"),
-         strict: Annotated[bool, typer.Option(help="exit 3 when the student is rejected")] = False) -> None:
+def gate(
+    params: ParamsOption = Path("params.yaml"),
+    strict: Annotated[bool, typer.Option(help="exit 3 when the student is rejected")] = False,
+) -> None:
     """Apply the promotion policy to every student variant; write reports/gate.json, gate.md and gate.html."""
     from vgg2resnet.config import load_params
     from vgg2resnet.stages import gate as stage
@@ -154,22 +159,27 @@ def package(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @command
-def monitor(params: ParamsOption = Path("params.yaml"),
-            since: Annotated[datetime | None, typer.Option(help="start of the window (ISO time, UTC)")] = None,
-            model_tag: Annotated[str | None, typer.Option(
-                help="the version whose traffic to judge (default: the one that served last)")] = None) -> None:
+def monitor(
+    params: ParamsOption = Path("params.yaml"),
+    since: Annotated[datetime | None, typer.Option(help="start of the window (ISO time, UTC)")] = None,
+    model_tag: Annotated[
+        str | None, typer.Option(help="the version whose traffic to judge (default: the one that served last)")
+    ] = None,
+) -> None:
     """Compare logged traffic with its model version's reference: Evidently report + JSON in reports/drift/."""
     from vgg2resnet.config import load_params
     from vgg2resnet.monitoring.monitor import run_monitor
 
     if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=timezone.utc)
+        since = since.replace(tzinfo=UTC)
     _print_json(run_monitor(load_params(params), since=since, model_tag=model_tag))
 
 
 @command
 def simulate_traffic(
-    url: Annotated[str, typer.Option(help="the running service, on this machine (a loopback address)")] = "http://127.0.0.1:3000",
+    url: Annotated[
+        str, typer.Option(help="the running service, on this machine (a loopback address)")
+    ] = "http://127.0.0.1:3000",
     corruption: Annotated[str | None, typer.Option(help="brightness|contrast|blur|noise|rotation|occlusion")] = None,
     severity: Annotated[int, typer.Option(min=1, max=5)] = 3,
     requests: Annotated[int | None, typer.Option(help="images to send (default monitoring.traffic_requests)")] = None,
@@ -194,8 +204,10 @@ def demo(params: ParamsOption = Path("params.yaml")) -> None:
 
 
 @command
-def rollback(tag: Annotated[str | None, typer.Argument(help="version to restore (default: the previous)")] = None,
-             params: ParamsOption = Path("params.yaml")) -> None:
+def rollback(
+    tag: Annotated[str | None, typer.Argument(help="version to restore (default: the previous)")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
     """Make an earlier promoted model current again (saved as a new version; nothing is deleted)."""
     from vgg2resnet.config import load_params
     from vgg2resnet.packaging.store import rollback as restore
@@ -210,4 +222,3 @@ def data_version(params: ParamsOption = Path("params.yaml")) -> None:
     from vgg2resnet.lineage import data_version as compute
 
     typer.echo(compute(load_params(params).data.raw_dir))
-

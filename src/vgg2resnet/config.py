@@ -34,6 +34,7 @@ class UserError(Exception):
 
     exit_code = 2
 
+
 # The forms of the student that the gate weighs, each a file under paths.models_dir: the
 # distilled ResNet-50 (PyTorch, ONNX fp32, ONNX int8) and its channel-pruned, fine-tuned
 # descendant (ONNX fp32, ONNX int8), which the `prune` stage makes when prune.enabled.
@@ -43,14 +44,19 @@ PRUNED_VARIANTS: tuple[str, ...] = ("pruned_fp32", "pruned_int8")
 # The fp32 form of each variant's network, which its `fp32_agreement` is measured against: a
 # broken export or calibration shows there. The pruned network was fine-tuned, so it is a new
 # student (the gate holds it to the teacher like the first), and its int8 form follows it.
-FP32_FORM: dict[str, str] = {"pytorch_fp32": "pytorch_fp32", "onnx_fp32": "pytorch_fp32",
-                             "onnx_int8": "pytorch_fp32", "pruned_fp32": "pruned_fp32",
-                             "pruned_int8": "pruned_fp32"}
+FP32_FORM: dict[str, str] = {
+    "pytorch_fp32": "pytorch_fp32",
+    "onnx_fp32": "pytorch_fp32",
+    "onnx_int8": "pytorch_fp32",
+    "pruned_fp32": "pruned_fp32",
+    "pruned_int8": "pruned_fp32",
+}
 
 
 # The stages of dvc.yaml, in its order (tests/test_layout.py holds the two equal).
-Stage = Literal["sources", "prepare", "validate", "teacher", "distill", "compress", "prune", "evaluate", "gate",
-                "package"]
+Stage = Literal[
+    "sources", "prepare", "validate", "teacher", "distill", "compress", "prune", "evaluate", "gate", "package"
+]
 
 
 def _path_setting(value: Any) -> Path:
@@ -115,8 +121,9 @@ class ValidationParams(Section):
     @model_validator(mode="after")
     def _sides_in_order(self) -> ValidationParams:
         if self.min_side > self.max_side:
-            raise ValueError(f"min_side ({self.min_side}) is above max_side ({self.max_side}): no image could pass; "
-                             "swap them")
+            raise ValueError(
+                f"min_side ({self.min_side}) is above max_side ({self.max_side}): no image could pass; swap them"
+            )
         return self
 
 
@@ -258,16 +265,20 @@ class ServingParams(Section):
         # A request that waits longer than timeout_s has already been answered 504, so a larger
         # budget would never shed anything: it is a mistake for a shorter one.
         if self.max_latency_ms > self.timeout_s * 1000:
-            raise ValueError(f"max_latency_ms ({self.max_latency_ms}) exceeds timeout_s * 1000 "
-                             f"({self.timeout_s * 1000}): lower max_latency_ms or raise timeout_s")
+            raise ValueError(
+                f"max_latency_ms ({self.max_latency_ms}) exceeds timeout_s * 1000 "
+                f"({self.timeout_s * 1000}): lower max_latency_ms or raise timeout_s"
+            )
         return self
 
     @model_validator(mode="after")
     def _one_image_within_the_request_budget(self) -> ServingParams:
         if self.max_pixels > self.max_request_pixels:
-            raise ValueError(f"max_pixels ({self.max_pixels}) exceeds max_request_pixels ({self.max_request_pixels}): "
-                             "an image the service admits alone could never be sent; lower max_pixels or raise "
-                             "max_request_pixels")
+            raise ValueError(
+                f"max_pixels ({self.max_pixels}) exceeds max_request_pixels ({self.max_request_pixels}): "
+                "an image the service admits alone could never be sent; lower max_pixels or raise "
+                "max_request_pixels"
+            )
         return self
 
 
@@ -321,8 +332,10 @@ class Params(Section):
     @model_validator(mode="after")
     def _something_to_promote(self) -> Params:
         if not self.prune.enabled and set(self.gate.variants) <= set(PRUNED_VARIANTS):
-            raise ValueError(f"gate.variants {self.gate.variants} lists only pruned forms, which prune.enabled: "
-                             "false does not make; add pytorch_fp32, onnx_fp32 or onnx_int8, or enable prune")
+            raise ValueError(
+                f"gate.variants {self.gate.variants} lists only pruned forms, which prune.enabled: "
+                "false does not make; add pytorch_fp32, onnx_fp32 or onnx_int8, or enable prune"
+            )
         return self
 
 
@@ -343,8 +356,10 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         allowed = sorted(section.model_fields) if isinstance(section, type) else []
         return f"unknown key '{key}'; allowed keys here: {', '.join(allowed)}"
     if error["type"] == "missing":
-        return (f"missing key '{key}': every setting is given in params.yaml; copy it, with its comment, "
-                "from the project's params.yaml")
+        return (
+            f"missing key '{key}': every setting is given in params.yaml; copy it, with its comment, "
+            "from the project's params.yaml"
+        )
     return f"'{key}': {error['msg']} (got {error.get('input')!r})"
 
 

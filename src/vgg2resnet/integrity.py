@@ -21,8 +21,11 @@ BENTOML_FILES = frozenset({"model.yaml"})  # what BentoML writes beside them
 
 def digests(folder: Path) -> dict[str, str]:
     """The sha256 of every file in a version's folder (BentoML's own excepted)."""
-    return {path.name: file_sha256(path) for path in sorted(Path(folder).iterdir())
-            if path.is_file() and path.name not in BENTOML_FILES}
+    return {
+        path.name: file_sha256(path)
+        for path in sorted(Path(folder).iterdir())
+        if path.is_file() and path.name not in BENTOML_FILES
+    }
 
 
 def damage(folder: Path, metadata: dict[str, Any]) -> str | None:

@@ -73,6 +73,7 @@ def git_revision(repo_root: Path | None = None) -> str:
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
         revision = git("rev-parse", "HEAD")
         edited = git("diff", "--name-only", "--relative", "HEAD").splitlines()
@@ -98,8 +99,9 @@ LINEAGE_SECTIONS = ("data", "augment", "teacher", "distill", "compress", "prune"
 def params_hash(params: Params) -> str:
     """A short hash of the settings in LINEAGE_SECTIONS, as loaded (not of a file that may have
     changed since): the same hash means the same recipe, whatever serving or monitoring say."""
-    text = json.dumps({name: getattr(params, name).model_dump(mode="json") for name in LINEAGE_SECTIONS},
-                      sort_keys=True)
+    text = json.dumps(
+        {name: getattr(params, name).model_dump(mode="json") for name in LINEAGE_SECTIONS}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

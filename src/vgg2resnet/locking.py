@@ -57,10 +57,14 @@ def exclusive(path: Path, wait: bool = False) -> Iterator[None]:
         lock.acquire()
     except Timeout:
         said = holder.read_text().strip() if holder.is_file() else "another process"
-        raise UserError(f"{said} is running in this project (it holds {path}); wait for it to finish, then run "
-                        "this again. The lock goes with its process, so a crashed run never holds it") from None
+        raise UserError(
+            f"{said} is running in this project (it holds {path}); wait for it to finish, then run "
+            "this again. The lock goes with its process, so a crashed run never holds it"
+        ) from None
     try:
-        holder.write_text(f"{' '.join(sys.argv)} (pid {os.getpid()}, since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC)\n")
+        holder.write_text(
+            f"{' '.join(sys.argv)} (pid {os.getpid()}, since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC)\n"
+        )
         _announce(str(path), held=True)
         try:
             yield

@@ -43,19 +43,34 @@ def _batches(loader: DataLoader) -> Iterator[np.ndarray]:
         yield images.numpy()
 
 
-def quantize_on_train_sample(params: Params, fp32: Path, int8: Path, categories: list[str],
-                             transform: Callable) -> dict:
+def quantize_on_train_sample(
+    params: Params, fp32: Path, int8: Path, categories: list[str], transform: Callable
+) -> dict:
     """Quantize an fp32 export to int8, calibrated on the seeded train sample; return what it was
     calibrated on (split, method and image paths)."""
     c = params.compress
     train = split_dataset(params, CALIBRATION_SPLIT, categories, transform)
     sample = calibration_sample(params, train)
-    log.info("quantizing to int8 (%s calibration on %d %s images) -> %s", c.calibration_method, len(sample),
-             CALIBRATION_SPLIT, int8)
-    quantize_int8(fp32, int8, _batches(make_loader(Subset(train, sample), params.runtime, c.calibration_batch_size)),
-                  c.calibration_method, c.per_channel)
-    return {"split": CALIBRATION_SPLIT, "method": c.calibration_method, "per_channel": c.per_channel,
-            "paths": [Path(train.paths[i]).relative_to(params.data.raw_dir).as_posix() for i in sample]}
+    log.info(
+        "quantizing to int8 (%s calibration on %d %s images) -> %s",
+        c.calibration_method,
+        len(sample),
+        CALIBRATION_SPLIT,
+        int8,
+    )
+    quantize_int8(
+        fp32,
+        int8,
+        _batches(make_loader(Subset(train, sample), params.runtime, c.calibration_batch_size)),
+        c.calibration_method,
+        c.per_channel,
+    )
+    return {
+        "split": CALIBRATION_SPLIT,
+        "method": c.calibration_method,
+        "per_channel": c.per_channel,
+        "paths": [Path(train.paths[i]).relative_to(params.data.raw_dir).as_posix() for i in sample],
+    }
 
 
 def _derived_meta(source: dict, variant: str, extra: dict) -> dict:
@@ -64,8 +79,9 @@ def _derived_meta(source: dict, variant: str, extra: dict) -> dict:
     return {**keep, "variant": variant, "source_sha256": source["sha256"], **extra}
 
 
-def export_forms(params: Params, model: nn.Module, source: dict, targets: dict[str, Path],
-                 categories: list[str], **meta) -> dict[str, dict]:
+def export_forms(
+    params: Params, model: nn.Module, source: dict, targets: dict[str, Path], categories: list[str], **meta
+) -> dict[str, dict]:
     """Write `model` as ONNX fp32 and int8 to `targets` ({variant: path}, fp32 first) with their
     sidecars; `source` is the metadata of the model file it came from, `meta` what the forms add
     to it. Returns each form's val parity with `model`."""
@@ -84,15 +100,26 @@ def export_forms(params: Params, model: nn.Module, source: dict, targets: dict[s
             f"{fp32}: the ONNX export does not reproduce PyTorch on the val split (max abs logit difference "
             f"{fp32_parity['max_abs_logit']:.3g} vs compress.parity_max_abs_logit {c.parity_max_abs_logit:.3g}, "
             f"top-1 agreement {fp32_parity['agreement']:.2f}% vs compress.parity_min_agreement "
-            f"{c.parity_min_agreement}%); try another compress.opset")
+            f"{c.parity_min_agreement}%); try another compress.opset"
+        )
     write_sidecar(fp32, _derived_meta(source, fp32_name, {**meta, "opset": c.opset, "parity": fp32_parity}))
 
     calibration = quantize_on_train_sample(params, fp32, int8, categories, transform)
     int8_parity = parity(reference, predict_logits(OnnxRunner(int8, CPU), with_progress(val, "val parity: ONNX int8")))
-    write_sidecar(int8, _derived_meta(source, int8_name, {**meta, "opset": c.opset, "calibration": calibration,
-                                                          "parity": int8_parity}))
-    log.info("val parity vs PyTorch: %s max |dlogit| %.2g, agreement %.2f%%; %s max |dlogit| %.2g, "
-             "agreement %.2f%%; sizes %.1f MB, %.1f MB", fp32_name, fp32_parity["max_abs_logit"],
-             fp32_parity["agreement"], int8_name, int8_parity["max_abs_logit"], int8_parity["agreement"],
-             fp32.stat().st_size / 1e6, int8.stat().st_size / 1e6)
+    write_sidecar(
+        int8,
+        _derived_meta(source, int8_name, {**meta, "opset": c.opset, "calibration": calibration, "parity": int8_parity}),
+    )
+    log.info(
+        "val parity vs PyTorch: %s max |dlogit| %.2g, agreement %.2f%%; %s max |dlogit| %.2g, "
+        "agreement %.2f%%; sizes %.1f MB, %.1f MB",
+        fp32_name,
+        fp32_parity["max_abs_logit"],
+        fp32_parity["agreement"],
+        int8_name,
+        int8_parity["max_abs_logit"],
+        int8_parity["agreement"],
+        fp32.stat().st_size / 1e6,
+        int8.stat().st_size / 1e6,
+    )
     return {fp32_name: fp32_parity, int8_name: int8_parity}

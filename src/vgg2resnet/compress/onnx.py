@@ -36,9 +36,18 @@ def export_onnx(model: nn.Module, path: Path, image_size: int, opset: int) -> No
     example = torch.randn(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with atomic.atomic_path(Path(path)) as tmp:
-        torch.onnx.export(wrapped, (example,), str(tmp), input_names=[ONNX_INPUT], output_names=ONNX_OUTPUTS,
-                          dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                          external_data=False, verbose=False)
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(tmp),
+            input_names=[ONNX_INPUT],
+            output_names=ONNX_OUTPUTS,
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
 
 
 def parity(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
@@ -63,8 +72,9 @@ def _reader(batches: Iterable[np.ndarray]):
     return Batches()
 
 
-def quantize_int8(fp32: Path, target: Path, batches: Iterable[np.ndarray], method: str = "minmax",
-                  per_channel: bool = True) -> None:
+def quantize_int8(
+    fp32: Path, target: Path, batches: Iterable[np.ndarray], method: str = "minmax", per_channel: bool = True
+) -> None:
     """Quantize the fp32 ONNX file into target (atomically), calibrated on `batches`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -74,7 +84,13 @@ def quantize_int8(fp32: Path, target: Path, batches: Iterable[np.ndarray], metho
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         with atomic.atomic_path(Path(target)) as tmp:
-            quantize_static(str(prepared), str(tmp), _reader(batches), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, METHODS[method]))
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                _reader(batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, METHODS[method]),
+            )

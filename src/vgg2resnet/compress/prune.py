@@ -33,24 +33,43 @@ def prune_to_flops(model: nn.Module, image_size: int, flops_ratio: float, round_
     model.eval()
     example = torch.randn(1, 3, image_size, image_size)
     before = {"flops": count_flops(model, image_size), "parameters": count_parameters(model)}
-    pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=MAX_CHANNEL_SHARE, iterative_steps=STEPS,
-                                  ignored_layers=[model.fc], round_to=round_to)
+    pruner = tp.pruner.BasePruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=MAX_CHANNEL_SHARE,
+        iterative_steps=STEPS,
+        ignored_layers=[model.fc],
+        round_to=round_to,
+    )
     flops, step = before["flops"], 0
     while flops > flops_ratio * before["flops"]:
         if step == STEPS:
-            raise UserError(f"prune.flops_ratio {flops_ratio}: removing {MAX_CHANNEL_SHARE:.0%} of every layer's "
-                            f"channels leaves {flops / before['flops']:.3f} of the FLOPs; choose a larger ratio")
+            raise UserError(
+                f"prune.flops_ratio {flops_ratio}: removing {MAX_CHANNEL_SHARE:.0%} of every layer's "
+                f"channels leaves {flops / before['flops']:.3f} of the FLOPs; choose a larger ratio"
+            )
         pruner.step()
         step += 1
         flops = count_flops(model, image_size)
     result = {
-        "flops_before": before["flops"], "flops": flops, "flops_ratio": flops / before["flops"],
-        "parameters_before": before["parameters"], "parameters": count_parameters(model),
-        "channel_share_removed": step * MAX_CHANNEL_SHARE / STEPS, "features": model.fc.in_features,
+        "flops_before": before["flops"],
+        "flops": flops,
+        "flops_ratio": flops / before["flops"],
+        "parameters_before": before["parameters"],
+        "parameters": count_parameters(model),
+        "channel_share_removed": step * MAX_CHANNEL_SHARE / STEPS,
+        "features": model.fc.in_features,
         "channels": {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)},
     }
-    log.info("pruned %.0f%% of the channels: %.3g -> %.3g FLOPs (%.3fx), %.3g -> %.3g parameters, "
-             "%d pooled features", 100 * result["channel_share_removed"], before["flops"], flops,
-             result["flops_ratio"], before["parameters"], result["parameters"], result["features"])
+    log.info(
+        "pruned %.0f%% of the channels: %.3g -> %.3g FLOPs (%.3fx), %.3g -> %.3g parameters, %d pooled features",
+        100 * result["channel_share_removed"],
+        before["flops"],
+        flops,
+        result["flops_ratio"],
+        before["parameters"],
+        result["parameters"],
+        result["features"],
+    )
     return result

@@ -35,7 +35,7 @@ def sample_rows(rows: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFram
     quota = rows["category"].value_counts(sort=False) * limit / len(rows)
     take = np.floor(quota).astype(int)
     remainders = (quota - take).sort_values(ascending=False, kind="stable")
-    take[remainders.index[:limit - take.sum()]] += 1
+    take[remainders.index[: limit - take.sum()]] += 1
     shuffled = rows.iloc[np.random.default_rng(seed).permutation(len(rows))]
     chosen = shuffled.index[shuffled.groupby("category").cumcount() < shuffled["category"].map(take)]
     return rows.loc[sorted(chosen)].reset_index(drop=True)
@@ -106,20 +106,31 @@ def split_rows(params: Params, split: str, limit: int | None = None) -> pd.DataF
     return rows
 
 
-def split_dataset(params: Params, split: str, categories: list[str], transform=None,
-                  limit: int | None = None) -> ImageDataset:
+def split_dataset(
+    params: Params, split: str, categories: list[str], transform=None, limit: int | None = None
+) -> ImageDataset:
     """A split in manifest order, or a stratified sample of `limit` of its images (seeded by data.seed)."""
     return ImageDataset(split_rows(params, split, limit), Artifacts(params).raw_dir, categories, transform)
 
 
 def train_views(params: Params, train: TrainParams, categories: list[str]) -> SeededViews:
     """The train split as seeded augmented views at the training stage's image size."""
-    return SeededViews(split_dataset(params, "train", categories), train_transform(train.image_size, params.augment),
-                       params.runtime.seed)
+    return SeededViews(
+        split_dataset(params, "train", categories),
+        train_transform(train.image_size, params.augment),
+        params.runtime.seed,
+    )
 
 
-def eval_loader(params: Params, split: str, categories: list[str], batch_size: int,
-                transform=None, image_size: int | None = None, limit: int | None = None) -> DataLoader:
+def eval_loader(
+    params: Params,
+    split: str,
+    categories: list[str],
+    batch_size: int,
+    transform=None,
+    image_size: int | None = None,
+    limit: int | None = None,
+) -> DataLoader:
     """A split in manifest order (or a sample of `limit` images, see `split_dataset`), through
     `transform` or the eval preset at image_size."""
     if transform is None:

@@ -45,14 +45,19 @@ class _Links:
             target = os.path.realpath(link, strict=True)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise UserError(f"{link}: symbolic link loop (it leads back to itself); fix or remove the link") from None
-            raise UserError(f"{link}: symbolic link to {os.readlink(link)}, which does not exist; "
-                            "restore its target or remove the link") from None
+                raise UserError(
+                    f"{link}: symbolic link loop (it leads back to itself); fix or remove the link"
+                ) from None
+            raise UserError(
+                f"{link}: symbolic link to {os.readlink(link)}, which does not exist; "
+                "restore its target or remove the link"
+            ) from None
         if not self.follow_external and os.path.commonpath([target, self.root]) != self.root:
             raise UserError(
                 f"{link}: symbolic link to {target}, outside the folder it is in ({self.root}); its file would be "
                 "copied and pushed to the DVC remote. Copy the files into the folder, or set "
-                "data.follow_external_links: true in params.yaml to follow links that leave it")
+                "data.follow_external_links: true in params.yaml to follow links that leave it"
+            )
         return target
 
     def files(self, folder: str, prefix: str, above: frozenset[str]) -> Iterator[str]:
@@ -61,8 +66,9 @@ class _Links:
         caller has checked folder itself if it is a link."""
         real = os.path.realpath(folder)
         if real in above:
-            raise UserError(f"{folder}: symbolic link to {real}, a folder it lies in: the tree would never end; "
-                            "remove the link")
+            raise UserError(
+                f"{folder}: symbolic link to {real}, a folder it lies in: the tree would never end; remove the link"
+            )
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_symlink():
@@ -135,4 +141,3 @@ def source_root(data: DataParams) -> Path:
     """Where the user's images live, for naming a file by the path its owner knows: the folder
     in data.source, or data.raw_dir for the generated demo."""
     return data.raw_dir if data.source == "demo" else Path(data.source).expanduser()
-

@@ -40,9 +40,15 @@ except ImportError:
     decode_jpeg = None
 
 # EXIF orientation -> the turn that shows the stored pixels upright (EXIF 2.3, tag 0x0112).
-UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-           8: Image.Transpose.ROTATE_90}
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 # The same turns on a (..., height, width) tensor.
 TENSOR_UPRIGHT = {
@@ -62,8 +68,7 @@ class UndecodableImage(ValueError):
     message says why, for the file's owner."""
 
 
-def open_image(source: bytes | Path, max_pixels: int | None = None,
-               policy: InputPolicy | None = None) -> Image.Image:
+def open_image(source: bytes | Path, max_pixels: int | None = None, policy: InputPolicy | None = None) -> Image.Image:
     """The fully decoded, upright image in its own mode; its size is checked against
     `max_pixels`, and its size and mode against `policy`, from the header, before any pixel
     is decoded."""
@@ -79,8 +84,10 @@ def open_image(source: bytes | Path, max_pixels: int | None = None,
     except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types on malformed headers
         raise UndecodableImage(f"the image header is corrupt ({type(exc).__name__}: {exc})") from None
     if max_pixels is not None and image.width * image.height > max_pixels:
-        raise UndecodableImage(f"the image is {image.width}x{image.height} = {image.width * image.height} "
-                               f"pixels; the limit is {max_pixels}")
+        raise UndecodableImage(
+            f"the image is {image.width}x{image.height} = {image.width * image.height} "
+            f"pixels; the limit is {max_pixels}"
+        )
     refusals = policy.refusals(image.width, image.height, image.mode) if policy is not None else []
     if refusals:
         raise UndecodableImage("; ".join(refusals))

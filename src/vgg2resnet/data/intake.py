@@ -200,8 +200,11 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
     the keys of this run are returned for the next; without, no file is even stat'ed."""
     started = time.time_ns()
     root, recorded = str(scan.root), reading.previous.stats
-    jobs = [Job(os.path.join(root, relative), relative, category)
-            for category, files in scan.files.items() for relative in files]
+    jobs = [
+        Job(os.path.join(root, relative), relative, category)
+        for category, files in scan.files.items()
+        for relative in files
+    ]
     rows, skipped, to_read = [], [], jobs
     if recorded is not None:
         relatives = [job.relative for job in jobs]
@@ -215,8 +218,15 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
             else:
                 rows.append(row)
     unread = len(rows)
-    progress = tqdm(_results(to_read, reading, workers), total=len(jobs), initial=unread, desc="prepare",
-                    unit="img", disable=not show_progress, mininterval=2.0)
+    progress = tqdm(
+        _results(to_read, reading, workers),
+        total=len(jobs),
+        initial=unread,
+        desc="prepare",
+        unit="img",
+        disable=not show_progress,
+        mininterval=2.0,
+    )
     for result in progress:
         if "row" in result:
             rows.append(result["row"])
@@ -225,8 +235,13 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
     if recorded is None:
         return Intake(rows, skipped, None, unread)
     paths = [row["path"] for row in rows]
-    stats = SourceStats.settled_of(recorded.root, paths, keys[pd.Index(relatives).get_indexer(paths)],
-                                   np.array([row["sha256"] for row in rows], dtype=object), started)
+    stats = SourceStats.settled_of(
+        recorded.root,
+        paths,
+        keys[pd.Index(relatives).get_indexer(paths)],
+        np.array([row["sha256"] for row in rows], dtype=object),
+        started,
+    )
     return Intake(rows, skipped, stats, unread)
 
 
@@ -234,7 +249,9 @@ def undecodable_error(broken: list[tuple[Path, str]]) -> UserError:
     listed = [f"  {path}: {error}" for path, error in broken]
     more = f"\n  ... and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
     return UserError(
-        f"{len(broken)} file(s) with an image extension do not decode:\n" + "\n".join(listed[:MAX_LISTED]) + more
+        f"{len(broken)} file(s) with an image extension do not decode:\n"
+        + "\n".join(listed[:MAX_LISTED])
+        + more
         + "\nremove or replace them, or set data.on_undecodable in params.yaml to 'skip' (train without them; "
         "validation lists them) or 'record' (validation fails on them)"
     )
@@ -261,10 +278,20 @@ def import_source(params: Params, staging: Path) -> tuple[ScanResult, Intake]:
     total = sum(len(files) for files in scan.files.values())
     stats = SourceStats.load(layout.source_stats, source) if data.reuse_by_stat else None
     previous = Previous.load(layout.manifest, raw_dir, stats)
-    log.info("reading %d images from %s (your folder is only read) into %s with %d worker(s); "
-             "%d known from the previous manifest", total, source, raw_dir, workers, len(previous.facts))
+    log.info(
+        "reading %d images from %s (your folder is only read) into %s with %d worker(s); "
+        "%d known from the previous manifest",
+        total,
+        source,
+        raw_dir,
+        workers,
+        len(previous.facts),
+    )
     intake = read_images(scan, Reading(data.max_pixels, staging, skip, previous), workers)
     if stats is not None:
-        log.info("%d of %d images unchanged since the last run (size, mtime, ctime, inode): linked unread",
-                 intake.unread, total)
+        log.info(
+            "%d of %d images unchanged since the last run (size, mtime, ctime, inode): linked unread",
+            intake.unread,
+            total,
+        )
     return scan, intake

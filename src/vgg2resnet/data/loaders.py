@@ -60,19 +60,34 @@ class EpochItems(Sampler):
         return len(self.items)
 
 
-def make_loader(dataset: Dataset, runtime: RuntimeParams, batch_size: int,
-                sampler: Sampler | Sequence | None = None, *,
-                batches: Sequence[Sequence] | None = None, collate: Callable | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    runtime: RuntimeParams,
+    batch_size: int,
+    sampler: Sampler | Sequence | None = None,
+    *,
+    batches: Sequence[Sequence] | None = None,
+    collate: Callable | None = None,
+) -> DataLoader:
     """Batches of `dataset` in order, or in the order `sampler` gives, or exactly the given
     `batches` (lists of items), with runtime's workers; `collate` replaces the default stacking."""
     workers = worker_count(runtime)
     per_worker = {"persistent_workers": True, "prefetch_factor": runtime.prefetch_factor} if workers else {}
-    batching = {"batch_sampler": batches} if batches is not None else \
-        {"batch_size": batch_size, "sampler": sampler, "shuffle": False}
-    return DataLoader(dataset, **batching, num_workers=workers,
-                      pin_memory=runtime.pin_memory and torch.cuda.is_available(),
-                      worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(runtime.seed),
-                      collate_fn=collate, **per_worker)
+    batching = (
+        {"batch_sampler": batches}
+        if batches is not None
+        else {"batch_size": batch_size, "sampler": sampler, "shuffle": False}
+    )
+    return DataLoader(
+        dataset,
+        **batching,
+        num_workers=workers,
+        pin_memory=runtime.pin_memory and torch.cuda.is_available(),
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(runtime.seed),
+        collate_fn=collate,
+        **per_worker,
+    )
 
 
 def with_progress(loader: DataLoader, desc: str, leave: bool = True) -> Iterator:

@@ -13,8 +13,17 @@ from vgg2resnet.config import SplitParams
 from vgg2resnet.data.images import UndecodableImage, open_image
 
 MANIFEST_COLUMNS = [
-    "path", "category", "split", "sha256", "dhash", "width", "height", "mode", "bytes",
-    "decodes", "decode_error",
+    "path",
+    "category",
+    "split",
+    "sha256",
+    "dhash",
+    "width",
+    "height",
+    "mode",
+    "bytes",
+    "decodes",
+    "decode_error",
 ]
 SPLITS = ("train", "val", "test")
 # Recorded in the manifest; a re-run of prepare reuses facts only from a manifest of the same
@@ -67,7 +76,7 @@ def assign_splits(frame: pd.DataFrame, split: SplitParams, seed: int) -> pd.Seri
         n_test = max(1, round(n * split.test)) if n >= 3 else 0
         n_val = max(1, round(n * split.val)) if n >= 3 else 0
         result[order[:n_test]] = "test"
-        result[order[n_test:n_test + n_val]] = "val"
+        result[order[n_test : n_test + n_val]] = "val"
     return result
 
 

@@ -38,25 +38,34 @@ class InputPolicy:
 
     @classmethod
     def of(cls, validation: ValidationParams) -> InputPolicy:
-        return cls(validation.min_side, validation.max_side, validation.max_aspect_ratio,
-                   frozenset(validation.allowed_modes))
+        return cls(
+            validation.min_side, validation.max_side, validation.max_aspect_ratio, frozenset(validation.allowed_modes)
+        )
 
     def refusals(self, width: int, height: int, mode: str) -> list[str]:
         """Each rule an image of this size and mode breaks, naming the setting; empty when admitted."""
         reasons = []
         shorter, longer = sorted((width, height))
         if shorter < self.min_side:
-            reasons.append(f"the image is {width}x{height} px, under validation.min_side ({self.min_side} px) "
-                           "on a side: send a larger image")
+            reasons.append(
+                f"the image is {width}x{height} px, under validation.min_side ({self.min_side} px) "
+                "on a side: send a larger image"
+            )
         if longer > self.max_side:
-            reasons.append(f"the image is {width}x{height} px, over validation.max_side ({self.max_side} px) "
-                           "on a side: downscale it")
+            reasons.append(
+                f"the image is {width}x{height} px, over validation.max_side ({self.max_side} px) "
+                "on a side: downscale it"
+            )
         if aspect_ratio(width, height) > self.max_aspect_ratio:
-            reasons.append(f"the image is {width}x{height} px, its longer side over validation.max_aspect_ratio "
-                           f"({self.max_aspect_ratio:g}) times its shorter: crop it")
+            reasons.append(
+                f"the image is {width}x{height} px, its longer side over validation.max_aspect_ratio "
+                f"({self.max_aspect_ratio:g}) times its shorter: crop it"
+            )
         if mode not in self.allowed_modes:
-            reasons.append(f"the image's mode is {mode}, not one of validation.allowed_modes "
-                           f"({', '.join(sorted(self.allowed_modes))}): convert it")
+            reasons.append(
+                f"the image's mode is {mode}, not one of validation.allowed_modes "
+                f"({', '.join(sorted(self.allowed_modes))}): convert it"
+            )
         return reasons
 
 

@@ -95,12 +95,17 @@ class SourceStats:
 
     @classmethod
     def of(cls, root: str, paths: list[str], keys: np.ndarray, sha256: np.ndarray) -> SourceStats:
-        return cls(root, pd.Index(paths, dtype=object), np.asarray(keys, dtype=np.int64).reshape(-1, len(STAT_FIELDS)),
-                   np.asarray(sha256, dtype=object))
+        return cls(
+            root,
+            pd.Index(paths, dtype=object),
+            np.asarray(keys, dtype=np.int64).reshape(-1, len(STAT_FIELDS)),
+            np.asarray(sha256, dtype=object),
+        )
 
     @classmethod
-    def settled_of(cls, root: str, paths: list[str], keys: np.ndarray, sha256: np.ndarray,
-                   started_ns: int) -> SourceStats:
+    def settled_of(
+        cls, root: str, paths: list[str], keys: np.ndarray, sha256: np.ndarray, started_ns: int
+    ) -> SourceStats:
         """What to record for next time of a run started at started_ns: the files whose key is settled."""
         keep = settled(keys, started_ns)
         return cls.of(root, [path for path, kept in zip(paths, keep) if kept], keys[keep], np.asarray(sha256)[keep])
@@ -113,14 +118,18 @@ class SourceStats:
             frame = pd.read_parquet(path)
         except (OSError, ValueError):
             frame = None
-        if frame is None or frame.attrs.get("root") != resolved or list(frame.columns) != ["path", *STAT_FIELDS,
-                                                                                           "sha256"]:
+        if (
+            frame is None
+            or frame.attrs.get("root") != resolved
+            or list(frame.columns) != ["path", *STAT_FIELDS, "sha256"]
+        ):
             return cls.of(resolved, [], np.empty((0, len(STAT_FIELDS))), np.empty(0))
         return cls.of(resolved, frame["path"].to_numpy(), frame[STAT_FIELDS].to_numpy(), frame["sha256"].to_numpy())
 
     def save(self, path: Path) -> None:
-        frame = pd.DataFrame({"path": self.paths.to_numpy(), **dict(zip(STAT_FIELDS, self.keys.T)),
-                              "sha256": self.sha256})
+        frame = pd.DataFrame(
+            {"path": self.paths.to_numpy(), **dict(zip(STAT_FIELDS, self.keys.T)), "sha256": self.sha256}
+        )
         frame.attrs["root"] = self.root
         frame.to_parquet(path, index=False)
 
@@ -139,8 +148,13 @@ class SourceStats:
         return digests
 
     def same_as(self, other: SourceStats | None) -> bool:
-        return (other is not None and self.root == other.root and self.paths.equals(other.paths)
-                and np.array_equal(self.keys, other.keys) and np.array_equal(self.sha256, other.sha256))
+        return (
+            other is not None
+            and self.root == other.root
+            and self.paths.equals(other.paths)
+            and np.array_equal(self.keys, other.keys)
+            and np.array_equal(self.sha256, other.sha256)
+        )
 
 
 def stat_keys(paths: list[str], root: str) -> np.ndarray:
@@ -163,7 +177,7 @@ def content_hashes(root: str, paths: list[str], known: SourceStats | None) -> tu
     # executor keeps a future (about a kilobyte) for every file submitted at once.
     with ThreadPoolExecutor() as pool:
         for start in range(0, len(unknown), HASH_SLICE):
-            part = unknown[start:start + HASH_SLICE]
+            part = unknown[start : start + HASH_SLICE]
             digests[part] = list(pool.map(content_sha256, [os.path.join(root, paths[i]) for i in part]))
     if known is None:
         return list(digests), None
@@ -196,8 +210,10 @@ class SourceHashes:
             return None
         path = Path(given).expanduser()
         if not path.is_file():
-            raise UserError(f"{setting}: {path} is not a file; set {setting} in params.yaml to an existing "
-                            "file (a path relative to the project, or absolute), or to null")
+            raise UserError(
+                f"{setting}: {path} is not a file; set {setting} in params.yaml to an existing "
+                "file (a path relative to the project, or absolute), or to null"
+            )
         resolved = path.resolve()
         return {"path": str(given), "sha256": self._hash(f"file-{setting}", resolved.parent, [resolved.name])[0]}
 
@@ -213,7 +229,9 @@ def images_record(params: Params, hashes: SourceHashes) -> dict:
     if data.source == "demo":
         return {"source": "demo"}
     root = source_root(data)
-    relatives = [relative for files in scan_image_folder(root, data.follow_external_links).files.values() for relative in files]
+    relatives = [
+        relative for files in scan_image_folder(root, data.follow_external_links).files.values() for relative in files
+    ]
     digest = hashlib.sha256()
     for relative, sha in zip(relatives, hashes.images(root, relatives)):
         digest.update(f"{relative}\t{sha}\n".encode())
@@ -226,8 +244,10 @@ def source_records(params: Params, hashes: SourceHashes) -> dict[str, dict]:
     categories = hashes.file("teacher.categories_file", teacher.categories_file)
     return {
         "images": {**images_record(params, hashes), "categories_file": categories},
-        "teacher": {"checkpoint": hashes.file("teacher.checkpoint", teacher.checkpoint),
-                    "categories_file": categories,
-                    "pretrained_weights": hashes.file("teacher.pretrained_weights", teacher.pretrained_weights)},
+        "teacher": {
+            "checkpoint": hashes.file("teacher.checkpoint", teacher.checkpoint),
+            "categories_file": categories,
+            "pretrained_weights": hashes.file("teacher.pretrained_weights", teacher.pretrained_weights),
+        },
         "student": {"pretrained_weights": hashes.file("distill.pretrained_weights", distill.pretrained_weights)},
     }

@@ -13,13 +13,15 @@ from vgg2resnet.config import AugmentParams
 
 def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """Shorter side to image_size, centre crop, normalise: the same at training, serving and drift time."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(image_size, antialias=True),
-        v2.CenterCrop(image_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(image_size, antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
 
 
 def train_transform(image_size: int, augment: AugmentParams) -> v2.Compose:

@@ -114,13 +114,13 @@ class LogitCache:
                 read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
                 shape, fortran, stored = read(f)
                 if fortran or stored != dtype or shape[1:] != (self.layout.views, self.layout.kept):
-                    raise UserError(f"{path} is not a chunk of this cache ({shape}, {stored}); "
-                                    f"delete {self.folder} and re-run")
+                    raise UserError(
+                        f"{path} is not a chunk of this cache ({shape}, {stored}); delete {self.folder} and re-run"
+                    )
                 self._files[path] = (fd, f.tell())
         fd, offset = self._files[path]
         width = self.layout.kept * dtype.itemsize
-        data = b"".join(os.pread(fd, width, offset + (row * self.layout.views + view) * width)
-                        for row, view in rows)
+        data = b"".join(os.pread(fd, width, offset + (row * self.layout.views + view) * width) for row, view in rows)
         return np.frombuffer(data, dtype=dtype).reshape(len(rows), self.layout.kept)
 
     def stored(self, indices: torch.Tensor, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -154,8 +154,10 @@ class LogitCache:
 def open_cache(folder: Path, layout: CacheLayout) -> LogitCache:
     written = json.loads((folder / "layout.json").read_text())
     if written != asdict(layout):
-        raise UserError(f"{folder} holds a cache of another layout ({written}, expected {asdict(layout)}); "
-                        "delete the folder and re-run")
+        raise UserError(
+            f"{folder} holds a cache of another layout ({written}, expected {asdict(layout)}); "
+            "delete the folder and re-run"
+        )
     return LogitCache(folder, layout)
 
 
@@ -170,17 +172,24 @@ class ChunkBatches:
         return sum(len(self.layout.chunk_images_of(c)) for c in self.chunks) * self.layout.views
 
     def __len__(self) -> int:
-        return sum(-(-len(self.layout.chunk_images_of(c)) * self.layout.views // self.batch_size)
-                   for c in self.chunks)
+        return sum(-(-len(self.layout.chunk_images_of(c)) * self.layout.views // self.batch_size) for c in self.chunks)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for chunk in self.chunks:
             items = [(i, v) for i in self.layout.chunk_images_of(chunk) for v in range(self.layout.views)]
-            yield from (items[s:s + self.batch_size] for s in range(0, len(items), self.batch_size))
+            yield from (items[s : s + self.batch_size] for s in range(0, len(items), self.batch_size))
 
 
-def build_cache(folder: Path, layout: CacheLayout, teacher, views: Dataset, batch_size: int,
-                runtime: RuntimeParams, placement: Placement, show_progress: bool) -> LogitCache:
+def build_cache(
+    folder: Path,
+    layout: CacheLayout,
+    teacher,
+    views: Dataset,
+    batch_size: int,
+    runtime: RuntimeParams,
+    placement: Placement,
+    show_progress: bool,
+) -> LogitCache:
     """The cache in `folder`, building whatever chunks are missing (this rank's share of them
     under torchrun). `teacher(images, indices, views)` gives fp32 logits."""
     if placement.is_main:
@@ -196,21 +205,45 @@ def build_cache(folder: Path, layout: CacheLayout, teacher, views: Dataset, batc
             log.info("teacher logit cache: reusing %s", folder)
         return cache
     if placement.is_main:
-        size = (f"{layout.images * layout.views * layout.bytes_per_view() / 1e9:.2f} GB in all, "
-                f"{layout.bytes_per_view()} bytes per image-view")
+        size = (
+            f"{layout.images * layout.views * layout.bytes_per_view() / 1e9:.2f} GB in all, "
+            f"{layout.bytes_per_view()} bytes per image-view"
+        )
         if len(missing) < layout.chunks:
-            log.info("teacher logit cache: %d of %d chunks already built in %s; building the rest (%s)",
-                     layout.chunks - len(missing), layout.chunks, folder, size)
+            log.info(
+                "teacher logit cache: %d of %d chunks already built in %s; building the rest (%s)",
+                layout.chunks - len(missing),
+                layout.chunks,
+                folder,
+                size,
+            )
         else:
-            log.info("teacher logit cache: building %d chunk%s in %s (%s)", layout.chunks,
-                     "" if layout.chunks == 1 else "s", folder, size)
-    mine = missing[placement.rank::placement.world_size]
+            log.info(
+                "teacher logit cache: building %d chunk%s in %s (%s)",
+                layout.chunks,
+                "" if layout.chunks == 1 else "s",
+                folder,
+                size,
+            )
+    mine = missing[placement.rank :: placement.world_size]
     batches = ChunkBatches(layout, mine, batch_size)
     if mine:
-        _fill(folder, layout, teacher, make_loader(views, runtime, batch_size, batches=batches),
-              batches.views(), placement, show_progress)
-    log.info("teacher logit cache: rank %d built %d chunk%s of %d", placement.rank, len(mine),
-             "" if len(mine) == 1 else "s", layout.chunks)
+        _fill(
+            folder,
+            layout,
+            teacher,
+            make_loader(views, runtime, batch_size, batches=batches),
+            batches.views(),
+            placement,
+            show_progress,
+        )
+    log.info(
+        "teacher logit cache: rank %d built %d chunk%s of %d",
+        placement.rank,
+        len(mine),
+        "" if len(mine) == 1 else "s",
+        layout.chunks,
+    )
     if placement.distributed:
         dist.barrier()
     if not cache.complete():
@@ -218,8 +251,9 @@ def build_cache(folder: Path, layout: CacheLayout, teacher, views: Dataset, batc
     return cache
 
 
-def _fill(folder: Path, layout: CacheLayout, teacher, loader, total: int, placement: Placement,
-          show_progress: bool) -> None:
+def _fill(
+    folder: Path, layout: CacheLayout, teacher, loader, total: int, placement: Placement, show_progress: bool
+) -> None:
     """Run the teacher over the loader's batches, writing each chunk as its last view arrives."""
     open_chunks: dict[int, tuple[np.ndarray, np.ndarray | None, list[int]]] = {}
     bar = tqdm(total=total, desc="teacher logit cache", unit="view", disable=not (show_progress and placement.is_main))
@@ -230,14 +264,18 @@ def _fill(folder: Path, layout: CacheLayout, teacher, loader, total: int, placem
             logits, ids = logits.topk(layout.kept, dim=1)
         values = logits.numpy().astype(layout.dtype)
         if not np.isfinite(values).all():
-            raise UserError(f"teacher logits overflow distill.cache_dtype {layout.dtype} "
-                            f"(largest {logits.abs().max().item():.3g}); set it to float32")
+            raise UserError(
+                f"teacher logits overflow distill.cache_dtype {layout.dtype} "
+                f"(largest {logits.abs().max().item():.3g}); set it to float32"
+            )
         chunk = int(indices[0]) // layout.chunk_images  # a batch never crosses chunks
         if chunk not in open_chunks:
             n = len(layout.chunk_images_of(chunk))
-            open_chunks[chunk] = (np.empty((n, layout.views, layout.kept), layout.dtype),
-                                  np.empty((n, layout.views, layout.kept), layout.index_dtype) if layout.top_k else None,
-                                  [n * layout.views])
+            open_chunks[chunk] = (
+                np.empty((n, layout.views, layout.kept), layout.dtype),
+                np.empty((n, layout.views, layout.kept), layout.index_dtype) if layout.top_k else None,
+                [n * layout.views],
+            )
         buf, id_buf, left = open_chunks[chunk]
         rows, cols = indices.numpy() - chunk * layout.chunk_images, view_ids.numpy()
         buf[rows, cols] = values

@@ -20,9 +20,9 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, RuntimeParams, UserError
 from vgg2resnet.data.datasets import SeededViews
 from vgg2resnet.data.loaders import make_loader
-from vgg2resnet.training.objective import Distillation
 from vgg2resnet.distill.logit_cache import CacheLayout, LogitCache, build_cache
 from vgg2resnet.lineage import manifest_hash
+from vgg2resnet.training.objective import Distillation
 from vgg2resnet.training.placement import Placement
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ class CachedTeacher:
     def __call__(self, images: torch.Tensor, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         return self.cache[indices, views].to(images.device, non_blocking=True)
 
-    def check(self, views: SeededViews, fraction: float, seed: int, batch_size: int,
-              runtime: RuntimeParams) -> float:
+    def check(self, views: SeededViews, fraction: float, seed: int, batch_size: int, runtime: RuntimeParams) -> float:
         """Recompute a random share of the cached (image, view) pairs; fail loudly if any differ
         by more than the tolerance plus what cache_dtype's rounding accounts for. Returns the
         largest difference beyond that rounding."""
@@ -88,8 +87,9 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def teacher_signal(params: Params, placement: Placement, teacher: nn.Module, teacher_weights: str,
-                   views: SeededViews, categories: int) -> Distillation:
+def teacher_signal(
+    params: Params, placement: Placement, teacher: nn.Module, teacher_weights: str, views: SeededViews, categories: int
+) -> Distillation:
     """The KD objective of a student trained on `views` (distill.* settings): the cached logits
     of these very views when distill.logit_cache (built on first use, every rank its share, and
     reused by every later training on the same teacher, data and views, as `prune` does), else
@@ -98,16 +98,41 @@ def teacher_signal(params: Params, placement: Placement, teacher: nn.Module, tea
     live = LiveTeacher(teacher, placement)
     if not d.logit_cache:
         return Distillation(live, d.temperature, d.alpha)
-    layout = CacheLayout(images=len(views), views=d.cache_views, categories=categories, dtype=d.cache_dtype,
-                         top_k=d.cache_top_k, chunk_images=d.cache_chunk_images)
-    key = cache_key(teacher=teacher_weights, manifest=manifest_hash(params), augment=params.augment,
-                    image_size=d.image_size, seed=params.runtime.seed, layout=layout)
-    cache = build_cache(Artifacts(params).logit_cache(key), layout, live, views, params.evaluate.batch_size,
-                        params.runtime, placement, show_progress=True)
+    layout = CacheLayout(
+        images=len(views),
+        views=d.cache_views,
+        categories=categories,
+        dtype=d.cache_dtype,
+        top_k=d.cache_top_k,
+        chunk_images=d.cache_chunk_images,
+    )
+    key = cache_key(
+        teacher=teacher_weights,
+        manifest=manifest_hash(params),
+        augment=params.augment,
+        image_size=d.image_size,
+        seed=params.runtime.seed,
+        layout=layout,
+    )
+    cache = build_cache(
+        Artifacts(params).logit_cache(key),
+        layout,
+        live,
+        views,
+        params.evaluate.batch_size,
+        params.runtime,
+        placement,
+        show_progress=True,
+    )
     cached = CachedTeacher(cache, live, d.cache_tolerance)
 
     def check(epoch: int) -> float:
-        return cached.check(views, d.cache_check_fraction, seed=params.runtime.seed * 1000 + epoch,
-                            batch_size=params.evaluate.batch_size, runtime=params.runtime)
+        return cached.check(
+            views,
+            d.cache_check_fraction,
+            seed=params.runtime.seed * 1000 + epoch,
+            batch_size=params.evaluate.batch_size,
+            runtime=params.runtime,
+        )
 
     return Distillation(cached, d.temperature, d.alpha, cache_views=d.cache_views, check=check)

@@ -26,8 +26,9 @@ CPU = torch.device("cpu")
 
 def _latency(params: Params, forward: Callable, size: int, device: torch.device) -> dict[str, float]:
     e = params.evaluate
-    return measure_latency(forward, size, device, batch_size=e.latency_batch_size, warmup=e.latency_warmup,
-                           runs=e.latency_runs)
+    return measure_latency(
+        forward, size, device, batch_size=e.latency_batch_size, warmup=e.latency_warmup, runs=e.latency_runs
+    )
 
 
 def _report(params: Params, path: Path, sidecar: dict, outcomes: Outcomes, categories: list[str]) -> dict:
@@ -41,13 +42,17 @@ def _report(params: Params, path: Path, sidecar: dict, outcomes: Outcomes, categ
 def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, Outcomes]:
     path = Artifacts(params).teacher
     model, meta = load_model(path, categories)
-    loader = eval_loader(params, SPLIT, categories, params.evaluate.batch_size,
-                         transform_from_meta(meta["preprocessing"]))
+    loader = eval_loader(
+        params, SPLIT, categories, params.evaluate.batch_size, transform_from_meta(meta["preprocessing"])
+    )
     outcomes = collect_outcomes(model.eval(), with_progress(loader, "evaluate teacher"))
     size = meta["preprocessing"]["image_size"]
-    report = {**_report(params, path, read_meta(path), outcomes, categories),
-              "parameters": count_parameters(model), "flops": count_flops(model, size),
-              "cpu": _latency(params, model, size, CPU)}
+    report = {
+        **_report(params, path, read_meta(path), outcomes, categories),
+        "parameters": count_parameters(model),
+        "flops": count_flops(model, size),
+        "cpu": _latency(params, model, size, CPU),
+    }
     device = select_device(params.runtime)
     if device.type == "cuda":
         report["cuda"] = _latency(params, model.to(device), size, device)
@@ -57,12 +62,16 @@ def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, Outco
 def evaluate_variant(params: Params, variant: str, categories: list[str]) -> tuple[dict, Outcomes]:
     path = Artifacts(params).student(variant)
     runner, meta = load_runner(path, categories, CPU)
-    loader = eval_loader(params, SPLIT, categories, params.evaluate.batch_size,
-                         transform_from_meta(meta["preprocessing"]))
+    loader = eval_loader(
+        params, SPLIT, categories, params.evaluate.batch_size, transform_from_meta(meta["preprocessing"])
+    )
     outcomes = collect_outcomes(lambda images: runner(images)[0], with_progress(loader, f"evaluate {variant}"))
     size = meta["preprocessing"]["image_size"]
-    report = {**_report(params, path, read_meta(path), outcomes, categories),
-              "variant": variant, "cpu": _latency(params, runner, size, CPU)}
+    report = {
+        **_report(params, path, read_meta(path), outcomes, categories),
+        "variant": variant,
+        "cpu": _latency(params, runner, size, CPU),
+    }
     # An ONNX form has its network's FLOPs and parameters, counted in PyTorch when it was made.
     if isinstance(runner, TorchRunner):
         report.update(parameters=count_parameters(runner.model), flops=count_flops(runner.model, size))
@@ -78,15 +87,18 @@ def agreement(a: Outcomes, b: Outcomes) -> float:
     return 100.0 * (a.predicted == b.predicted).float().mean().item()
 
 
-def compare_with_teacher(teacher: dict, teacher_outcomes: Outcomes, candidates: dict[str, dict],
-                         outcomes: dict[str, Outcomes]) -> None:
+def compare_with_teacher(
+    teacher: dict, teacher_outcomes: Outcomes, candidates: dict[str, dict], outcomes: dict[str, Outcomes]
+) -> None:
     """Add to each candidate's report its agreement with the teacher and with its own fp32 form,
     and its size, FLOPs and CPU latency as ratios of the teacher's."""
     for variant, report in candidates.items():
-        report.update({
-            "agreement": agreement(teacher_outcomes, outcomes[variant]),
-            "fp32_agreement": agreement(outcomes[FP32_FORM[variant]], outcomes[variant]),
-            "size_ratio": report["size_mb"] / teacher["size_mb"],
-            "flops_ratio": report["flops"] / teacher["flops"],
-            "cpu_latency_ratio": report["cpu"]["latency_ms_p50"] / teacher["cpu"]["latency_ms_p50"],
-        })
+        report.update(
+            {
+                "agreement": agreement(teacher_outcomes, outcomes[variant]),
+                "fp32_agreement": agreement(outcomes[FP32_FORM[variant]], outcomes[variant]),
+                "size_ratio": report["size_mb"] / teacher["size_mb"],
+                "flops_ratio": report["flops"] / teacher["flops"],
+                "cpu_latency_ratio": report["cpu"]["latency_ms_p50"] / teacher["cpu"]["latency_ms_p50"],
+            }
+        )

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-LIKELY_CAUSES = ("check that teacher.checkpoint is the model you meant, that teacher.categories_file lists "
-                 "its categories in the order of its outputs, and that teacher.image_size and augment.mean/std "
-                 "are the input size and normalisation it was trained with")
+LIKELY_CAUSES = (
+    "check that teacher.checkpoint is the model you meant, that teacher.categories_file lists "
+    "its categories in the order of its outputs, and that teacher.image_size and augment.mean/std "
+    "are the input size and normalisation it was trained with"
+)
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,12 @@ class Outcomes:
     def of(cls, logits: torch.Tensor, labels: torch.Tensor) -> Outcomes:
         logits = logits.float()
         k = min(5, logits.shape[1])
-        return cls(labels=labels, predicted=logits.argmax(dim=1), confidence=logits.softmax(dim=1).max(dim=1).values,
-                   top5=(logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1))
+        return cls(
+            labels=labels,
+            predicted=logits.argmax(dim=1),
+            confidence=logits.softmax(dim=1).max(dim=1).values,
+            top5=(logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1),
+        )
 
     @classmethod
     def join(cls, parts: Iterable[Outcomes]) -> Outcomes:
@@ -60,8 +66,10 @@ def collect_outcomes(forward: Callable[[torch.Tensor], torch.Tensor], batches: I
 
 
 def per_category_accuracy(predicted: np.ndarray, labels: np.ndarray, categories: list[str]) -> dict[str, float]:
-    return {name: float(100.0 * (predicted[labels == i] == i).mean()) if (labels == i).any() else float("nan")
-            for i, name in enumerate(categories)}
+    return {
+        name: float(100.0 * (predicted[labels == i] == i).mean()) if (labels == i).any() else float("nan")
+        for i, name in enumerate(categories)
+    }
 
 
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int) -> float:
@@ -81,8 +89,8 @@ def classification_report(outcomes: Outcomes, categories: list[str], calibration
     return {
         "top1": 100.0 * outcomes.correct.float().mean().item(),
         "top5": 100.0 * outcomes.top5.float().mean().item(),
-        "macro_f1": 100.0 * float(f1_score(labels, predicted, average="macro",
-                                           labels=list(range(len(categories))), zero_division=0)),
+        "macro_f1": 100.0
+        * float(f1_score(labels, predicted, average="macro", labels=list(range(len(categories))), zero_division=0)),
         "ece": expected_calibration_error(outcomes.confidence, outcomes.correct, calibration_bins),
         "per_category": per_category_accuracy(predicted, labels, categories),
     }
@@ -104,16 +112,25 @@ def margin_verdict(top1: float, baseline: float, min_margin: float, split: str) 
     """(passed, reason) of `top1 - baseline >= min_margin`; the reason names the likely causes of a failure."""
     margin = top1 - baseline
     passed = margin >= min_margin
-    reason = (f"teacher {split} top-1 {top1:.2f}% is {margin:+.2f} pt over the majority-class baseline "
-              f"{baseline:.2f}% ({'>=' if passed else '<'} {min_margin:.3g} pt)")
+    reason = (
+        f"teacher {split} top-1 {top1:.2f}% is {margin:+.2f} pt over the majority-class baseline "
+        f"{baseline:.2f}% ({'>=' if passed else '<'} {min_margin:.3g} pt)"
+    )
     if not passed:
         reason += f": comparing a student with this teacher proves nothing; {LIKELY_CAUSES}"
     return passed, reason
 
 
 @torch.no_grad()
-def measure_latency(model: Callable[[torch.Tensor], Any], image_size: int, device: torch.device, *,
-                    batch_size: int, warmup: int, runs: int) -> dict[str, float]:
+def measure_latency(
+    model: Callable[[torch.Tensor], Any],
+    image_size: int,
+    device: torch.device,
+    *,
+    batch_size: int,
+    warmup: int,
+    runs: int,
+) -> dict[str, float]:
     """`model` must already be on `device` (and in eval mode)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 

@@ -24,8 +24,9 @@ from vgg2resnet.training.placement import Placement
 log = logging.getLogger(__name__)
 
 
-def teacher_check(model: nn.Module, val: DataLoader, placement: Placement, params: Params, categories: list[str],
-           imported: bool) -> dict:
+def teacher_check(
+    model: nn.Module, val: DataLoader, placement: Placement, params: Params, categories: list[str], imported: bool
+) -> dict:
     """The teacher on the val split: top-1, the majority-class baseline, per-category top-1; warns
     when the margin is below gate.min_teacher_margin or a category is at or below chance."""
     logits = predict(model, val, placement)
@@ -42,9 +43,18 @@ def teacher_check(model: nn.Module, val: DataLoader, placement: Placement, param
     weak = at_or_below_chance(per_category)
     if weak:
         shown = ", ".join(f"'{name}' {per_category[name]:.1f}%" for name in weak)
-        hint = ("a categories file in the wrong order looks exactly like this; " + LIKELY_CAUSES if imported
-                else "it has not learned them: train longer or start from teacher.pretrained_weights")
-        log.warning("the teacher scores at or below chance (%.1f%%) on the val split for %d categor%s: %s; %s",
-                    100.0 / len(categories), len(weak), "y" if len(weak) == 1 else "ies", shown, hint)
+        hint = (
+            "a categories file in the wrong order looks exactly like this; " + LIKELY_CAUSES
+            if imported
+            else "it has not learned them: train longer or start from teacher.pretrained_weights"
+        )
+        log.warning(
+            "the teacher scores at or below chance (%.1f%%) on the val split for %d categor%s: %s; %s",
+            100.0 / len(categories),
+            len(weak),
+            "y" if len(weak) == 1 else "ies",
+            shown,
+            hint,
+        )
     result["val_at_or_below_chance"] = weak
     return result

@@ -36,17 +36,28 @@ def load_inputs(params: Params, categories: list[str]) -> tuple[dict, pd.DataFra
         raise ValueError(f"evaluation results missing or unreadable ({exc}); run `vgg2resnet evaluate`") from exc
     if report.get("split") != "test":
         raise ValueError(f"evaluation ran on split {report.get('split')!r}, not the held-out test split")
-    if report.get("categories") != categories or teacher["categories"] != categories \
-            or any(meta["categories"] != categories for meta in variants.values()):
+    if (
+        report.get("categories") != categories
+        or teacher["categories"] != categories
+        or any(meta["categories"] != categories for meta in variants.values())
+    ):
         raise ValueError("teacher, student variants and evaluation do not share the data's categories")
     if report.get("manifest_sha256") != manifest_hash(params):
         raise ValueError("evaluation is from another data version than data/prepared; re-run evaluate")
     evaluated = report.get("candidates", {})
     if report["teacher"].get("sha256") != teacher["sha256"] or any(
-            evaluated.get(v, {}).get("sha256") != meta["sha256"] for v, meta in variants.items()):
+        evaluated.get(v, {}).get("sha256") != meta["sha256"] for v, meta in variants.items()
+    ):
         raise ValueError("evaluation is of other model files than models/; re-run evaluate")
-    needed = {"path", "label", "category", "teacher", "teacher_confidence", *variants,
-              *(f"{v}_confidence" for v in variants)}
+    needed = {
+        "path",
+        "label",
+        "category",
+        "teacher",
+        "teacher_confidence",
+        *variants,
+        *(f"{v}_confidence" for v in variants),
+    }
     if len(predictions) != report.get("images") or not needed <= set(predictions):
         raise ValueError("per-sample predictions do not match the evaluation report")
     return report, predictions, teacher, variants
@@ -62,7 +73,8 @@ def promoted_top1(params: Params, categories: list[str], weights_sha256: str) ->
     if meta["categories"] != categories:
         log.warning("promoted %s has other categories; it cannot be compared", promoted.tag)
         return None
-    loader = eval_loader(params, "test", categories, params.evaluate.batch_size,
-                         transform_from_meta(meta["preprocessing"]))
+    loader = eval_loader(
+        params, "test", categories, params.evaluate.batch_size, transform_from_meta(meta["preprocessing"])
+    )
     outcomes = collect_outcomes(lambda images: runner(images)[0], with_progress(loader, f"evaluate {promoted.tag}"))
     return 100.0 * outcomes.correct.float().mean().item()

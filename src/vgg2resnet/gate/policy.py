@@ -43,8 +43,9 @@ def failed_input(name: str, reason: str) -> Check:
     return Check(name, None, None, False, reason)
 
 
-def paired_bootstrap(student_correct: np.ndarray, teacher_correct: np.ndarray, samples: int,
-                     confidence: float, seed: int) -> tuple[float, float]:
+def paired_bootstrap(
+    student_correct: np.ndarray, teacher_correct: np.ndarray, samples: int, confidence: float, seed: int
+) -> tuple[float, float]:
     """(point estimate, one-sided lower bound) of the top-1 difference in points.
 
     A resample's mean depends only on how many of its images only the student got right and
@@ -63,8 +64,7 @@ def _finite(*values: float) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
-def check_threshold(name: str, value: float, threshold: float, *, at_most: bool, unit: str,
-                    what: str) -> Check:
+def check_threshold(name: str, value: float, threshold: float, *, at_most: bool, unit: str, what: str) -> Check:
     if not _finite(value, threshold):
         return failed_input(name, f"{what} is not a finite number ({value}): failing closed")
     passed = value <= threshold if at_most else value >= threshold
@@ -77,8 +77,11 @@ def teacher_margin(teacher_top1: float, labels: np.ndarray, min_margin: float) -
     parity with it proves nothing, however the student compares."""
     baseline = majority_baseline(labels)
     if not _finite(teacher_top1, baseline):
-        return failed_input("teacher_margin", f"teacher top-1 ({teacher_top1}) or the majority-class baseline "
-                                              f"({baseline}) is not a finite number: failing closed")
+        return failed_input(
+            "teacher_margin",
+            f"teacher top-1 ({teacher_top1}) or the majority-class baseline "
+            f"({baseline}) is not a finite number: failing closed",
+        )
     passed, reason = margin_verdict(teacher_top1, baseline, min_margin, "test")
     return Check("teacher_margin", teacher_top1 - baseline, min_margin, passed, reason)
 
@@ -93,12 +96,20 @@ def accuracy_parity(predictions: pd.DataFrame, gate: GateParams, column: str = "
     threshold = -gate.max_accuracy_drop
     passed = lower >= threshold
     details = parity_resolution(float(np.mean(student != teacher)), len(predictions), gate)
-    hint = (f"; at this split's {100 * details['disagreement']:.1f}% disagreement an equally accurate student "
-            f"passes about {details['equal_student_passes']:.0%} of the time"
-            + (f" (about {details['images_for_confidence']} paired test images would make it "
-               f"{gate.confidence:.0%})" if details["equal_student_passes"] < gate.confidence else ""))
+    hint = (
+        f"; at this split's {100 * details['disagreement']:.1f}% disagreement an equally accurate student "
+        f"passes about {details['equal_student_passes']:.0%} of the time"
+        + (
+            f" (about {details['images_for_confidence']} paired test images would make it {gate.confidence:.0%})"
+            if details["equal_student_passes"] < gate.confidence
+            else ""
+        )
+    )
     return Check(
-        "accuracy_parity", lower, threshold, passed,
+        "accuracy_parity",
+        lower,
+        threshold,
+        passed,
         f"student - teacher top-1: {point:+.2f} pt, {gate.confidence:.0%} lower bound {lower:+.2f} pt "
         f"{'>=' if passed else '<'} {threshold:+.2f} pt over {len(predictions)} paired test images" + hint,
         details,
@@ -140,8 +151,15 @@ def category_drops(predictions: pd.DataFrame, gate: GateParams, column: str = "p
     alpha = 1.0 - gate.confidence
     teacher = (predictions["teacher"] == predictions["label"]).to_numpy()
     student = (predictions[column] == predictions["label"]).to_numpy()
-    frame = pd.DataFrame({"category": predictions["category"].to_numpy(), "n": 1, "teacher_right": teacher,
-                          "b": teacher & ~student, "c": student & ~teacher})
+    frame = pd.DataFrame(
+        {
+            "category": predictions["category"].to_numpy(),
+            "n": 1,
+            "teacher_right": teacher,
+            "b": teacher & ~student,
+            "c": student & ~teacher,
+        }
+    )
     per = frame.groupby("category", sort=True).sum()
     if per.empty:
         return failed_input("category_drop", "no test predictions per category: failing closed")
@@ -154,24 +172,42 @@ def category_drops(predictions: pd.DataFrame, gate: GateParams, column: str = "p
     low, high = proportion_confint(b, np.maximum(b + c, 1), alpha=alpha / len(per), method="beta")
     share = (b + c) / n
     # + 0.0: a category without disagreements has the interval [0, 0], not [-0, 0].
-    rows = [{"category": str(name), "test_images": int(n[i]), "drop_pt": float(drop[i]),
-             "interval_pt": [100.0 * share[i] * (2 * low[i] - 1) + 0.0, 100.0 * share[i] * (2 * high[i] - 1) + 0.0],
-             "p_value": float(p_value[i]), "p_holm": float(p_holm[i])} for i, name in enumerate(per.index)]
-    details = {"method": "McNemar's exact test per category, one-sided; Holm across categories",
-               "confidence": gate.confidence, "categories": len(per),
-               "failed": [row for row, f in zip(rows, failing) if f],
-               "too_few_images": _too_few_images(per, alpha, gate.max_category_drop),
-               "largest_drops": sorted(rows, key=lambda r: -r["drop_pt"])[:5]}
+    rows = [
+        {
+            "category": str(name),
+            "test_images": int(n[i]),
+            "drop_pt": float(drop[i]),
+            "interval_pt": [100.0 * share[i] * (2 * low[i] - 1) + 0.0, 100.0 * share[i] * (2 * high[i] - 1) + 0.0],
+            "p_value": float(p_value[i]),
+            "p_holm": float(p_holm[i]),
+        }
+        for i, name in enumerate(per.index)
+    ]
+    details = {
+        "method": "McNemar's exact test per category, one-sided; Holm across categories",
+        "confidence": gate.confidence,
+        "categories": len(per),
+        "failed": [row for row, f in zip(rows, failing) if f],
+        "too_few_images": _too_few_images(per, alpha, gate.max_category_drop),
+        "largest_drops": sorted(rows, key=lambda r: -r["drop_pt"])[:5],
+    }
     worst = details["largest_drops"][0]
     if failing.any():
-        named = "; ".join(f"'{r['category']}' {r['drop_pt']:.1f} pt (interval {r['interval_pt'][0]:.1f} to "
-                          f"{r['interval_pt'][1]:.1f} pt, Holm p = {r['p_holm']:.2g})" for r in details["failed"])
-        reason = (f"{len(details['failed'])} of {len(per)} categories dropped beyond {gate.max_category_drop:.3g} pt "
-                  f"at {gate.confidence:.0%} confidence after Holm's correction: {named}")
+        named = "; ".join(
+            f"'{r['category']}' {r['drop_pt']:.1f} pt (interval {r['interval_pt'][0]:.1f} to "
+            f"{r['interval_pt'][1]:.1f} pt, Holm p = {r['p_holm']:.2g})"
+            for r in details["failed"]
+        )
+        reason = (
+            f"{len(details['failed'])} of {len(per)} categories dropped beyond {gate.max_category_drop:.3g} pt "
+            f"at {gate.confidence:.0%} confidence after Holm's correction: {named}"
+        )
     else:
-        reason = (f"no category's drop is both beyond {gate.max_category_drop:.3g} pt and significant at "
-                  f"{gate.confidence:.0%} after Holm's correction over {len(per)} categories (largest observed: "
-                  f"'{worst['category']}' {worst['drop_pt']:.1f} pt, Holm p = {worst['p_holm']:.2g})")
+        reason = (
+            f"no category's drop is both beyond {gate.max_category_drop:.3g} pt and significant at "
+            f"{gate.confidence:.0%} after Holm's correction over {len(per)} categories (largest observed: "
+            f"'{worst['category']}' {worst['drop_pt']:.1f} pt, Holm p = {worst['p_holm']:.2g})"
+        )
     if details["too_few_images"]:
         reason += f"; {len(details['too_few_images'])} categories have too few test images to judge"
     return Check("category_drop", worst["drop_pt"], gate.max_category_drop, not failing.any(), reason, details)
@@ -202,38 +238,76 @@ def _too_few_images(per: pd.DataFrame, alpha: float, threshold: float) -> list[d
         if row["teacher_right"] > bits and 100.0 * accuracy > threshold:
             continue
         needed = math.floor(bits / accuracy) + 1 if 100.0 * accuracy > threshold else None
-        short.append({"category": str(name), "test_images": int(row["n"]),
-                      "teacher_top1": 100.0 * accuracy, "needed": needed})
+        short.append(
+            {"category": str(name), "test_images": int(row["n"]), "teacher_top1": 100.0 * accuracy, "needed": needed}
+        )
     return short
 
 
-def evaluate_policy(report: dict, predictions: pd.DataFrame, gate: GateParams,
-                    promoted_top1: float | None, variant: str = "pytorch_fp32") -> list[Check]:
+def evaluate_policy(
+    report: dict,
+    predictions: pd.DataFrame,
+    gate: GateParams,
+    promoted_top1: float | None,
+    variant: str = "pytorch_fp32",
+) -> list[Check]:
     """The checks of one candidate, the student in form `variant`."""
     student = report["candidates"][variant]
-    checks = [] if gate.min_teacher_margin is None else [
-        teacher_margin(report["teacher"]["top1"], predictions["label"].to_numpy(), gate.min_teacher_margin)]
+    checks = (
+        []
+        if gate.min_teacher_margin is None
+        else [teacher_margin(report["teacher"]["top1"], predictions["label"].to_numpy(), gate.min_teacher_margin)]
+    )
     checks += [
         accuracy_parity(predictions, gate, variant),
         category_drops(predictions, gate, variant),
-        check_threshold("size_mb", student["size_mb"], gate.max_size_mb, at_most=True, unit=" MB",
-                        what="student size"),
-        check_threshold("size_ratio", student["size_ratio"], gate.max_size_ratio, at_most=True, unit="x",
-                        what="student/teacher size"),
-        check_threshold("latency_ratio", student["cpu_latency_ratio"], gate.max_latency_ratio, at_most=True,
-                        unit="x", what="student/teacher CPU latency at batch 1"),
+        check_threshold("size_mb", student["size_mb"], gate.max_size_mb, at_most=True, unit=" MB", what="student size"),
+        check_threshold(
+            "size_ratio",
+            student["size_ratio"],
+            gate.max_size_ratio,
+            at_most=True,
+            unit="x",
+            what="student/teacher size",
+        ),
+        check_threshold(
+            "latency_ratio",
+            student["cpu_latency_ratio"],
+            gate.max_latency_ratio,
+            at_most=True,
+            unit="x",
+            what="student/teacher CPU latency at batch 1",
+        ),
     ]
     if FP32_FORM[variant] != variant:  # a compression that broke the model shows here first
         network = "student" if FP32_FORM[variant] == "pytorch_fp32" else "pruned network"
-        checks.append(check_threshold("fp32_agreement", student["fp32_agreement"], gate.min_variant_agreement,
-                                      at_most=False, unit="%", what=f"top-1 agreement with the fp32 {network}"))
+        checks.append(
+            check_threshold(
+                "fp32_agreement",
+                student["fp32_agreement"],
+                gate.min_variant_agreement,
+                at_most=False,
+                unit="%",
+                what=f"top-1 agreement with the fp32 {network}",
+            )
+        )
     if gate.min_accuracy is not None:
-        checks.append(check_threshold("min_accuracy", student["top1"], gate.min_accuracy, at_most=False,
-                                      unit="%", what="student top-1"))
+        checks.append(
+            check_threshold(
+                "min_accuracy", student["top1"], gate.min_accuracy, at_most=False, unit="%", what="student top-1"
+            )
+        )
     if promoted_top1 is not None:
-        checks.append(check_threshold("no_regression", student["top1"], promoted_top1 - gate.max_regression,
-                                      at_most=False, unit="%",
-                                      what=f"student top-1 vs promoted {promoted_top1:.2f}% - margin"))
+        checks.append(
+            check_threshold(
+                "no_regression",
+                student["top1"],
+                promoted_top1 - gate.max_regression,
+                at_most=False,
+                unit="%",
+                what=f"student top-1 vs promoted {promoted_top1:.2f}% - margin",
+            )
+        )
     return checks
 
 

@@ -7,8 +7,8 @@ repeats the meta and adds the file's sha256, for people and for lineage.
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,7 @@ from vgg2resnet.models.builders import build_model, load_state_dict
 log = logging.getLogger(__name__)
 
 
-def model_meta(params: Params, arch: str, categories: list[str], image_size: int, init: str,
-               **extra) -> dict:
+def model_meta(params: Params, arch: str, categories: list[str], image_size: int, init: str, **extra) -> dict:
     """What a trained model file records: how to use it and where it came from."""
     return {
         "arch": arch,
@@ -92,8 +91,7 @@ def check_categories(model_categories: list[str], data_categories: list[str] | N
         return
     missing = sorted(set(data_categories) - set(model_categories))
     extra = sorted(set(model_categories) - set(data_categories))
-    detail = (f"missing {missing}, extra {extra}" if missing or extra
-              else "same names in a different order")
+    detail = f"missing {missing}, extra {extra}" if missing or extra else "same names in a different order"
     raise UserError(
         f"{where}: the model's categories do not match the data's ({detail}); "
         "retrain, or make data/prepared/categories.json list the model's categories in its order"
@@ -121,8 +119,10 @@ def import_user_teacher(path: Path, arch: str, categories: list[str]) -> nn.Modu
 def import_teacher(tparams: TeacherParams, categories: list[str]) -> nn.Module:
     """The user's teacher, checked against the data's categories."""
     if tparams.categories_file is None:
-        raise UserError("teacher.checkpoint is set but teacher.categories_file is not: give the JSON list "
-                        "of the teacher's categories in the order of its outputs")
+        raise UserError(
+            "teacher.checkpoint is set but teacher.categories_file is not: give the JSON list "
+            "of the teacher's categories in the order of its outputs"
+        )
     teacher_categories = read_categories(tparams.categories_file)
     # prepare orders the data's categories as the teacher's file does, so this only fails when the
     # names differ (it names the missing and extra ones) or categories.json is from another run.

@@ -60,8 +60,9 @@ class OnnxRunner:
         return torch.from_numpy(logits), torch.from_numpy(features)
 
 
-def load_runner(path: Path, categories: list[str] | None = None,
-                device: torch.device | None = None) -> tuple[Runner, dict[str, Any]]:
+def load_runner(
+    path: Path, categories: list[str] | None = None, device: torch.device | None = None
+) -> tuple[Runner, dict[str, Any]]:
     """A runner for a .pt checkpoint or an .onnx export, and the model's metadata."""
     device = device or torch.device("cpu")
     if Path(path).suffix == ".onnx":

@@ -26,8 +26,7 @@ def _failed(test: dict) -> bool:
     return getattr(status, "value", status) == "FAIL"
 
 
-def build_report(reference: pd.DataFrame, current: pd.DataFrame, embedding: list[str],
-                 params: MonitoringParams):
+def build_report(reference: pd.DataFrame, current: pd.DataFrame, embedding: list[str], params: MonitoringParams):
     """Run the Evidently report (current first, as Evidently expects); return (snapshot, summary)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift
@@ -42,19 +41,25 @@ def build_report(reference: pd.DataFrame, current: pd.DataFrame, embedding: list
         embeddings={"embedding": embedding},
     )
     keep = columns + embedding
-    report = Report([
-        DataDriftPreset(columns=columns, drift_share=params.drift_share),
-        EmbeddingsDrift(embeddings_name="embedding", tests=[lte(params.embedding_threshold)]),
-    ], include_tests=True)
-    snapshot = report.run(Dataset.from_pandas(current[keep], data_definition=definition),
-                          Dataset.from_pandas(reference[keep], data_definition=definition))
+    report = Report(
+        [
+            DataDriftPreset(columns=columns, drift_share=params.drift_share),
+            EmbeddingsDrift(embeddings_name="embedding", tests=[lte(params.embedding_threshold)]),
+        ],
+        include_tests=True,
+    )
+    snapshot = report.run(
+        Dataset.from_pandas(current[keep], data_definition=definition),
+        Dataset.from_pandas(reference[keep], data_definition=definition),
+    )
     return snapshot, summarise(snapshot.dict(), columns)
 
 
 def summarise(result: dict, columns: list[str]) -> dict:
     column_scores, share, embedding = {}, 0.0, {}
-    scores = {m["config"].get("column"): m["value"] for m in result["metrics"]
-              if m["config"]["type"].endswith(":ValueDrift")}
+    scores = {
+        m["config"].get("column"): m["value"] for m in result["metrics"] if m["config"]["type"].endswith(":ValueDrift")
+    }
     for metric in result["metrics"]:
         kind = metric["config"]["type"]
         if kind.endswith(":DriftedColumnsCount"):
@@ -65,12 +70,16 @@ def summarise(result: dict, columns: list[str]) -> dict:
         config = test["metric_config"]["params"]
         if config["type"].endswith(":ValueDrift"):
             column = config["column"]
-            column_scores[column] = {"score": float(scores[column]), "method": config.get("method"),
-                                     "drifted": _failed(test)}
+            column_scores[column] = {
+                "score": float(scores[column]),
+                "method": config.get("method"),
+                "drifted": _failed(test),
+            }
         elif config["type"].endswith(":EmbeddingsDrift"):
             embedding["drifted"] = _failed(test)
-    dataset_drift = any(_failed(t) for t in result["tests"]
-                        if t["metric_config"]["params"]["type"].endswith(":DriftedColumnsCount"))
+    dataset_drift = any(
+        _failed(t) for t in result["tests"] if t["metric_config"]["params"]["type"].endswith(":DriftedColumnsCount")
+    )
     drifted = sorted(c for c, s in column_scores.items() if s["drifted"])
     if embedding.get("drifted"):
         drifted.append("embedding")
@@ -95,19 +104,40 @@ def write_trend(report_dir: Path, target: Path, drift_share: float) -> Path:
         summary = json.loads(path.read_text())
         if summary.get("status") in ("drift", "no_drift"):
             runs.append(summary)
-    figure = go.Figure(go.Scatter(
-        x=[r["created"] for r in runs], y=[r["share_drifted_columns"] for r in runs], mode="lines+markers",
-        marker={"color": ["crimson" if r["drift_detected"] else "seagreen" for r in runs], "size": 10},
-        customdata=[[", ".join(r["drifted_columns"]) or "none", r["rows_compared"]["current"],
-                     r["rows_compared"]["reference"], r["model_tag"]] for r in runs],
-        hovertemplate=("%{x}<br>share drifted %{y:.2f}<br>drifted: %{customdata[0]}<br>rows compared: "
-                       "%{customdata[1]} logged vs %{customdata[2]} reference<br>model %{customdata[3]}"
-                       "<extra></extra>"),
-        name="share of drifted columns",
-    ))
-    figure.add_hline(y=drift_share, line_dash="dash", line_color="crimson",
-                     annotation_text=f"monitoring.drift_share {drift_share:g}", annotation_position="top left")
-    figure.update_layout(title="Drift share per monitor run (red: drift detected)",
-                         yaxis={"title": "share of drifted columns", "range": [0, 1]}, xaxis={"title": "run"})
+    figure = go.Figure(
+        go.Scatter(
+            x=[r["created"] for r in runs],
+            y=[r["share_drifted_columns"] for r in runs],
+            mode="lines+markers",
+            marker={"color": ["crimson" if r["drift_detected"] else "seagreen" for r in runs], "size": 10},
+            customdata=[
+                [
+                    ", ".join(r["drifted_columns"]) or "none",
+                    r["rows_compared"]["current"],
+                    r["rows_compared"]["reference"],
+                    r["model_tag"],
+                ]
+                for r in runs
+            ],
+            hovertemplate=(
+                "%{x}<br>share drifted %{y:.2f}<br>drifted: %{customdata[0]}<br>rows compared: "
+                "%{customdata[1]} logged vs %{customdata[2]} reference<br>model %{customdata[3]}"
+                "<extra></extra>"
+            ),
+            name="share of drifted columns",
+        )
+    )
+    figure.add_hline(
+        y=drift_share,
+        line_dash="dash",
+        line_color="crimson",
+        annotation_text=f"monitoring.drift_share {drift_share:g}",
+        annotation_position="top left",
+    )
+    figure.update_layout(
+        title="Drift share per monitor run (red: drift detected)",
+        yaxis={"title": "share of drifted columns", "range": [0, 1]},
+        xaxis={"title": "run"},
+    )
     atomic.write_text(target, figure.to_html(include_plotlyjs=True, full_html=True))
     return target

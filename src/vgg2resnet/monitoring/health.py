@@ -40,14 +40,22 @@ def teacher_agreement(rows: pd.DataFrame, params: Params) -> dict | None:
     # so the alert asks whether even the window's one-sided upper bound (Wilson) falls more than
     # max_agreement_drop below the test split: a thin window cannot raise it by chance.
     m = params.monitoring
-    upper = 100.0 * float(binomtest(agreed, len(present)).proportion_ci(
-        confidence_level=2 * m.agreement_confidence - 1, method="wilson").high)
+    upper = 100.0 * float(
+        binomtest(agreed, len(present))
+        .proportion_ci(confidence_level=2 * m.agreement_confidence - 1, method="wilson")
+        .high
+    )
     report = layout.evaluation_report
     baseline = _test_split_agreement(report, kept) if report.is_file() else None
     drop = None if baseline is None else baseline - agreement
-    return {"sampled": len(present), "agreement": agreement, "agreement_upper_bound": upper,
-            "test_split_agreement": baseline, "drop": drop,
-            "alert": baseline is not None and baseline - upper > m.max_agreement_drop}
+    return {
+        "sampled": len(present),
+        "agreement": agreement,
+        "agreement_upper_bound": upper,
+        "test_split_agreement": baseline,
+        "drop": drop,
+        "alert": baseline is not None and baseline - upper > m.max_agreement_drop,
+    }
 
 
 def _test_split_agreement(report: Path, kept: pd.DataFrame) -> float | None:

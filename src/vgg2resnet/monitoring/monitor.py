@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -80,20 +80,25 @@ def served_version(params: Params, rows: pd.DataFrame, model_tag: str | None = N
     if model_tag is None:
         promoted = store.current(params.serving.model_name)
         if promoted is None:
-            raise UserError(f"no promoted '{params.serving.model_name}' in the BentoML model store and no "
-                            "logged traffic: nothing to monitor yet")
+            raise UserError(
+                f"no promoted '{params.serving.model_name}' in the BentoML model store and no "
+                "logged traffic: nothing to monitor yet"
+            )
         return promoted
     try:
         return bentoml.models.get(model_tag)
     except NotFound:
-        raise UserError(f"model version {model_tag} is not in the BentoML model store; "
-                        "`bentoml models list` shows the versions there") from None
+        raise UserError(
+            f"model version {model_tag} is not in the BentoML model store; "
+            "`bentoml models list` shows the versions there"
+        ) from None
 
 
-def run_monitor(params: Params, since: datetime | None = None, until: datetime | None = None,
-                model_tag: str | None = None) -> dict:
+def run_monitor(
+    params: Params, since: datetime | None = None, until: datetime | None = None, model_tag: str | None = None
+) -> dict:
     m, layout = params.monitoring, Artifacts(params)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     since = since or now - timedelta(hours=m.window_hours)
     started = time.perf_counter()
     window = read_inference_log(m.log_dir, since, until)
@@ -115,9 +120,12 @@ def run_monitor(params: Params, since: datetime | None = None, until: datetime |
         "skipped_log_lines": window.skipped_lines,
     }
     if len(current) < m.min_rows:
-        summary.update(status="not_enough_data", drift_detected=False,
-                       message=f"{len(current)} logged predictions in the window, fewer than "
-                               f"monitoring.min_rows={m.min_rows}: no verdict")
+        summary.update(
+            status="not_enough_data",
+            drift_detected=False,
+            message=f"{len(current)} logged predictions in the window, fewer than "
+            f"monitoring.min_rows={m.min_rows}: no verdict",
+        )
         log.warning("monitor: %s", summary["message"])
     else:
         embedding = [c for c in reference.columns if c.startswith("emb_")]
@@ -133,9 +141,14 @@ def run_monitor(params: Params, since: datetime | None = None, until: datetime |
     summary["seconds"] = round(time.perf_counter() - started, 2)
     atomic.write_json(layout.drift_report(stamp, ".json"), summary)
     write_trend(layout.drift_dir, layout.drift_trend, m.drift_share)
-    log.info("monitor: %s (%d current rows vs %d reference rows; drifted: %s) -> %s", summary["status"],
-             len(current), len(reference), ", ".join(summary.get("drifted_columns", [])) or "none",
-             layout.drift_report(stamp, ".json"))
+    log.info(
+        "monitor: %s (%d current rows vs %d reference rows; drifted: %s) -> %s",
+        summary["status"],
+        len(current),
+        len(reference),
+        ", ".join(summary.get("drifted_columns", [])) or "none",
+        layout.drift_report(stamp, ".json"),
+    )
     return summary
 
 
@@ -150,16 +163,20 @@ def emit_drift_event(summary: dict, params: Params) -> str | None:
 def _emit_after_cooldown(summary: dict, marker: Path, cooldown: float) -> str | None:
     from prefect.events import emit_event
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if marker.is_file():
         last = datetime.fromisoformat(json.loads(marker.read_text())["emitted"])
         if now - last < timedelta(hours=cooldown):
             log.info("drift event suppressed: the last one (%s) is within the %.0f h cool-down", last, cooldown)
             return None
-    payload = {k: summary[k] for k in ("model_tag", "share_drifted_columns", "drifted_columns", "window",
-                                       "rows_compared", "report_html") if k in summary}
-    event = emit_event(event=EVENT, resource={"prefect.resource.id": f"vgg2resnet.model.{summary['model_tag']}"},
-                       payload=payload)
+    payload = {
+        k: summary[k]
+        for k in ("model_tag", "share_drifted_columns", "drifted_columns", "window", "rows_compared", "report_html")
+        if k in summary
+    }
+    event = emit_event(
+        event=EVENT, resource={"prefect.resource.id": f"vgg2resnet.model.{summary['model_tag']}"}, payload=payload
+    )
     if event is None:
         return None
     atomic.write_json(marker, {"emitted": now.isoformat(), "event_id": str(event.id)})

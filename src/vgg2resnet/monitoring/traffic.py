@@ -70,8 +70,16 @@ def loopback_url(url: str) -> str:
     return parts._replace(netloc=f"{host}:{port}" if port else host).geturl().rstrip("/")
 
 
-def send_traffic(params: Params, url: str, requests_count: int, corruption: str | None = None,
-                 severity: int = 3, batch: int = 8, timeout: float = 120.0, seed: int = 0) -> dict:
+def send_traffic(
+    params: Params,
+    url: str,
+    requests_count: int,
+    corruption: str | None = None,
+    severity: int = 3,
+    batch: int = 8,
+    timeout: float = 120.0,
+    seed: int = 0,
+) -> dict:
     target = loopback_url(url)
     layout = Artifacts(params)
     rows = load_split(layout.manifest, "test")
@@ -94,10 +102,17 @@ def send_traffic(params: Params, url: str, requests_count: int, corruption: str 
                 files.append(("images", (f"{sent + n}.png", buffer.getvalue(), "image/png")))
             answer = session.post(f"{target}/classify_batch", files=files, timeout=timeout, allow_redirects=False)
             if answer.status_code == 401:
-                raise UserError(f"{url} answered 401: {answer.json()['error']}. Set serving.auth_token_env to "
-                                "the name of the variable holding the service's token, and export it")
+                raise UserError(
+                    f"{url} answered 401: {answer.json()['error']}. Set serving.auth_token_env to "
+                    "the name of the variable holding the service's token, and export it"
+                )
             failed += 0 if answer.status_code == 200 else len(files)
             sent += len(files)
-    log.info("sent %d images (%s) to %s, %d failed", sent, f"{corruption} x{severity}" if corruption else "clean",
-             url, failed)
+    log.info(
+        "sent %d images (%s) to %s, %d failed",
+        sent,
+        f"{corruption} x{severity}" if corruption else "clean",
+        url,
+        failed,
+    )
     return {"sent": sent, "failed": failed, "corruption": corruption, "severity": severity if corruption else 0}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from vgg2resnet.artifacts import Artifacts
@@ -27,13 +27,19 @@ def run_demo(params: Params, params_file: Path, corruption: str = "brightness", 
     with local_server(str(promoted.tag), cwd=root, project_root=root, params_file=params_file) as url:
         log.info("service ready at %s", url)
         for name, damage in (("clean", None), ("drifted", corruption)):
-            since = datetime.now(timezone.utc)
+            since = datetime.now(UTC)
             send_traffic(params, url, params.monitoring.traffic_requests, damage, severity)
             summary = run_monitor(params, since=since)
-            phases[name] = {k: summary.get(k) for k in ("status", "drift_detected", "share_drifted_columns",
-                                                         "drifted_columns", "report_html")}
+            phases[name] = {
+                k: summary.get(k)
+                for k in ("status", "drift_detected", "share_drifted_columns", "drifted_columns", "report_html")
+            }
     for name, phase in phases.items():
-        log.info("%s traffic: %s, drifted columns %s, report %s", name, phase["status"],
-                 phase["drifted_columns"], phase["report_html"])
-    return {"model_tag": str(promoted.tag), **phases,
-            "trend": str(Artifacts(params).drift_trend)}
+        log.info(
+            "%s traffic: %s, drifted columns %s, report %s",
+            name,
+            phase["status"],
+            phase["drifted_columns"],
+            phase["report_html"],
+        )
+    return {"model_tag": str(promoted.tag), **phases, "trend": str(Artifacts(params).drift_trend)}

@@ -77,7 +77,7 @@ def data_change(before: str | None, after: str | None, ran: dict[str, bool]) -> 
     run could have changed the served model). `before` and `after` are the data versions
     dvc.lock recorded around the run; `ran` says which stages ran, in the DAG's order."""
     names = list(ran)
-    later = names[names.index("prepare") + 1:] if "prepare" in names else []
+    later = names[names.index("prepare") + 1 :] if "prepare" in names else []
     retrained = [stage for stage in later if ran[stage]]
     if "prepare" not in ran:
         return f"The run stopped before `prepare`; the data version is still {after or 'unrecorded'}."
@@ -85,11 +85,15 @@ def data_change(before: str | None, after: str | None, ran: dict[str, bool]) -> 
         was = f" (was {before})" if before else ""
         return f"New data version {after}{was}; stages run on it: {', '.join(retrained) or 'none yet'}."
     if not retrained:
-        return (f"No new images since data version {after}: retraining would reproduce the served model, so "
-                "nothing was retrained. Add labelled images to data.source (for example with the ingest flow, "
-                "`python -m flows.ingest DROP`) and the next run retrains on them.")
-    return (f"No new images since data version {after}; stages rerun because their settings or code changed: "
-            f"{', '.join(retrained)}.")
+        return (
+            f"No new images since data version {after}: retraining would reproduce the served model, so "
+            "nothing was retrained. Add labelled images to data.source (for example with the ingest flow, "
+            "`python -m flows.ingest DROP`) and the next run retrains on them."
+        )
+    return (
+        f"No new images since data version {after}; stages rerun because their settings or code changed: "
+        f"{', '.join(retrained)}."
+    )
 
 
 def gate_outcome(root: Path, params: Params) -> dict:
@@ -118,32 +122,42 @@ def hand_off(stage: str, root: Path) -> str:
     from dvc.repo import Repo
 
     names = stage_names(root)
-    upstream = names[:names.index(stage)]
+    upstream = names[: names.index(stage)]
     with contextlib.chdir(root), Repo(str(root)) as repo:
-        records = [str(DVC_LOCK)] + [out.def_path for s in repo.index.stages if s.name in upstream
-                                  for out in s.outs if not out.use_cache]
-        changed = [path for path in edited_files(root)
-                   if not any(path == r or path.startswith(f"{r}/") for r in records)]
+        records = [str(DVC_LOCK)] + [
+            out.def_path for s in repo.index.stages if s.name in upstream for out in s.outs if not out.use_cache
+        ]
+        changed = [
+            path for path in edited_files(root) if not any(path == r or path.startswith(f"{r}/") for r in records)
+        ]
         if changed:
-            raise StageFailed(f"stage '{stage}' runs on a GPU worker, which checks out a git revision, but "
-                              f"{', '.join(changed)} have uncommitted changes; commit them (or unset "
-                              "orchestration.gpu_work_pool to run it here)")
+            raise StageFailed(
+                f"stage '{stage}' runs on a GPU worker, which checks out a git revision, but "
+                f"{', '.join(changed)} have uncommitted changes; commit them (or unset "
+                "orchestration.gpu_work_pool to run it here)"
+            )
         if upstream:
             repo.push(targets=upstream)
     for record in records:
         if (root / record).exists() and not is_ignored(root, record):
             git(root, "add", record)
     if git(root, "diff", "--cached", "--name-only"):
-        git(root, "commit", "--quiet", "-m",
-            f"dvc.lock and metrics of {', '.join(upstream)} before '{stage}' on the GPU pool")
+        git(
+            root,
+            "commit",
+            "--quiet",
+            "-m",
+            f"dvc.lock and metrics of {', '.join(upstream)} before '{stage}' on the GPU pool",
+        )
     # Pushed even when nothing was committed here: the user's own commits (a params change) are
     # part of the revision too, and the worker can only fetch what the remote holds.
     if git(root, "remote"):
         try:
             git(root, "push", "--quiet")
         except UserError as exc:
-            raise StageFailed(f"stage '{stage}' runs on a GPU worker, which fetches the revision from "
-                              f"the git remote, but {exc}") from None
+            raise StageFailed(
+                f"stage '{stage}' runs on a GPU worker, which fetches the revision from the git remote, but {exc}"
+            ) from None
     return git_revision(root)
 
 
@@ -160,8 +174,10 @@ def run_on_worker(stage: str, revision: str, root: Path) -> bool:
     with exclusive(root / Artifacts(load_params(root / "params.yaml")).run_lock):  # one run per clone
         edited = edited_files(root)
         if edited:
-            raise UserError(f"the worker's checkout {root} has local changes to {', '.join(edited)}; it must be "
-                            "a clone only the worker uses (commit or discard them)")
+            raise UserError(
+                f"the worker's checkout {root} has local changes to {', '.join(edited)}; it must be "
+                "a clone only the worker uses (commit or discard them)"
+            )
         if git(root, "remote"):
             git(root, "fetch", "--quiet")
         git(root, "checkout", "--quiet", "--force", revision)

@@ -16,9 +16,21 @@ def build(model_tag: str) -> str:
     """`bentoml build` of the service pinned to model_tag; the Bento's tag."""
     log.info("building a Bento serving %s", model_tag)
     build = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", "-f", str(BENTOFILE), "--arg", f"model_tag={model_tag}",
-         "--output", "tag", "."],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "build",
+            "-f",
+            str(BENTOFILE),
+            "--arg",
+            f"model_tag={model_tag}",
+            "--output",
+            "tag",
+            ".",
+        ],
+        capture_output=True,
+        text=True,
     )
     if build.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{build.stdout}\n{build.stderr}")

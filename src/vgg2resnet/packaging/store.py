@@ -75,8 +75,11 @@ def promoted_versions(name: str) -> list:
     """The complete promoted versions of `name`, newest first; incomplete ones are logged."""
     whole, broken = inventory(name)
     for line in broken:
-        log.warning("skipped %s; a crash while it was saved can leave this. Remove the folder once no "
-                    "process is saving a model", line)
+        log.warning(
+            "skipped %s; a crash while it was saved can leave this. Remove the folder once no "
+            "process is saving a model",
+            line,
+        )
     return whole
 
 
@@ -120,8 +123,10 @@ def rollback(name: str, tag: str | None = None) -> str:
     else:
         target = next((m for m in versions if str(m.tag) == tag), None)
         if target is None:
-            raise UserError(f"{tag} is not a complete promoted version of '{name}' (never promoted, incomplete or "
-                            f"not in the store); choose one of {[str(m.tag) for m in versions]}")
+            raise UserError(
+                f"{tag} is not a complete promoted version of '{name}' (never promoted, incomplete or "
+                f"not in the store); choose one of {[str(m.tag) for m in versions]}"
+            )
     files = {p.name: p for p in Path(target.path).iterdir() if p.is_file() and p.name not in BENTOML_FILES}
     metadata = {k: v for k, v in target.info.metadata.items() if k != FILES} | {"restored_from": str(target.tag)}
     return save_version(name, files, metadata)
@@ -158,8 +163,14 @@ def _fit_projection(params: Params, artifact: Path, categories: list[str]) -> di
     of `monitoring.projection_images` training images (memory and time bounded whatever the
     split's size: the whole of 10^6 images would be 8 GB of features for 8 kept dimensions)."""
     runner, meta = load_runner(artifact, categories)
-    loader = eval_loader(params, "train", categories, params.evaluate.batch_size,
-                         transform_from_meta(meta["preprocessing"]), limit=params.monitoring.projection_images)
+    loader = eval_loader(
+        params,
+        "train",
+        categories,
+        params.evaluate.batch_size,
+        transform_from_meta(meta["preprocessing"]),
+        limit=params.monitoring.projection_images,
+    )
     features = torch.cat([runner(images)[1] for images, *_ in with_progress(loader, "drift projection")])
     return fit_projection(features, params.serving.embedding_dims)
 
@@ -187,8 +198,7 @@ def profile(predictor: Predictor, paths: list[Path], params: Params) -> pd.DataF
     rows = []
     for (images,) in with_progress(loader, "drift reference"):
         for result in predictor.predict(images, params.serving.top_k):
-            rows.append({**result["features"], "prediction": result["category"],
-                         "confidence": result["confidence"]})
+            rows.append({**result["features"], "prediction": result["category"], "confidence": result["confidence"]})
     return pd.DataFrame(rows)
 
 
@@ -205,9 +215,11 @@ def read_reference(version) -> pd.DataFrame:
     """The drift reference stored with a model-store version (a `bentoml.Model`)."""
     path = Path(version.path) / StoreLayout.REFERENCE
     if not path.is_file():
-        raise UserError(f"{version.tag} has no drift reference ({path} is missing): it was promoted before "
-                        "references were stored with their model; run the pipeline to promote a new version, "
-                        "or monitor another one with --model-tag")
+        raise UserError(
+            f"{version.tag} has no drift reference ({path} is missing): it was promoted before "
+            "references were stored with their model; run the pipeline to promote a new version, "
+            "or monitor another one with --model-tag"
+        )
     return pd.read_parquet(path)
 
 

@@ -37,11 +37,15 @@ def service_token(serving: ServingParams) -> str | None:
         return None
     token = os.environ.get(name, "").strip()
     if not token:
-        raise UserError(f"serving.auth_token_env names ${name}, which is not set or empty: export the "
-                        f"token as {name}, or set serving.auth_token_env: null to serve without a token")
+        raise UserError(
+            f"serving.auth_token_env names ${name}, which is not set or empty: export the "
+            f"token as {name}, or set serving.auth_token_env: null to serve without a token"
+        )
     if not (token.isascii() and token.isprintable()):  # a header carries it as ASCII
-        raise UserError(f"${name}: the token must be printable ASCII, e.g. from "
-                        "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        raise UserError(
+            f"${name}: the token must be printable ASCII, e.g. from "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     return token
 
 
@@ -59,10 +63,12 @@ def check_exposure(serving: ServingParams, host: str | None) -> None:
     if host is None or serving.auth_token_env is not None or serving.allow_network_without_token:
         return
     if not ipaddress.ip_address(host).is_loopback:
-        raise UserError(f"the service would listen on {host} without a token, open to any machine that can reach "
-                        "it: serve on 127.0.0.1 (bentoml serve ... --host 127.0.0.1), set serving.auth_token_env "
-                        "to require a bearer token, or set serving.allow_network_without_token: true when a "
-                        "gateway in front of the service authenticates its callers")
+        raise UserError(
+            f"the service would listen on {host} without a token, open to any machine that can reach "
+            "it: serve on 127.0.0.1 (bentoml serve ... --host 127.0.0.1), set serving.auth_token_env "
+            "to require a bearer token, or set serving.allow_network_without_token: true when a "
+            "gateway in front of the service authenticates its callers"
+        )
 
 
 def auth_headers(serving: ServingParams) -> dict[str, str]:

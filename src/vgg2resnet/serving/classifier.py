@@ -93,12 +93,14 @@ class Predictor:
         # argmax of the offline evaluation does; topk's tie order is unspecified.
         ranked, order = probabilities.sort(dim=1, descending=True, stable=True)
         for image, values, indices, embedding in zip(images, ranked[:, :k], order[:, :k], embeddings):
-            results.append({
-                "category": self.categories[int(indices[0])],
-                "confidence": float(values[0]),
-                "top_k": [{"category": self.categories[int(i)], "probability": float(v)}
-                          for v, i in zip(values, indices)],
-                "features": {**image_statistics(image),
-                             **dict(zip(self.embedding_columns, embedding.tolist()))},
-            })
+            results.append(
+                {
+                    "category": self.categories[int(indices[0])],
+                    "confidence": float(values[0]),
+                    "top_k": [
+                        {"category": self.categories[int(i)], "probability": float(v)} for v, i in zip(values, indices)
+                    ],
+                    "features": {**image_statistics(image), **dict(zip(self.embedding_columns, embedding.tolist()))},
+                }
+            )
         return results

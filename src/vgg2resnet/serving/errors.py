@@ -47,19 +47,21 @@ class ErrorBody(BaseModel):
     """Every 4xx and 5xx answer of the service."""
 
     error: str = Field(description="a short message for a person")
-    problems: list[Problem] = Field(default=[], description="for a program: each problem with the request; "
-                                    "empty when the error is not about its content (overload, timeout)")
+    problems: list[Problem] = Field(
+        default=[],
+        description="for a program: each problem with the request; "
+        "empty when the error is not about its content (overload, timeout)",
+    )
 
 
 # What each error means on the inference endpoints, as the OpenAPI document declares it.
 ENDPOINT_ERRORS = {
     400: "The request is malformed or a file is not an image this service decodes; nothing was "
-         "classified. Each problem names the field, the file's index and filename, and the reason.",
+    "classified. Each problem names the field, the file's index and filename, and the reason.",
     413: "The body is larger than serving.max_request_bytes; nothing was classified.",
     429: "More requests in flight than serving.max_concurrency: retry with back-off.",
     500: "An internal error; the server's log has the details.",
-    503: "The service is starting, or a batch could not be served within serving.max_latency_ms: "
-         "retry with back-off.",
+    503: "The service is starting, or a batch could not be served within serving.max_latency_ms: retry with back-off.",
     504: "Not answered within serving.timeout_s: retry with back-off.",
 }
 UNAUTHORIZED = "No valid bearer token: send `Authorization: Bearer <token>`."
@@ -102,8 +104,14 @@ def declare_errors(spec: dict[str, Any], endpoints: Collection[str], secured: bo
         for operation in item.values():
             responses = operation["responses"]
             for code in [c for c in responses if str(c)[0] in "45"]:
-                replaced.add(responses.pop(code).get("content", {}).get("application/json", {})
-                             .get("schema", {}).get("$ref", "").rpartition("/")[2])
+                replaced.add(
+                    responses.pop(code)
+                    .get("content", {})
+                    .get("application/json", {})
+                    .get("schema", {})
+                    .get("$ref", "")
+                    .rpartition("/")[2]
+                )
             errors = dict(ENDPOINT_ERRORS) if path in endpoints else {}
             if path in endpoints and secured:
                 errors[401] = UNAUTHORIZED
@@ -167,7 +175,16 @@ class ErrorShape:
     @staticmethod
     async def _send(scope: Scope, send: Send, status: int, headers: list, body: ErrorBody | bytes) -> None:
         payload = body.model_dump_json().encode() if isinstance(body, ErrorBody) else body
-        await send({"type": "http.response.start", "status": status, "headers": [
-            *headers, (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    *headers,
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
         # A HEAD answer declares the body's length and type but carries no body.
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else payload})

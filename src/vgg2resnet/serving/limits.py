@@ -45,8 +45,19 @@ class BodyLimit:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             await _drain(receive)
-            report(scope, [Problem(field=None, index=None, filename=None, reason=(
-                f"the body is {declared} bytes, over serving.max_request_bytes ({self.max_bytes}): {FIX}"))])
+            report(
+                scope,
+                [
+                    Problem(
+                        field=None,
+                        index=None,
+                        filename=None,
+                        reason=(
+                            f"the body is {declared} bytes, over serving.max_request_bytes ({self.max_bytes}): {FIX}"
+                        ),
+                    )
+                ],
+            )
             return await Response(status_code=413)(scope, receive, send)
         received, exceeded = 0, False
 
@@ -59,8 +70,9 @@ class BodyLimit:
                     exceeded = True
                     if message.get("more_body", False):
                         await _drain(receive)
-                    raise BodyTooLarge(f"the body passed serving.max_request_bytes ({self.max_bytes}) while it "
-                                       f"was read: {FIX}")
+                    raise BodyTooLarge(
+                        f"the body passed serving.max_request_bytes ({self.max_bytes}) while it was read: {FIX}"
+                    )
             return message
 
         async def answer(message: Message) -> None:

@@ -29,20 +29,44 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_server(model_tag: str, *, cwd: Path, project_root: Path, params_file: Path,
-                 ready_timeout: float = 180.0, host: str = "127.0.0.1") -> Iterator[str]:
+def local_server(
+    model_tag: str,
+    *,
+    cwd: Path,
+    project_root: Path,
+    params_file: Path,
+    ready_timeout: float = 180.0,
+    host: str = "127.0.0.1",
+) -> Iterator[str]:
     """Yield the URL of a ready server; the inference log lands under `cwd`. A server that
     stops while starting raises RuntimeError with the end of what it wrote."""
     service_token(load_params(params_file).serving)  # a missing token fails here, not after a timeout
     port = free_port()
-    env = {**os.environ, "VGG2RESNET_PARAMS": str(Path(params_file).resolve()),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(project_root).resolve()),
-                                                        os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "VGG2RESNET_PARAMS": str(Path(params_file).resolve()),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(project_root).resolve()), os.environ.get("PYTHONPATH")])),
+    }
     with tempfile.TemporaryFile() as said:  # the server's log, for the reason it stopped
         process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port),
-             "--arg", f"model_tag={model_tag}"],
-            cwd=cwd, env=env, stdout=said, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                SERVICE,
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--arg",
+                f"model_tag={model_tag}",
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=said,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -52,8 +76,10 @@ def local_server(model_tag: str, *, cwd: Path, project_root: Path, params_file: 
                     said.seek(0)
                     log = said.read().decode(errors="replace")
                     reasons = [line.partition(REFUSAL)[2] for line in log.splitlines() if REFUSAL in line]
-                    raise RuntimeError(f"bentoml serve exited with code {process.returncode}: "
-                                       + (f"{REFUSAL}{reasons[-1]}" if reasons else log[-3000:]))
+                    raise RuntimeError(
+                        f"bentoml serve exited with code {process.returncode}: "
+                        + (f"{REFUSAL}{reasons[-1]}" if reasons else log[-3000:])
+                    )
                 try:
                     if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
                         break

@@ -29,8 +29,10 @@ def startup_checks(serving: ServingParams, tag: str, folder: Path, metadata: dic
     check_exposure(serving, listening_host())
     problem = damage(folder, metadata)
     if problem is not None:  # a version a crash left incomplete is never served
-        raise UserError(f"{tag} is incomplete ({problem}): serve another version (--arg model_tag=...) or run "
-                        "`vgg2resnet package` to promote the model again")
+        raise UserError(
+            f"{tag} is incomplete ({problem}): serve another version (--arg model_tag=...) or run "
+            "`vgg2resnet package` to promote the model again"
+        )
 
 
 def refuse_to_start(error: UserError) -> NoReturn:

@@ -62,8 +62,17 @@ class Uploads(IODescriptor):
         content_type = request.headers.get("content-type", "")
         example = " ".join(f"-F {name}=@photo.jpg" for name in cls.multipart_fields)
         if not content_type.lower().startswith(FORM_TYPES):
-            raise _refuse(request, cls, [_problem(None, f"the body is {content_type or 'untyped'}, not "
-                                                  f"multipart/form-data: upload the image as a file (curl {example})")])
+            raise _refuse(
+                request,
+                cls,
+                [
+                    _problem(
+                        None,
+                        f"the body is {content_type or 'untyped'}, not "
+                        f"multipart/form-data: upload the image as a file (curl {example})",
+                    )
+                ],
+            )
         try:
             form = await request.form()  # parsed once: starlette keeps it for BentoML's parser
         except HTTPException as exc:
@@ -71,24 +80,42 @@ class Uploads(IODescriptor):
         except BodyTooLarge as exc:  # answered 413 by BodyLimit
             raise _refuse(request, cls, [_problem(None, str(exc))]) from None
         fields = " and ".join(repr(name) for name in cls.model_fields)
-        problems = [_problem(name, f"unknown field: this endpoint takes {fields}")
-                    for name in form if name not in cls.model_fields]
+        problems = [
+            _problem(name, f"unknown field: this endpoint takes {fields}")
+            for name in form
+            if name not in cls.model_fields
+        ]
         text = f"this part is text, not a file: upload the image as a file (curl {example})"
-        problems += [_problem(name, text, number) for name in cls.multipart_fields
-                     for number, value in enumerate(form.getlist(name)) if isinstance(value, str)]
+        problems += [
+            _problem(name, text, number)
+            for name in cls.multipart_fields
+            for number, value in enumerate(form.getlist(name))
+            if isinstance(value, str)
+        ]
         # BentoML would classify the first of several files sent to a one-file field, silently.
-        problems += [_problem(name, f"{len(form.getlist(name))} files sent; this endpoint takes one "
-                                    "(classify_batch takes several)")
-                     for name in cls.multipart_fields
-                     if get_origin(cls.model_fields[name].annotation) is not list and len(form.getlist(name)) > 1]
-        sizes = [] if problems else [_declared_pixels(value.file) for name in cls.multipart_fields
-                                     for value in form.getlist(name)]
+        problems += [
+            _problem(
+                name, f"{len(form.getlist(name))} files sent; this endpoint takes one (classify_batch takes several)"
+            )
+            for name in cls.multipart_fields
+            if get_origin(cls.model_fields[name].annotation) is not list and len(form.getlist(name)) > 1
+        ]
+        sizes = (
+            []
+            if problems
+            else [_declared_pixels(value.file) for name in cls.multipart_fields for value in form.getlist(name)]
+        )
         # An image over serving.max_pixels on its own is refused by the decoder, by its name.
         if all(size <= cls.max_pixels for size in sizes):
             pixels = sum(sizes)
             if pixels > cls.max_request_pixels:
-                problems.append(_problem(None, f"the images hold {pixels} pixels together, over serving.max_request_pixels "
-                                               f"({cls.max_request_pixels}): send fewer or smaller images per request"))
+                problems.append(
+                    _problem(
+                        None,
+                        f"the images hold {pixels} pixels together, over serving.max_request_pixels "
+                        f"({cls.max_request_pixels}): send fewer or smaller images per request",
+                    )
+                )
         if problems:
             raise _refuse(request, cls, problems)
         try:
@@ -131,6 +158,15 @@ def _from_pydantic(error: dict, form: FormData) -> Problem:
 def _refuse(request: Request, model: type, problems: list[Problem]) -> ValidationError:
     """Report the problems and return the error BentoML answers with a 400 (and logs)."""
     report(request.scope, problems)
-    return ValidationError.from_exception_data(model.__name__, [
-        {"type": "value_error", "loc": (p.field or "request",), "input": None,
-         "ctx": {"error": ValueError(p.describe())}} for p in problems])
+    return ValidationError.from_exception_data(
+        model.__name__,
+        [
+            {
+                "type": "value_error",
+                "loc": (p.field or "request",),
+                "input": None,
+                "ctx": {"error": ValueError(p.describe())},
+            }
+            for p in problems
+        ],
+    )

@@ -21,7 +21,13 @@ def run(params: Params) -> dict:
     layout = Artifacts(params)
     source = layout.student("pytorch_fp32")
     model, meta = load_model(source, categories)
-    parities = export_forms(params, model, read_meta(source), {v: layout.student(v) for v in FORMS}, categories,
-                            flops=count_flops(model, meta["preprocessing"]["image_size"]),
-                            parameters=count_parameters(model))
+    parities = export_forms(
+        params,
+        model,
+        read_meta(source),
+        {v: layout.student(v) for v in FORMS},
+        categories,
+        flops=count_flops(model, meta["preprocessing"]["image_size"]),
+        parameters=count_parameters(model),
+    )
     return {**parities, "size_mb": {v: layout.student(v).stat().st_size / 1e6 for v in ("pytorch_fp32", *FORMS)}}

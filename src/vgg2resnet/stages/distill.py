@@ -18,13 +18,13 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader, train_views
-from vgg2resnet.training.averaging import kept_epochs_folder
-from vgg2resnet.training.fit import RunFiles, fingerprint, fit
-from vgg2resnet.training.loop import Training, evaluate
 from vgg2resnet.distill.teacher_signal import teacher_signal
 from vgg2resnet.lineage import manifest_hash
 from vgg2resnet.models.builders import STUDENT_ARCH, build_student
 from vgg2resnet.models.checkpoint import load_model, model_meta, read_meta, save_model
+from vgg2resnet.training.averaging import kept_epochs_folder
+from vgg2resnet.training.fit import RunFiles, fingerprint, fit
+from vgg2resnet.training.loop import Training, evaluate
 from vgg2resnet.training.placement import start, stop
 
 log = logging.getLogger(__name__)
@@ -51,22 +51,50 @@ def run(params: Params) -> dict:
     student = build_student(len(categories), d.pretrained_weights)
     views = train_views(params, d, categories)
     distillation = teacher_signal(params, placement, teacher, teacher_weights, views, len(categories))
-    run_id = fingerprint("distill", d, params.augment, params.runtime.seed, teacher_weights,
-                         manifest_hash(params), placement.world_size)
-    training = Training(d, params.runtime, placement, distillation, freeze_epochs=d.freeze_epochs,
-                        backbone_lr_mult=d.backbone_lr_mult, ema_decay=d.ema_decay, average=d.average_best)
-    student, metrics = fit(student, views, val, training,
-                           RunFiles(state, run_id, layout.training_metrics("distill")))
-    result = {"val_accuracy": metrics.get("val_accuracy_selected"), "selected": metrics.get("selected"),
-              "teacher_val_accuracy": teacher_val, "init": init}
+    run_id = fingerprint(
+        "distill", d, params.augment, params.runtime.seed, teacher_weights, manifest_hash(params), placement.world_size
+    )
+    training = Training(
+        d,
+        params.runtime,
+        placement,
+        distillation,
+        freeze_epochs=d.freeze_epochs,
+        backbone_lr_mult=d.backbone_lr_mult,
+        ema_decay=d.ema_decay,
+        average=d.average_best,
+    )
+    student, metrics = fit(student, views, val, training, RunFiles(state, run_id, layout.training_metrics("distill")))
+    result = {
+        "val_accuracy": metrics.get("val_accuracy_selected"),
+        "selected": metrics.get("selected"),
+        "teacher_val_accuracy": teacher_val,
+        "init": init,
+    }
     if placement.is_main:
         out = layout.student()
-        meta = save_model(out, student, model_meta(
-            params, STUDENT_ARCH, categories, d.image_size, init, teacher_sha256=teacher_meta["sha256"],
-            val_accuracy=metrics["val_accuracy_selected"], ema=d.ema_decay is not None,
-        ))
-        log.info("student (%s): val accuracy %.2f%% (teacher %.2f%%), %s (%.1f MB)", metrics["selected"],
-                 metrics["val_accuracy_selected"], teacher_val, out, meta["bytes"] / 1e6)
+        meta = save_model(
+            out,
+            student,
+            model_meta(
+                params,
+                STUDENT_ARCH,
+                categories,
+                d.image_size,
+                init,
+                teacher_sha256=teacher_meta["sha256"],
+                val_accuracy=metrics["val_accuracy_selected"],
+                ema=d.ema_decay is not None,
+            ),
+        )
+        log.info(
+            "student (%s): val accuracy %.2f%% (teacher %.2f%%), %s (%.1f MB)",
+            metrics["selected"],
+            metrics["val_accuracy_selected"],
+            teacher_val,
+            out,
+            meta["bytes"] / 1e6,
+        )
         # Training state is only for resuming an interrupted run; this one finished. The kept
         # epochs go after it (and whatever average_best is now), never before.
         state.unlink(missing_ok=True)

@@ -33,15 +33,24 @@ def run(params: Params) -> dict:
         candidates[variant], outcomes[variant] = evaluate_variant(params, variant, categories)
     compare_with_teacher(teacher, teacher_outcomes, candidates, outcomes)
     labels = teacher_outcomes.labels
-    report = {"split": SPLIT, "images": len(labels), "categories": categories,
-              "manifest_sha256": manifest_hash(params), "teacher": teacher, "candidates": candidates}
+    report = {
+        "split": SPLIT,
+        "images": len(labels),
+        "categories": categories,
+        "manifest_sha256": manifest_hash(params),
+        "teacher": teacher,
+        "candidates": candidates,
+    }
     layout = Artifacts(params)
     atomic.write_json(layout.evaluation_report, report)
     names = [categories[i] for i in labels.tolist()]
     # One row per test image in manifest order, named by its manifest path: the gate report's
     # gallery shows the images on which the models disagree.
-    columns = {"path": load_split(layout.manifest, SPLIT)["path"].to_numpy(), "label": labels.numpy(),
-               "category": names}
+    columns = {
+        "path": load_split(layout.manifest, SPLIT)["path"].to_numpy(),
+        "label": labels.numpy(),
+        "category": names,
+    }
     for name, values in (("teacher", teacher_outcomes), *outcomes.items()):
         columns[name] = values.predicted.numpy()
         columns[f"{name}_confidence"] = values.confidence.numpy()
@@ -53,14 +62,28 @@ def run(params: Params) -> dict:
             live.summary[name] = {k: model[k] for k in ("top1", "top5", "macro_f1", "ece", "size_mb", "flops")}
             live.summary[name]["cpu_latency_ms_p50"] = model["cpu"]["latency_ms_p50"]
             if name != "teacher":
-                live.summary[name].update({k: model[k] for k in ("agreement", "size_ratio", "flops_ratio",
-                                                                  "cpu_latency_ratio")})
+                live.summary[name].update(
+                    {k: model[k] for k in ("agreement", "size_ratio", "flops_ratio", "cpu_latency_ratio")}
+                )
             if name in CONFUSION_MODELS:
-                live.log_sklearn_plot("confusion_matrix", names, [categories[i] for i in predictions[name]],
-                                      name=layout.confusion(name).name)
-    log.info("test top-1: teacher %.2f%% (%.1f MB, %.1f ms); %s", teacher["top1"], teacher["size_mb"],
-             teacher["cpu"]["latency_ms_p50"],
-             "; ".join(f"{v} {c['top1']:.2f}% ({c['size_mb']:.1f} MB, {c['cpu']['latency_ms_p50']:.1f} ms)"
-                       for v, c in candidates.items()))
-    return {"teacher_top1": teacher["top1"], **{f"{v}_top1": c["top1"] for v, c in candidates.items()},
-            **{f"{v}_size_ratio": c["size_ratio"] for v, c in candidates.items()}}
+                live.log_sklearn_plot(
+                    "confusion_matrix",
+                    names,
+                    [categories[i] for i in predictions[name]],
+                    name=layout.confusion(name).name,
+                )
+    log.info(
+        "test top-1: teacher %.2f%% (%.1f MB, %.1f ms); %s",
+        teacher["top1"],
+        teacher["size_mb"],
+        teacher["cpu"]["latency_ms_p50"],
+        "; ".join(
+            f"{v} {c['top1']:.2f}% ({c['size_mb']:.1f} MB, {c['cpu']['latency_ms_p50']:.1f} ms)"
+            for v, c in candidates.items()
+        ),
+    )
+    return {
+        "teacher_top1": teacher["top1"],
+        **{f"{v}_top1": c["top1"] for v, c in candidates.items()},
+        **{f"{v}_size_ratio": c["size_ratio"] for v, c in candidates.items()},
+    }

@@ -24,8 +24,8 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.gate.html import gallery_counts, render_html
-from vgg2resnet.gate.policy import choose, evaluate_policy, failed_input
 from vgg2resnet.gate.inputs import load_inputs, promoted_top1
+from vgg2resnet.gate.policy import choose, evaluate_policy, failed_input
 from vgg2resnet.gate.report import candidate_row, render_markdown, summary
 from vgg2resnet.lineage import git_revision, params_hash, recorded_data_version
 
@@ -47,8 +47,11 @@ def run(params: Params, strict: bool = False) -> dict:
         checks_of = {v: evaluate_policy(report, predictions, params.gate, production_top1, v) for v in variants}
         candidates = {v: candidate_row(v, report["candidates"][v], checks_of[v], params.gate) for v in variants}
         chosen = choose([v for v, c in candidates.items() if c["passed"]], report["candidates"], params.gate)
-        checks = checks_of[chosen] if chosen else [
-            replace(c, name=f"{v}.{c.name}") for v in params.gate.variants if v in variants for c in checks_of[v]]
+        checks = (
+            checks_of[chosen]
+            if chosen
+            else [replace(c, name=f"{v}.{c.name}") for v in params.gate.variants if v in variants for c in checks_of[v]]
+        )
     except ValueError as exc:
         report, predictions, teacher, variants = {}, None, {}, {}
         checks = [failed_input("inputs", str(exc))]
@@ -74,13 +77,22 @@ def run(params: Params, strict: bool = False) -> dict:
     layout = Artifacts(params)
     atomic.write_json(layout.gate_json, result)
     atomic.write_text(layout.gate_markdown, render_markdown(result))
-    atomic.write_text(layout.gate_html, render_html(result, report, predictions, categories, layout.raw_dir,
-                                                    params.report))
+    atomic.write_text(
+        layout.gate_html, render_html(result, report, predictions, categories, layout.raw_dir, params.report)
+    )
     for check in checks:
         log.info("%s %s: %s", "pass" if check.passed else "FAIL", check.name, check.reason)
-    log.info("gate decision: %s%s (%s; to look at: %s)", result["decision"].upper(),
-             f" {chosen}" if chosen else "", layout.gate_markdown, layout.gate_html)
+    log.info(
+        "gate decision: %s%s (%s; to look at: %s)",
+        result["decision"].upper(),
+        f" {chosen}" if chosen else "",
+        layout.gate_markdown,
+        layout.gate_html,
+    )
     if strict and not chosen:
         raise GateRejected(f"the gate rejected the student: {'; '.join(c.reason for c in failed)}")
-    return {"decision": result["decision"], "variant": chosen,
-            "failed": sorted({c.name.split(".")[-1] for c in failed})}
+    return {
+        "decision": result["decision"],
+        "variant": chosen,
+        "failed": sorted({c.name.split(".")[-1] for c in failed}),
+    }

@@ -31,14 +31,20 @@ def promote(params: Params) -> tuple[dict, str | None, bool]:
     gate = read_json(layout.gate_json, "gate")
     if gate.get("decision") != "promote":
         served = store.current(params.serving.model_name)
-        log.info("no model promoted: %s", f"{served.tag} stays in production with its own drift reference"
-                 if served is not None else "nothing is served or monitored yet")
+        log.info(
+            "no model promoted: %s",
+            f"{served.tag} stays in production with its own drift reference"
+            if served is not None
+            else "nothing is served or monitored yet",
+        )
         return gate, None, False
     artifact = layout.student(gate["variant"])
     student = read_meta(artifact)
     if student["sha256"] != gate["lineage"]["student_sha256"]:
-        raise UserError(f"{artifact} is not the file the gate judged ({layout.gate_json}); "
-                        "run `vgg2resnet evaluate` and `vgg2resnet gate` again (or `dvc repro`)")
+        raise UserError(
+            f"{artifact} is not the file the gate judged ({layout.gate_json}); "
+            "run `vgg2resnet evaluate` and `vgg2resnet gate` again (or `dvc repro`)"
+        )
     return gate, *store.promote(params, artifact, store.version_metadata(gate, student))
 
 
@@ -47,14 +53,23 @@ def run(params: Params) -> dict:
     gate, model_tag, new_version = promote(params)
     if model_tag is None:
         failed = [c["name"] for c in gate.get("checks", []) if not c.get("passed")]
-        result = {"packaged": False, "model_tag": None,
-                  "reason": f"the gate rejected the student (failed: {', '.join(failed)})"}
+        result = {
+            "packaged": False,
+            "model_tag": None,
+            "reason": f"the gate rejected the student (failed: {', '.join(failed)})",
+        }
         log.warning("package: nothing promoted or packaged: %s; see %s", result["reason"], layout.gate_markdown)
     else:
         bento_tag = bento.build(model_tag)
-        result = {"packaged": True, "bento": bento_tag, "model_tag": model_tag, "variant": gate["variant"],
-                  "new_version": new_version,
-                  "serve": f"bentoml serve {bento_tag}", "containerize": f"bentoml containerize {bento_tag}"}
+        result = {
+            "packaged": True,
+            "bento": bento_tag,
+            "model_tag": model_tag,
+            "variant": gate["variant"],
+            "new_version": new_version,
+            "serve": f"bentoml serve {bento_tag}",
+            "containerize": f"bentoml containerize {bento_tag}",
+        }
         log.info("built Bento %s: `bentoml serve %s`", bento_tag, bento_tag)
     atomic.write_json(layout.package_json, result)
     return result

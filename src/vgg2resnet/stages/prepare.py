@@ -5,9 +5,10 @@
 Each image is read once: hashed, fully decoded and (for a user's folder) copied into data/raw
 from the same bytes, by `runtime.num_workers` processes. A re-run decodes only the files whose
 content the previous manifest does not list, links unchanged ones from the previous data/raw,
-and does not even read a file whose stat key is unchanged (see `vgg2resnet.data.intake`). A file that does not decode is handled by data.on_undecodable: `error`
-stops here, `record` keeps it in the manifest for validation to fail on, `skip` leaves it out
-of data/raw and the manifest and lists it in skipped.json, which validation reports as a warning.
+and does not even read a file whose stat key is unchanged (see `vgg2resnet.data.intake`). A file
+that does not decode is handled by data.on_undecodable: `error` stops here, `record` keeps it
+in the manifest for validation to fail on, `skip` leaves it out of data/raw and the manifest and
+lists it in skipped.json, which validation reports as a warning.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ def run(params: Params) -> dict:
     for entry in skipped[:MAX_LISTED]:
         log.warning("skipped %s: %s", entry["path"], entry["error"])
     if skipped:
-        log.warning("skipped %d file(s) that do not decode (data.on_undecodable: skip); listed in %s",
-                    len(skipped), layout.skipped)
+        log.warning(
+            "skipped %d file(s) that do not decode (data.on_undecodable: skip); listed in %s",
+            len(skipped),
+            layout.skipped,
+        )
     expected, _ = expected_categories(params)
     categories = order_categories(sorted(scan.files), expected)
     with atomic.atomic_path(layout.manifest) as tmp:

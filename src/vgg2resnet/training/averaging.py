@@ -32,9 +32,14 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
     for other in states[1:]:
         if other.keys() != first.keys():
             raise ValueError("state dicts of different models cannot be averaged")
-    return {key: (torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)
-                  if value.is_floating_point() else value.clone())
-            for key, value in first.items()}
+    return {
+        key: (
+            torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)
+            if value.is_floating_point()
+            else value.clone()
+        )
+        for key, value in first.items()
+    }
 
 
 class BestEpochs:
@@ -51,9 +56,10 @@ class BestEpochs:
 
     def offer(self, epoch: int, val_accuracy: float, model: nn.Module) -> None:
         """Keep this epoch's weights if they rank among the K best."""
-        ranked = sorted([*self.kept, {"epoch": epoch, "val_accuracy": val_accuracy}],
-                        key=lambda e: (-e["val_accuracy"], e["epoch"]))
-        self.kept = ranked[:self.k]
+        ranked = sorted(
+            [*self.kept, {"epoch": epoch, "val_accuracy": val_accuracy}], key=lambda e: (-e["val_accuracy"], e["epoch"])
+        )
+        self.kept = ranked[: self.k]
         if any(e["epoch"] == epoch for e in self.kept):
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic.atomic_path(self.path(epoch)) as tmp:
@@ -78,14 +84,19 @@ def kept_epochs_folder(state_path: Path) -> Path:
     return state_path.parent / "best"
 
 
-def average_best(model: nn.Module, best: BestEpochs, bn_loader: DataLoader, max_batches: int | None,
-                 validate, device: torch.device) -> tuple[nn.Module, dict]:
+def average_best(
+    model: nn.Module, best: BestEpochs, bn_loader: DataLoader, max_batches: int | None, validate, device: torch.device
+) -> tuple[nn.Module, dict]:
     """(the model to keep, what was compared): the average of the kept epochs if it validates at
     least as well as the best of them, else the best epoch. `validate(model)` -> val accuracy."""
     states = best.states()
     top = best.kept[0]
-    summary = {"best_epoch": top["epoch"], "val_accuracy_best_epoch": top["val_accuracy"],
-               "averaged_epochs": [e["epoch"] for e in best.kept], "val_accuracy_averaged": None}
+    summary = {
+        "best_epoch": top["epoch"],
+        "val_accuracy_best_epoch": top["val_accuracy"],
+        "averaged_epochs": [e["epoch"] for e in best.kept],
+        "val_accuracy_averaged": None,
+    }
     if len(states) == 1:  # the average of one epoch is that epoch, BatchNorm statistics and all
         model.load_state_dict(states[0])
         return model, {**summary, "selected": "best_epoch"}
@@ -94,10 +105,22 @@ def average_best(model: nn.Module, best: BestEpochs, bn_loader: DataLoader, max_
     update_bn(itertools.islice(bn_loader, max_batches), model, device)
     summary["val_accuracy_averaged"] = averaged = validate(model)
     if averaged >= top["val_accuracy"]:
-        log.info("averaged the %d best epochs %s: val accuracy %.2f%% (best epoch %d: %.2f%%)",
-                 len(states), summary["averaged_epochs"], averaged, top["epoch"], top["val_accuracy"])
+        log.info(
+            "averaged the %d best epochs %s: val accuracy %.2f%% (best epoch %d: %.2f%%)",
+            len(states),
+            summary["averaged_epochs"],
+            averaged,
+            top["epoch"],
+            top["val_accuracy"],
+        )
         return model, {**summary, "selected": "averaged"}
-    log.info("the average of epochs %s validates at %.2f%%, below epoch %d's %.2f%%: keeping epoch %d",
-             summary["averaged_epochs"], averaged, top["epoch"], top["val_accuracy"], top["epoch"])
+    log.info(
+        "the average of epochs %s validates at %.2f%%, below epoch %d's %.2f%%: keeping epoch %d",
+        summary["averaged_epochs"],
+        averaged,
+        top["epoch"],
+        top["val_accuracy"],
+        top["epoch"],
+    )
     model.load_state_dict(states[0])
     return model, {**summary, "selected": "best_epoch"}

@@ -51,8 +51,9 @@ class RunFiles:
     live_dir: Path
 
 
-def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, training: Training,
-        files: RunFiles) -> tuple[nn.Module, dict]:
+def fit(
+    model: nn.Module, train_views: SeededViews, val_loader: DataLoader, training: Training, files: RunFiles
+) -> tuple[nn.Module, dict]:
     """Train and return (the model to save, last epoch's metrics and how the model was chosen).
 
     The model to save is the EMA copy when enabled, else the last epoch's weights; with
@@ -61,8 +62,12 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, trai
     record the candidates side by side."""
     from dvclive import Live
 
-    params, runtime, placement, distillation = (training.params, training.runtime, training.placement,
-                                                training.distillation)
+    params, runtime, placement, distillation = (
+        training.params,
+        training.runtime,
+        training.placement,
+        training.distillation,
+    )
     model = model.to(placement.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -71,12 +76,18 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, trai
     steps_per_epoch = math.ceil(per_rank / params.batch_size)
     if params.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, params.max_steps_per_epoch)
-    updates = Updates(optimizer, build_scheduler(optimizer, params, steps_per_epoch, training.freeze_epochs),
-                      build_ema(model, training.ema_decay))
+    updates = Updates(
+        optimizer,
+        build_scheduler(optimizer, params, steps_per_epoch, training.freeze_epochs),
+        build_ema(model, training.ema_decay),
+    )
 
     start_epoch, metrics = 0, {}
-    best = (BestEpochs(kept_epochs_folder(files.state_path), training.average)
-            if training.average and placement.is_main else None)
+    best = (
+        BestEpochs(kept_epochs_folder(files.state_path), training.average)
+        if training.average and placement.is_main
+        else None
+    )
     state = load_state(files.state_path, files.fingerprint)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -94,8 +105,11 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, trai
     trained = DistributedDataParallel(model) if placement.distributed else model
     if runtime.compile and placement.device.type == "cuda":
         trained = torch.compile(trained)  # worth its compile time on a GPU only
-    live = Live(str(files.live_dir), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None,
-                report=None) if placement.is_main else None
+    live = (
+        Live(str(files.live_dir), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+        if placement.is_main
+        else None
+    )
     items = EpochItems()
     loader = make_loader(train_views, runtime, params.batch_size, items)  # its workers serve every epoch
     cache_views = distillation.cache_views if distillation else None
@@ -110,15 +124,21 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, trai
             for key, value in metrics.items():
                 live.log_metric(key, value)
             live.next_step()
-            log.info("epoch %d/%d: %s", epoch + 1, params.epochs,
-                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+            log.info("epoch %d/%d: %s", epoch + 1, params.epochs, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             if best is not None:
                 best.offer(epoch + 1, metrics["val_accuracy"], evaluated)
-            save_state(files.state_path, epoch=epoch + 1, fingerprint=files.fingerprint, metrics=metrics,
-                       model=model.state_dict(), optimizer=optimizer.state_dict(),
-                       scheduler=updates.scheduler.state_dict(), rng=torch.get_rng_state(),
-                       ema=updates.ema.state_dict() if updates.ema is not None else None,
-                       best=best.kept if best is not None else None)
+            save_state(
+                files.state_path,
+                epoch=epoch + 1,
+                fingerprint=files.fingerprint,
+                metrics=metrics,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=updates.scheduler.state_dict(),
+                rng=torch.get_rng_state(),
+                ema=updates.ema.state_dict() if updates.ema is not None else None,
+                best=best.kept if best is not None else None,
+            )
             if best is not None:
                 best.prune()
         if placement.distributed:
@@ -138,8 +158,15 @@ def fit(model: nn.Module, train_views: SeededViews, val_loader: DataLoader, trai
     return final, metrics
 
 
-def _choose(final: nn.Module, raw: nn.Module, metrics: dict, best: BestEpochs | None, train_views: SeededViews,
-            val_loader: DataLoader, training: Training) -> tuple[nn.Module, dict]:
+def _choose(
+    final: nn.Module,
+    raw: nn.Module,
+    metrics: dict,
+    best: BestEpochs | None,
+    train_views: SeededViews,
+    val_loader: DataLoader,
+    training: Training,
+) -> tuple[nn.Module, dict]:
     """The model to save after the last epoch, and every candidate's val accuracy beside it."""
     params, placement, distillation = training.params, training.placement, training.distillation
     has_ema = training.ema_decay is not None
@@ -147,15 +174,24 @@ def _choose(final: nn.Module, raw: nn.Module, metrics: dict, best: BestEpochs | 
     def validate(candidate: nn.Module) -> float:
         return evaluate(candidate, val_loader, placement)["accuracy"]
 
-    chosen = {"val_accuracy_final": validate(raw) if has_ema else metrics["val_accuracy"],
-              "val_accuracy_ema": metrics["val_accuracy"] if has_ema else None,
-              "val_accuracy_best_epoch": None, "val_accuracy_averaged": None,
-              "selected": "ema" if has_ema else "final", "val_accuracy_selected": metrics["val_accuracy"]}
+    chosen = {
+        "val_accuracy_final": validate(raw) if has_ema else metrics["val_accuracy"],
+        "val_accuracy_ema": metrics["val_accuracy"] if has_ema else None,
+        "val_accuracy_best_epoch": None,
+        "val_accuracy_averaged": None,
+        "selected": "ema" if has_ema else "final",
+        "val_accuracy_selected": metrics["val_accuracy"],
+    }
     if best is None:
         return final, chosen
     # BatchNorm statistics for the average come from one more seeded pass over the train split.
-    items = epoch_items(len(train_views), params.epochs, training.runtime.seed,
-                        distillation.cache_views if distillation else None, Placement(device=placement.device))
+    items = epoch_items(
+        len(train_views),
+        params.epochs,
+        training.runtime.seed,
+        distillation.cache_views if distillation else None,
+        Placement(device=placement.device),
+    )
     bn_loader = make_loader(train_views, training.runtime, params.batch_size, items)
     final, averaged = average_best(final, best, bn_loader, params.max_steps_per_epoch, validate, placement.device)
     selected = averaged["val_accuracy_averaged" if averaged["selected"] == "averaged" else "val_accuracy_best_epoch"]

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from vgg2resnet import atomic
 from vgg2resnet.config import RuntimeParams, TrainParams, UserError
 from vgg2resnet.data.loaders import with_progress
-from vgg2resnet.training.objective import Distillation, kd_loss
 from vgg2resnet.models.builders import head_parameters
+from vgg2resnet.training.objective import Distillation, kd_loss
 from vgg2resnet.training.placement import Placement
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,17 @@ def build_optimizer(model: nn.Module, params: TrainParams, backbone_lr_mult: flo
         {"params": [p for p in model.parameters() if id(p) in head], "lr": params.lr},
     ]
     if params.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, nesterov=True,
-                               weight_decay=params.weight_decay)
+        return torch.optim.SGD(
+            groups, lr=params.lr, momentum=params.momentum, nesterov=True, weight_decay=params.weight_decay
+        )
     if params.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
     raise ValueError(f"unknown optimizer {params.optimizer!r}; choose one of 'sgd', 'adamw'")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int,
-                    freeze_epochs: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int, freeze_epochs: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup then cosine decay, per step; the backbone group stays at 0 while frozen."""
     total = params.epochs * steps_per_epoch
     warmup = int(params.warmup_epochs * steps_per_epoch)
@@ -79,7 +81,7 @@ def epoch_items(n: int, epoch: int, seed: int, views: int | None, placement: Pla
     chosen = rng.integers(0, views, size=n) if views else np.full(n, epoch)
     items = [(int(i), int(chosen[i])) for i in order]
     padded = items + items[: (-len(items)) % placement.world_size]
-    return padded[placement.rank::placement.world_size]
+    return padded[placement.rank :: placement.world_size]
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,9 @@ class Updates:
     ema: AveragedModel | None = None
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, updates: Updates, training: Training,
-                    desc: str) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module, loader: DataLoader, updates: Updates, training: Training, desc: str
+) -> dict[str, float]:
     params, placement, distillation = training.params, training.placement, training.distillation
     teacher = distillation.teacher if distillation is not None else None
     temperature, alpha = (distillation.temperature, distillation.alpha) if distillation is not None else (1.0, 0.0)
@@ -155,8 +158,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, updates: Updates, trai
 
 
 @torch.no_grad()
-def predict_labelled(model: nn.Module, loader: DataLoader, placement: Placement,
-                     channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_labelled(
+    model: nn.Module, loader: DataLoader, placement: Placement, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of every item of the loader, in order, on the CPU, in one pass."""
     model.eval()
     outputs, labels = [], []
@@ -199,4 +203,3 @@ def load_state(path: Path, fingerprint: str) -> dict | None:
         log.info("%s is from a different run (inputs or params changed): starting afresh", path)
         return None
     return state
-

@@ -53,8 +53,10 @@ def process_count(params: RuntimeParams) -> int:
     if params.processes == "auto":
         return max(gpus, 1)
     if on_cuda and params.processes > gpus:
-        raise UserError(f"runtime.processes is {params.processes} but {gpus} GPU(s) are visible; set it to "
-                        "'auto' or at most the GPU count (CUDA_VISIBLE_DEVICES chooses which)")
+        raise UserError(
+            f"runtime.processes is {params.processes} but {gpus} GPU(s) are visible; set it to "
+            "'auto' or at most the GPU count (CUDA_VISIBLE_DEVICES chooses which)"
+        )
     return params.processes
 
 
@@ -71,8 +73,16 @@ def launch_command(params: RuntimeParams, argv: list[str]) -> list[str] | None:
     spec = getattr(sys.modules["__main__"], "__spec__", None)  # `python -m pkg` runs again as -m pkg
     target = ["-m", spec.name.removesuffix(".__main__")] if spec is not None else [argv[0]]
     rendezvous = [] if os.environ.get("PET_RDZV_ENDPOINT") else ["--standalone"]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(count), *rendezvous,
-            *target, *argv[1:]]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(count),
+        *rendezvous,
+        *target,
+        *argv[1:],
+    ]
 
 
 def start(params: RuntimeParams) -> Placement:
@@ -101,8 +111,9 @@ def ranks_agree(model: torch.nn.Module, placement: Placement) -> bool:
     if not placement.distributed:
         return True
     with torch.no_grad():
-        checksum = torch.stack([sum(p.double().sum() for p in model.parameters()),
-                                sum(p.double().abs().sum() for p in model.parameters())])
+        checksum = torch.stack(
+            [sum(p.double().sum() for p in model.parameters()), sum(p.double().abs().sum() for p in model.parameters())]
+        )
     gathered = [torch.zeros_like(checksum) for _ in range(placement.world_size)]
     dist.all_gather(gathered, checksum)
     return all(torch.equal(g, gathered[0]) for g in gathered)
