@@ -361,13 +361,16 @@ def test_rejected_candidate_leaves_the_store_unchanged(promoted_project: Path, t
         gate.run(params, strict=True)
 
 
-def _evaluated_as(project: Path, metrics_dir: Path, student) -> pd.DataFrame:
+def _evaluated_as(project: Path, metrics_dir: Path, student, teacher=None) -> pd.DataFrame:
     """A copy of the session's evaluation in which every form of the student answers
-    student(predictions) instead (its top-1 and fp32 agreement recomputed to match): the same
-    model files, judged on other answers."""
+    student(predictions) instead (and the teacher teacher(predictions), when given), top-1 and
+    fp32 agreement recomputed to match: the same model files, judged on other answers."""
     source = project / "metrics" / "evaluate"
     report = json.loads((source / "report.json").read_text())
     predictions = pd.read_parquet(source / "predictions.parquet")
+    if teacher is not None:
+        predictions["teacher"], predictions["teacher_confidence"] = teacher(predictions)
+        report["teacher"]["top1"] = 100.0 * float((predictions["teacher"] == predictions["label"]).mean())
     for variant in report["candidates"]:
         predictions[variant], predictions[f"{variant}_confidence"] = student(predictions)
     for variant, row in report["candidates"].items():
@@ -386,14 +389,14 @@ def test_the_repositorys_gate_policy_on_the_session_project(promoted_project: Pa
     teacher's very answers is promoted exactly when the teacher's margin over the majority class,
     computed here, clears gate.min_teacher_margin (the session's teacher, trained two steps, is at
     chance, so it is rejected for that and for nothing else); a student wrong on every image fails
-    accuracy parity. (Promotion of a trained student under the real policy, with a teacher that
-    means something: tests/test_user_path.py.)"""
+    accuracy parity; with a teacher right on every image, a student as good is promoted.
+    (Promotion of a trained student under the real policy: tests/test_user_path.py.)"""
     monkeypatch.chdir(promoted_project)
     session = load_params("params.yaml")
     real = load_params(ROOT / "params.yaml").gate
     assert real != session.gate
 
-    def judged(name: str, student) -> tuple[dict, pd.DataFrame]:
+    def judged(name: str, student, teacher=None) -> tuple[dict, pd.DataFrame]:
         params = session.model_copy(
             update={
                 "gate": real,
@@ -404,7 +407,7 @@ def test_the_repositorys_gate_policy_on_the_session_project(promoted_project: Pa
                 "serving": session.serving.model_copy(update={"model_name": f"real-policy-{name}"}),
             }
         )
-        predictions = _evaluated_as(promoted_project, tmp_path / name / "metrics", student)
+        predictions = _evaluated_as(promoted_project, tmp_path / name / "metrics", student, teacher)
         result = gate.run(params)
         report = json.loads(Artifacts(params).gate_json.read_text())
         return {"result": result, **report}, predictions
@@ -432,6 +435,18 @@ def test_the_repositorys_gate_policy_on_the_session_project(promoted_project: Pa
     parity = next(c for c in wrong["candidates"]["onnx_fp32"]["checks"] if c["name"] == "accuracy_parity")
     assert f"student - teacher top-1: {-100.0 * teacher_right / len(predictions):+.2f} pt" in parity["reason"]
     assert parity["value"] < -real.max_accuracy_drop
+
+    # A teacher that knows every test image and a student as good: the real policy promotes, on
+    # the real files' sizes and measured latencies, the form gate.prefer picks among those passing.
+    def right(p: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        return p["label"], p["teacher_confidence"]
+
+    knowing, _ = judged("knowing", right, teacher=right)
+    assert knowing["decision"] == "promote", knowing["summary"]
+    passing = [v for v, c in knowing["candidates"].items() if c["passed"] and v in real.variants]
+    assert knowing["variant"] in passing
+    if real.prefer == "smallest":
+        assert knowing["variant"] == min(passing, key=lambda v: knowing["candidates"][v]["size_mb"])
 
 
 def _reorder_categories(report: dict, predictions: pd.DataFrame) -> None:

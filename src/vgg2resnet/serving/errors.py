@@ -92,8 +92,29 @@ def _message(status: int, scope: Scope, headers: Headers, body: bytes, problems:
     return str(text) or HTTPStatus(status).phrase
 
 
+def in_openapi_30_terms(node: Any) -> Any:
+    """The document spelt in the OpenAPI 3.0 it declares: BentoML types uploads "file" (Swagger
+    2.0's word; 3.0 says a binary string) and pydantic writes an optional value as
+    `anyOf: [X, {type: null}]` (3.1's way; 3.0 says `nullable`)."""
+    if isinstance(node, list):
+        return [in_openapi_30_terms(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: in_openapi_30_terms(value) for key, value in node.items()}
+    if node.get("type") == "file":
+        node.update(type="string", format="binary")
+    options = node.get("anyOf", [])
+    others = [option for option in options if option != {"type": "null"}]
+    if len(others) == 1 and len(options) == 2:
+        # 3.0 ignores a reference's siblings, so a nullable reference is wrapped in allOf
+        value = {"allOf": others} if "$ref" in others[0] else others[0]
+        node = {**{k: v for k, v in node.items() if k != "anyOf"}, **value, "nullable": True}
+    return node
+
+
 def declare_errors(spec: dict[str, Any], endpoints: Collection[str], secured: bool) -> dict[str, Any]:
-    """BentoML's OpenAPI document with ErrorBody as every error answer (and the bearer scheme)."""
+    """BentoML's OpenAPI document with ErrorBody as every error answer (and the bearer scheme),
+    in the terms of the OpenAPI version it declares."""
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     shape = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(shape.pop("$defs"))
@@ -122,7 +143,7 @@ def declare_errors(spec: dict[str, Any], endpoints: Collection[str], secured: bo
         schemas.pop(name, None)
     if secured:
         spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    return spec
+    return in_openapi_30_terms(spec)
 
 
 class ErrorShape:
