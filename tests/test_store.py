@@ -61,8 +61,15 @@ def test_a_save_killed_at_any_point_leaves_the_previous_version_in_production(
     new = _files(tmp_path / "new", "new")
     arguments = [str(crash_at), "half" if half else "whole", name]
     arguments += [str(item) for pair in new.items() for item in pair]
+    # BentoML stages a save in a temporary folder that the killed process never removes: in tmp_path.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     killed = subprocess.run(
-        [sys.executable, "-c", CRASHING_SAVE, *arguments], capture_output=True, text=True, check=False
+        [sys.executable, "-c", CRASHING_SAVE, *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert killed.returncode == -9, killed.stderr
 
