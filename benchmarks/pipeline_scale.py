@@ -4,14 +4,15 @@ sizes, so that a cost growing faster than the number of images shows as a ratio 
     python benchmarks/pipeline_scale.py --images 10000 100000            # --size 224 for photos
     python benchmarks/pipeline_scale.py --images 1000000 --no-training    # what does not train
 
-Runs by hand (CI runs it once at 300 images so that it cannot rot). For each size it writes a
-synthetic ImageFolder (`--categories` folders of small JPEGs, sides between 3/4 and 3/2 of
-`--size`, a colour per category under noise), makes a git+DVC project of this repository's
-pipeline on it, with training capped to `--steps` steps per epoch and one epoch, one cached
-view per image and a gate that lets any student through (the figures are costs, not
-accuracy), and a BentoML model store of its own. Then, each timed from the shell as a user types
-it, with the peak memory of its whole process tree (proportional set size: the pages that
-DataLoader workers share with the process they were forked from count once, not once per worker):
+Runs by hand (CI runs its --no-training part once at 300 images so that it cannot rot; a test
+runs every stage at 224 px). For each size it writes a synthetic ImageFolder (`--categories`
+folders of small JPEGs, sides between 3/4 and 3/2 of `--size`, a colour per category under
+noise), makes a git+DVC project of this repository's pipeline on it, with training capped to
+`--steps` steps per epoch and one epoch, one cached view per image and a gate that lets any
+student through (the figures are costs, not accuracy), and a BentoML model store of its own.
+Then, each timed from the shell as a user types it, with the peak memory of its whole process
+tree (proportional set size: the pages that DataLoader workers share with the process they were
+forked from count once, not once per worker):
 
 - every stage, one `dvc repro --single-item STAGE` at a time, in the pipeline's order;
 - `dvc push` to a folder remote, `dvc status` of the unchanged workspace, and `dvc pull` into a
