@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 settings.register_profile("vgg2resnet", derandomize=True, database=None, deadline=None)
 settings.load_profile("vgg2resnet")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-# Two xdist workers share the two cores with the stages and servers the tests start: one math
+# The xdist workers share the cores with the stages and servers the tests start: one math
 # thread per process (torch reads this when it is first imported, after this file; child
 # processes inherit it). With torch's default of one thread per core, two trainings side by side
 # took three times as long as with one thread each on this 2-core machine.
