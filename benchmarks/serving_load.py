@@ -45,7 +45,7 @@ from vgg2resnet.models.checkpoint import load_model, save_model, write_sidecar
 from vgg2resnet.models.variants import load_runner
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.auth import auth_headers
-from vgg2resnet.serving.classifier import Classifier, fit_projection
+from vgg2resnet.serving.classifier import Predictor, fit_projection
 from vgg2resnet.serving.server import local_server
 
 BOUNDARY = "vgg2resnetbench"
@@ -216,7 +216,7 @@ def wait_until_idle(url: str, timeout: float = 300.0) -> None:
 
 
 def raw_throughput(model_dir: Path, images: list[Image.Image], batch: int, seconds: float) -> float:
-    classifier = Classifier(model_dir)
+    classifier = Predictor(model_dir)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         classifier.predict(images[:batch], top_k=3)

@@ -379,6 +379,10 @@ def _evaluated_as(project: Path, metrics_dir: Path, student, teacher=None) -> pd
     for variant in report["candidates"]:
         predictions[variant], predictions[f"{variant}_confidence"] = student(predictions)
     for variant, row in report["candidates"].items():
+        # Latencies measured once on a loaded host would make the verdict depend on the load: each
+        # form answers in half the teacher's time, the smaller forms a little faster.
+        row["cpu"]["latency_ms_p50"] = report["teacher"]["cpu"]["latency_ms_p50"] * (0.5 - row["size_ratio"] / 100)
+        row["cpu_latency_ratio"] = row["cpu"]["latency_ms_p50"] / report["teacher"]["cpu"]["latency_ms_p50"]
         row["top1"] = 100.0 * float((predictions[variant] == predictions["label"]).mean())
         row["fp32_agreement"] = 100.0 * float((predictions[variant] == predictions[FP32_FORM[variant]]).mean())
     (metrics_dir / "evaluate").mkdir(parents=True)
@@ -449,9 +453,8 @@ def test_the_repositorys_gate_policy_on_the_session_project(promoted_project: Pa
     knowing, _ = judged("knowing", right, teacher=right)
     assert knowing["decision"] == "promote", knowing["summary"]
     passing = [v for v, c in knowing["candidates"].items() if c["passed"] and v in real.variants]
-    assert knowing["variant"] in passing
-    if real.prefer == "smallest":
-        assert knowing["variant"] == min(passing, key=lambda v: knowing["candidates"][v]["size_mb"])
+    smallest = min(passing, key=lambda v: knowing["candidates"][v]["size_mb"])
+    assert real.prefer == "smallest" and knowing["variant"] == smallest
 
 
 def _reorder_categories(report: dict, predictions: pd.DataFrame) -> None:

@@ -1,1 +1,2 @@
-"""Image data: the embedded demo set, ImageFolder import, the manifest and the transforms."""
+"""Image data: the one decoder and input policy, the embedded digits, the ImageFolder scan and
+parallel intake, the manifest, transforms, datasets and the one DataLoader factory."""

@@ -1,1 +1,2 @@
-"""Held-out evaluation: accuracy, per-category accuracy, calibration, the teacher's margin over chance, latency."""
+"""Held-out evaluation: every candidate on the test split (accuracy, per-category accuracy,
+calibration, size, FLOPs, latency, agreement), and the teacher's check on val before distilling."""

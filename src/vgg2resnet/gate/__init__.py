@@ -1,1 +1,2 @@
-"""The promotion gate: a policy of named checks, each with its value, threshold and reason."""
+"""The promotion gate: what it reads (checked against each other), its policy of named checks,
+each with its value, threshold and reason, and its Markdown and HTML reports."""

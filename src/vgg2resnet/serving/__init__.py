@@ -1,1 +1,2 @@
-"""Inference for the BentoML service: the promoted classifier with its drift features, and upload decoding."""
+"""Inference for the BentoML service: the Predictor with its drift features, upload checks and
+limits, the error shape, the token, start-up checks and a local server."""

@@ -1,5 +1,6 @@
-"""The training loop shared by the teacher fine-tune and the student distillation: plain
-functions (build the optimizer and scheduler, train one epoch, evaluate, save/resume state)."""
+"""The training loop shared by the teacher fine-tune, the student distillation and the pruned
+fine-tune: the `Training` and `Updates` records and plain functions (build the optimizer and
+scheduler, train one epoch, evaluate, save/resume state)."""
 
 from __future__ import annotations
 
