@@ -224,6 +224,7 @@ def _settings(project: Path, tmp_path: Path, **prune):
     models_dir = tmp_path / "models"
     # The forms the stage writes are left out: what the stage under test leaves is its own.
     shutil.copytree(project / "models", models_dir, ignore=shutil.ignore_patterns("pruned"))
+    (models_dir / "pruned").mkdir()
     params = load_params(project / "params.yaml")
     return params.model_copy(
         update={
