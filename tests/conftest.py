@@ -49,8 +49,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker more than the cores this process may use. Much of a test's time is
     spent waiting (a stage's or a server's start-up, DVC, the network stack), and with one math
     thread per process a third worker fills that idle time on two cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores + 1
+    from vgg2resnet.data.loaders import available_cpus
+
+    return available_cpus() + 1
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the markers into node ids

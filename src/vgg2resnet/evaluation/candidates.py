@@ -39,13 +39,18 @@ def _report(params: Params, path: Path, sidecar: dict, outcomes: Outcomes, categ
     }
 
 
-def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, Outcomes]:
-    path = Artifacts(params).teacher
-    model, meta = load_model(path, categories)
+def outcomes_on_test_split(params: Params, categories: list[str], forward: Callable, meta: dict, desc: str) -> Outcomes:
+    """A model's outcomes on the test split, through its own preprocessing (from its metadata)."""
     loader = eval_loader(
         params, SPLIT, categories, params.evaluate.batch_size, transform_from_meta(meta["preprocessing"])
     )
-    outcomes = collect_outcomes(model.eval(), with_progress(loader, "evaluate teacher"))
+    return collect_outcomes(forward, with_progress(loader, desc))
+
+
+def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, Outcomes]:
+    path = Artifacts(params).teacher
+    model, meta = load_model(path, categories)
+    outcomes = outcomes_on_test_split(params, categories, model.eval(), meta, "evaluate teacher")
     size = meta["preprocessing"]["image_size"]
     report = {
         **_report(params, path, read_meta(path), outcomes, categories),
@@ -62,10 +67,7 @@ def evaluate_teacher(params: Params, categories: list[str]) -> tuple[dict, Outco
 def evaluate_variant(params: Params, variant: str, categories: list[str]) -> tuple[dict, Outcomes]:
     path = Artifacts(params).student(variant)
     runner, meta = load_runner(path, categories, CPU)
-    loader = eval_loader(
-        params, SPLIT, categories, params.evaluate.batch_size, transform_from_meta(meta["preprocessing"])
-    )
-    outcomes = collect_outcomes(lambda images: runner(images)[0], with_progress(loader, f"evaluate {variant}"))
+    outcomes = outcomes_on_test_split(params, categories, lambda images: runner(images)[0], meta, f"evaluate {variant}")
     size = meta["preprocessing"]["image_size"]
     report = {
         **_report(params, path, read_meta(path), outcomes, categories),

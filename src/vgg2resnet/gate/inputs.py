@@ -12,10 +12,7 @@ import pandas as pd
 
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, UserError, built_variants
-from vgg2resnet.data.datasets import eval_loader
-from vgg2resnet.data.loaders import with_progress
-from vgg2resnet.data.transforms import transform_from_meta
-from vgg2resnet.evaluation.metrics import collect_outcomes
+from vgg2resnet.evaluation.candidates import outcomes_on_test_split
 from vgg2resnet.lineage import manifest_hash
 from vgg2resnet.models.checkpoint import read_meta
 from vgg2resnet.packaging import store
@@ -73,8 +70,7 @@ def promoted_top1(params: Params, categories: list[str], weights_sha256: str) ->
     if meta["categories"] != categories:
         log.warning("promoted %s has other categories; it cannot be compared", promoted.tag)
         return None
-    loader = eval_loader(
-        params, "test", categories, params.evaluate.batch_size, transform_from_meta(meta["preprocessing"])
+    outcomes = outcomes_on_test_split(
+        params, categories, lambda images: runner(images)[0], meta, f"evaluate {promoted.tag}"
     )
-    outcomes = collect_outcomes(lambda images: runner(images)[0], with_progress(loader, f"evaluate {promoted.tag}"))
     return 100.0 * outcomes.correct.float().mean().item()

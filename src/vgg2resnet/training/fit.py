@@ -112,9 +112,8 @@ def fit(
     )
     items = EpochItems()
     loader = make_loader(train_views, runtime, params.batch_size, items)  # its workers serve every epoch
-    cache_views = distillation.cache_views if distillation else None
     for epoch in range(start_epoch, params.epochs):
-        items.set_items(epoch_items(len(train_views), epoch, runtime.seed, cache_views, placement))
+        items.set_items(epoch_items(len(train_views), epoch, runtime.seed, training.cache_views, placement))
         metrics = train_one_epoch(trained, loader, updates, training, desc=f"epoch {epoch + 1}/{params.epochs}")
         if distillation is not None and distillation.check is not None:
             metrics["cache_max_abs_diff"] = distillation.check(epoch)
@@ -168,7 +167,7 @@ def _choose(
     training: Training,
 ) -> tuple[nn.Module, dict]:
     """The model to save after the last epoch, and every candidate's val accuracy beside it."""
-    params, placement, distillation = training.params, training.placement, training.distillation
+    params, placement = training.params, training.placement
     has_ema = training.ema_decay is not None
 
     def validate(candidate: nn.Module) -> float:
@@ -189,7 +188,7 @@ def _choose(
         len(train_views),
         params.epochs,
         training.runtime.seed,
-        distillation.cache_views if distillation else None,
+        training.cache_views,
         Placement(device=placement.device),
     )
     bn_loader = make_loader(train_views, training.runtime, params.batch_size, items)

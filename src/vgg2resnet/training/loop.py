@@ -100,6 +100,11 @@ class Training:
     ema_decay: float | None = None
     average: int | None = None
 
+    @property
+    def cache_views(self) -> int | None:
+        """How many cached views each image draws from; None: a fresh view per epoch."""
+        return self.distillation.cache_views if self.distillation is not None else None
+
 
 @dataclass
 class Updates:
