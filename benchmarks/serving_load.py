@@ -151,7 +151,7 @@ def bench_model(params: Params, image_size: int, variant: str) -> str:
                 StoreLayout.META: sidecar(artifact),
                 StoreLayout.PROJECTION: projection,
             },
-            {"variant": variant, "image_size": image_size},
+            {"variant": variant, "preprocessing": meta["preprocessing"]},
             promoted=False,
         )
 

@@ -71,10 +71,19 @@ def test_every_stage_runs_at_224_px_and_the_service_classifies_a_224_px_upload(t
         answer = requests.post(
             f"{url}/classify", files={"image": ("photo.jpg", upload.getvalue(), "image/jpeg")}, timeout=120
         )
+        # The pixel limit follows the served model's input: 600 x 600 px is over 8 times a
+        # 32-px input's pixels (tests/test_service.py) and within 8 times this one's.
+        side = int((params.serving.max_image_area * SIZE**2) ** 0.5) + 1
+        for width, status in ((600, 200), (side, 400)):
+            blank = io.BytesIO()
+            Image.new("L", (width, width)).save(blank, format="PNG")
+            sent = requests.post(f"{url}/classify", files={"image": ("b.png", blank.getvalue())}, timeout=120)
+            assert sent.status_code == status, sent.text
+        assert f"the {SIZE}x{SIZE} px the model reads" in sent.json()["error"]
     assert answer.status_code == 200, answer.text
     assert answer.json()["category"] in CATEGORIES
     logged = read_inference_log(project / params.monitoring.log_dir, since=started).rows
-    assert logged[["width", "height"]].values.tolist() == [[400, 300]]
+    assert logged[["width", "height"]].values.tolist() == [[400, 300], [600, 600]]
 
 
 def test_the_scale_benchmark_measures_the_data_stages_dvc_and_the_log_read(tmp_path: Path):

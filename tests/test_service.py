@@ -31,6 +31,7 @@ from vgg2resnet.data.policy import InputPolicy
 from vgg2resnet.monitoring.traffic import send_traffic
 from vgg2resnet.packaging import store
 from vgg2resnet.serving.auth import service_token
+from vgg2resnet.serving.limits import FRAMING_BYTES, RequestLimits, model_input_size
 from vgg2resnet.serving.server import local_server
 from vgg2resnet.stages import gate, package
 
@@ -44,6 +45,7 @@ from .imagefiles import (
     shortest_decodable,
     sideways_photo,
 )
+from .userdata import IMAGE_SIZE
 
 pytestmark = pytest.mark.slow
 
@@ -344,7 +346,7 @@ def test_bad_input_gets_a_400_saying_what_was_wrong_and_the_server_keeps_serving
         "not_an_image": "not a PNG, JPEG, WebP or BMP image",
         "empty": "empty",
         "truncated": "truncated",
-        "decompression_bomb": "the limit is",
+        "decompression_bomb": "over serving.max_image_area",
         "gif": "not a PNG, JPEG, WebP or BMP image",
         "wrong_content_type": "not multipart/form-data",
         "too_many_files": "at most 32",
@@ -573,19 +575,51 @@ def test_an_upload_is_classified_only_when_the_input_policy_of_training_admits_i
         assert answer.status_code == 200, answer.text
 
 
-def test_a_request_over_the_pixel_budget_is_refused_from_the_headers(server, spec):
-    budget = load_params(server["project"] / "params.yaml").serving.max_request_pixels
-    side = int((budget / 2) ** 0.5) + 1  # two such images pass every per-image limit, not the budget
-    blank = encoded(Image.new("L", (side, side)), "PNG")
-    files = [("images", (f"{i}.png", blank, "image/png")) for i in range(2)]
+def _limits(server) -> RequestLimits:
+    """The limits the server derives from the model it serves (its store metadata)."""
+    serving = load_params(server["project"] / "params.yaml").serving
+    metadata = bentoml.models.get(server["tag"]).info.metadata
+    return RequestLimits.of(serving, model_input_size(metadata))
+
+
+def test_the_limits_are_multiples_of_the_input_the_model_was_trained_at(server):
+    limits, serving = _limits(server), load_params(server["project"] / "params.yaml").serving
+    assert limits.image_pixels == serving.max_image_area * IMAGE_SIZE**2
+    assert limits.request_pixels == serving.max_request_area * IMAGE_SIZE**2
+    assert limits.request_bytes == serving.max_bytes_per_pixel * limits.request_pixels + FRAMING_BYTES
+
+
+def test_an_image_over_its_pixel_limit_is_refused_from_its_header_naming_the_file(server, spec):
+    limits = _limits(server)
+    side = int(limits.image_pixels**0.5) + 1
+    small, large = encoded(Image.new("L", (16, 16)), "PNG"), encoded(Image.new("L", (side, side)), "PNG")
+    files = [("images", ("small.png", small, "image/png")), ("images", ("large.png", large, "image/png"))]
     answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
     check_answer(answer, spec)
-    assert answer.status_code == 400 and "serving.max_request_pixels" in answer.json()["error"]
-    assert str(2 * side * side) in answer.json()["error"]
+    assert answer.status_code == 400
+    [problem] = answer.json()["problems"]
+    assert (problem["index"], problem["filename"]) == (1, "large.png")
+    assert "serving.max_image_area" in problem["reason"] and f"{side * side:,} px" in problem["reason"]
+    edge = encoded(Image.new("L", (int(limits.image_pixels**0.5),) * 2), "PNG")
+    assert requests.post(f"{server['url']}/classify", files={"image": ("edge.png", edge)}, timeout=60).ok
+
+
+def test_a_request_over_the_pixel_budget_is_refused_from_the_headers(server, spec):
+    limits = _limits(server)
+    side = int(limits.image_pixels**0.5)  # each image within its own limit, the request not
+    count = limits.request_pixels // side**2 + 1
+    blank = encoded(Image.new("L", (side, side)), "PNG")
+    files = [("images", (f"{i}.png", blank, "image/png")) for i in range(count)]
+    answer = requests.post(f"{server['url']}/classify_batch", files=files, timeout=60)
+    check_answer(answer, spec)
+    assert answer.status_code == 400 and "serving.max_request_area" in answer.json()["error"]
+    assert f"{count * side * side:,} px" in answer.json()["error"]
+    accepted = requests.post(f"{server['url']}/classify_batch", files=files[1:], timeout=60)
+    assert accepted.status_code == 200, accepted.text
 
 
 def test_a_body_over_the_byte_limit_is_refused_with_a_413_whether_its_length_is_declared_or_not(server, spec):
-    limit = load_params(server["project"] / "params.yaml").serving.max_request_bytes
+    limit = _limits(server).request_bytes
     boundary = "x" * 16
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
@@ -601,7 +635,7 @@ def test_a_body_over_the_byte_limit_is_refused_with_a_413_whether_its_length_is_
     for data in (body, chunks()):  # Content-Length, then chunked transfer encoding
         answer = requests.post(f"{server['url']}/classify", data=data, headers=headers, timeout=120)
         check_answer(answer, spec)
-        assert answer.status_code == 413 and "serving.max_request_bytes" in answer.json()["error"]
+        assert answer.status_code == 413 and "serving.max_bytes_per_pixel" in answer.json()["error"]
     ok = requests.post(f"{server['url']}/classify", files={"image": ("ok.png", _png())}, timeout=60)
     assert ok.status_code == 200
 

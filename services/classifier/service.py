@@ -29,7 +29,7 @@ from vgg2resnet.data.policy import InputPolicy
 from vgg2resnet.serving.auth import BearerToken
 from vgg2resnet.serving.classifier import Predictor
 from vgg2resnet.serving.errors import ErrorShape
-from vgg2resnet.serving.limits import BodyLimit
+from vgg2resnet.serving.limits import BodyLimit, RequestLimits, model_input_size
 from vgg2resnet.serving.startup import refuse_to_start, startup_checks
 from vgg2resnet.serving.uploads import Uploads, image_file
 
@@ -61,15 +61,18 @@ Json = ContentType("application/json")
 args = bentoml.use_arguments(Args)
 
 
+# What a request may cost follows the input size of the model served (vgg2resnet.serving.limits).
+LIMITS = RequestLimits.of(PARAMS, model_input_size(bentoml.models.get(args.model_tag).info.metadata))
+
 # Declared as files (the OpenAPI schema and multipart parsing follow the type); each is checked
 # against the input policy that validation applies to the training images, and decoded while
 # the request is parsed, so the endpoint receives PIL images.
-ImageFile = image_file(PARAMS.max_pixels, InputPolicy.of(_ALL.validation))
+ImageFile = image_file(LIMITS.image_pixels, InputPolicy.of(_ALL.validation))
 ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=PARAMS.max_batch_size)]
 
 
 class Budgeted(Uploads):
-    max_pixels, max_request_pixels = PARAMS.max_pixels, PARAMS.max_request_pixels
+    limits = LIMITS
 
 
 class OneImage(Budgeted):
@@ -152,4 +155,4 @@ SECURED = PARAMS.auth_token_env is not None
 Classifier.add_asgi_middleware(ErrorShape, endpoints=ENDPOINTS, secured=SECURED)
 if SECURED:
     Classifier.add_asgi_middleware(BearerToken, serving=PARAMS)
-Classifier.add_asgi_middleware(BodyLimit, endpoints=ENDPOINTS, max_bytes=PARAMS.max_request_bytes)
+Classifier.add_asgi_middleware(BodyLimit, endpoints=ENDPOINTS, limits=LIMITS)

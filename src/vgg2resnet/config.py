@@ -252,9 +252,9 @@ class ServingParams(Section):
     max_latency_ms: int = Field(ge=1)
     max_concurrency: int = Field(ge=1)
     timeout_s: int = Field(ge=1)
-    max_pixels: int = Field(ge=1)
-    max_request_pixels: int = Field(ge=1)
-    max_request_bytes: int = Field(ge=1)
+    max_image_area: int = Field(ge=1)
+    max_request_area: int = Field(ge=1)
+    max_bytes_per_pixel: float = Field(gt=0)
     top_k: int = Field(ge=1)
     embedding_dims: int = Field(ge=2, le=64)
     auth_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -273,11 +273,11 @@ class ServingParams(Section):
 
     @model_validator(mode="after")
     def _one_image_within_the_request_budget(self) -> ServingParams:
-        if self.max_pixels > self.max_request_pixels:
+        if self.max_image_area > self.max_request_area:
             raise ValueError(
-                f"max_pixels ({self.max_pixels}) exceeds max_request_pixels ({self.max_request_pixels}): "
-                "an image the service admits alone could never be sent; lower max_pixels or raise "
-                "max_request_pixels"
+                f"max_image_area ({self.max_image_area}) exceeds max_request_area ({self.max_request_area}): "
+                "an image the service admits alone could never be sent; lower max_image_area or raise "
+                "max_request_area"
             )
         return self
 

@@ -28,7 +28,15 @@ import warnings
 from pathlib import Path
 
 import torch
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import (  # noqa: F401 - registers the four decoders; see below
+    BmpImagePlugin,
+    ExifTags,
+    Image,
+    JpegImagePlugin,
+    PngImagePlugin,
+    UnidentifiedImageError,
+    WebPImagePlugin,
+)
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from vgg2resnet.data.formats import FORMAT_LIST, FORMATS
@@ -61,6 +69,9 @@ TENSOR_UPRIGHT = {
     Image.Transpose.ROTATE_90: lambda t: t.rot90(1, (-2, -1)),
 }
 JPEG_MAGIC = b"\xff\xd8\xff"
+# The four plugins above are imported here, not on first use: Pillow preloads BMP, JPEG and PNG
+# but not WebP, and the first WebP it meets makes it import every plugin it has (tens of ms,
+# paid by whichever request comes first).
 
 
 class UndecodableImage(ValueError):

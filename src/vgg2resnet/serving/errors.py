@@ -58,7 +58,7 @@ class ErrorBody(BaseModel):
 ENDPOINT_ERRORS = {
     400: "The request is malformed or a file is not an image this service decodes; nothing was "
     "classified. Each problem names the field, the file's index and filename, and the reason.",
-    413: "The body is larger than serving.max_request_bytes; nothing was classified.",
+    413: "The body is larger than the byte limit (serving.max_bytes_per_pixel); nothing was classified.",
     429: "More requests in flight than serving.max_concurrency: retry with back-off.",
     500: "An internal error; the server's log has the details.",
     503: "The service is starting, or a batch could not be served within serving.max_latency_ms: retry with back-off.",

@@ -21,7 +21,7 @@ from vgg2resnet.data.formats import FORMATS
 from vgg2resnet.data.images import UndecodableImage, decode
 from vgg2resnet.data.policy import InputPolicy
 from vgg2resnet.serving.errors import Problem, report
-from vgg2resnet.serving.limits import BodyTooLarge
+from vgg2resnet.serving.limits import BodyTooLarge, RequestLimits
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
@@ -49,13 +49,42 @@ class Uploads(IODescriptor):
     the form: BentoML answers 500 to a malformed form or a file under an unknown name, and
     fetches a text value of a file field as a URL, a request made on the client's behalf (as
     after `curl -F image=digit.png`, without the @). Each of those is a 400 here, like a body
-    that is not a form at all, several files sent to a one-file field, images whose pixels together
-    exceed `max_request_pixels` (from their headers, before any is decoded), and any other bad
-    upload. The schema declares the form's fields as the only ones (additionalProperties: false)."""
+    that is not a form at all, several files sent to a one-file field, an image over its pixel
+    limit or images over the request's (`limits`, from their headers, before any is decoded), and
+    any other bad upload. The schema declares the form's fields as the only ones (additionalProperties: false)."""
 
     model_config = ConfigDict(extra="forbid")
-    max_pixels: ClassVar[int]  # serving.max_pixels and max_request_pixels, set by the service
-    max_request_pixels: ClassVar[int]
+    limits: ClassVar[RequestLimits]  # set by the service, from the model it serves
+
+    @classmethod
+    def over_budget(cls, form: FormData) -> list[Problem]:
+        """Each upload over the limits' pixels, or the request's over its budget, from the
+        headers: nothing is decoded."""
+        uploads = [
+            (name, number, value) for name in cls.multipart_fields for number, value in enumerate(form.getlist(name))
+        ]
+        sizes = [_declared_pixels(upload.file) for _, _, upload in uploads]
+        limits, problems = cls.limits, []
+        for (name, number, upload), size in zip(uploads, sizes):
+            if size > limits.image_pixels:
+                index = number if get_origin(cls.model_fields[name].annotation) is list else None
+                problems.append(
+                    _problem(
+                        name,
+                        f"the image holds {size:,} px, over {limits.describe_image()}: downscale it",
+                        index,
+                        upload.filename,
+                    )
+                )
+        if not problems and sum(sizes) > limits.request_pixels:
+            problems.append(
+                _problem(
+                    None,
+                    f"the images hold {sum(sizes):,} px together, over {limits.describe_request()}: "
+                    "send fewer or smaller images per request",
+                )
+            )
+        return problems
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> IODescriptor:
@@ -100,22 +129,8 @@ class Uploads(IODescriptor):
             for name in cls.multipart_fields
             if get_origin(cls.model_fields[name].annotation) is not list and len(form.getlist(name)) > 1
         ]
-        sizes = (
-            []
-            if problems
-            else [_declared_pixels(value.file) for name in cls.multipart_fields for value in form.getlist(name)]
-        )
-        # An image over serving.max_pixels on its own is refused by the decoder, by its name.
-        if all(size <= cls.max_pixels for size in sizes):
-            pixels = sum(sizes)
-            if pixels > cls.max_request_pixels:
-                problems.append(
-                    _problem(
-                        None,
-                        f"the images hold {pixels} pixels together, over serving.max_request_pixels "
-                        f"({cls.max_request_pixels}): send fewer or smaller images per request",
-                    )
-                )
+        if not problems:
+            problems = cls.over_budget(form)
         if problems:
             raise _refuse(request, cls, problems)
         try:
