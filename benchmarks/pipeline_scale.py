@@ -247,6 +247,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= len(args.images) <= 2:
         parser.error("--images takes one or two sizes")
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pipeline-scale-", dir=args.work))
     print(f"scratch folder {work}; each command's output goes to its commands.log", flush=True)
     try:

@@ -88,6 +88,7 @@ def send_traffic(
     order = np.random.default_rng(seed).permutation(len(rows))
     paths = [layout.raw_dir / rows["path"].iloc[i] for i in order]
     sent = failed = 0
+    refusal = ""  # the first refusal's reason, so that a run whose images the service refuses says why
     with requests.Session() as session:
         session.trust_env = False  # no proxy from the environment: the requests stay on this machine
         session.headers.update(auth_headers(params.serving))
@@ -106,7 +107,9 @@ def send_traffic(
                     f"{url} answered 401: {answer.json()['error']}. Set serving.auth_token_env to "
                     "the name of the variable holding the service's token, and export it"
                 )
-            failed += 0 if answer.status_code == 200 else len(files)
+            if answer.status_code != 200:
+                failed += len(files)
+                refusal = refusal or f"{answer.status_code}: {answer.text[:500]}"
             sent += len(files)
     log.info(
         "sent %d images (%s) to %s, %d failed",
@@ -115,4 +118,12 @@ def send_traffic(
         url,
         failed,
     )
-    return {"sent": sent, "failed": failed, "corruption": corruption, "severity": severity if corruption else 0}
+    if refusal:
+        log.warning("the service refused some requests; the first answered %s", refusal)
+    return {
+        "sent": sent,
+        "failed": failed,
+        "first_refusal": refusal or None,
+        "corruption": corruption,
+        "severity": severity if corruption else 0,
+    }
