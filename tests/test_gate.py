@@ -19,12 +19,14 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from typer.testing import CliRunner
 
 import vgg2resnet
 from vgg2resnet.artifacts import Artifacts, StoreLayout
 from vgg2resnet.cli import app
 from vgg2resnet.config import FP32_FORM, VARIANTS, GateParams, UserError, load_params
+from vgg2resnet.data.formats import SUFFIXES
 from vgg2resnet.gate.policy import (
     accuracy_parity,
     category_drops,
@@ -662,6 +664,27 @@ def test_package_refuses_a_model_file_other_than_the_one_the_gate_judged(
     with pytest.raises(UserError, match="is not the file the gate judged"):
         package.promote(params)
     assert [str(m.tag) for m in store.promoted_versions("vgg2resnet-classifier")] == before
+
+
+@pytest.mark.slow
+def test_package_warns_of_the_images_the_service_would_refuse_for_their_pixels(
+    promoted_project: Path, monkeypatch, caplog
+):
+    """Clients sending images like the training ones learn before serving that they must
+    downscale them. The session's images are 32 x 32 px: over one 31-px input's pixels, within
+    one 32-px input's. Counted from the image files themselves, not from the manifest."""
+    monkeypatch.chdir(promoted_project)
+    params = load_params(promoted_project / "params.yaml")
+    params = params.model_copy(update={"serving": params.serving.model_copy(update={"max_image_area": 1})})
+    sizes = [Image.open(path).size for path in Artifacts(params).raw_dir.rglob("*") if path.suffix in SUFFIXES]
+    assert sizes and all(w * h == 32 * 32 for w, h in sizes)
+    for side, expected in ((31, len(sizes)), (32, 0)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert package.warn_of_images_over_serving_limit(params, side) == expected
+        assert (f"{expected} of your {len(sizes)} images are over serving.max_image_area" in caplog.text) == (
+            expected > 0
+        )
 
 
 def test_the_gate_power_benchmark_runs_on_the_real_policy():

@@ -19,9 +19,10 @@ the client would see that reset instead of the answer (the "lingering close" of 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,6 +59,11 @@ class RequestLimits:
     def _times_input(self, setting: str, pixels: int) -> str:
         side = self.image_size
         return f"serving.{setting} x the {side}x{side} px the model reads = {pixels:,} px"
+
+    def images_over(self, widths: Sequence[int], heights: Sequence[int]) -> int:
+        """How many images of these sizes are over the pixels of one image."""
+        pixels = np.asarray(widths, dtype=np.int64) * np.asarray(heights, dtype=np.int64)
+        return int((pixels > self.image_pixels).sum())
 
     def describe_image(self) -> str:
         return self._times_input("max_image_area", self.image_pixels)

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
+
 from vgg2resnet import atomic
 from vgg2resnet.artifacts import Artifacts, read_json
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.models.checkpoint import read_meta
 from vgg2resnet.packaging import bento, store
+from vgg2resnet.serving.limits import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,24 @@ def promote(params: Params) -> tuple[dict, str | None, bool]:
     return gate, *store.promote(params, artifact, store.version_metadata(gate, student))
 
 
+def warn_of_images_over_serving_limit(params: Params, image_size: int) -> int:
+    """How many of the user's images the service would refuse for their pixels, with a warning
+    when there are any: clients sending images like them must downscale them first."""
+    sizes = pd.read_parquet(Artifacts(params).manifest, columns=["width", "height"])
+    limits = RequestLimits.of(params.serving, image_size)
+    over = limits.images_over(sizes["width"], sizes["height"])
+    if over:
+        log.warning(
+            "%d of your %d images are over %s, which the service refuses (400): your clients must "
+            "downscale such images before sending them, or raise serving.max_image_area (what the "
+            "worst request costs rises with it: docs/serving.md)",
+            over,
+            len(sizes),
+            limits.describe_image(),
+        )
+    return over
+
+
 def run(params: Params) -> dict:
     layout = Artifacts(params)
     gate, model_tag, new_version = promote(params)
@@ -67,6 +88,9 @@ def run(params: Params) -> dict:
             "model_tag": model_tag,
             "variant": gate["variant"],
             "new_version": new_version,
+            "images_over_serving_limit": warn_of_images_over_serving_limit(
+                params, read_meta(layout.student(gate["variant"]))["preprocessing"]["image_size"]
+            ),
             "serve": f"bentoml serve {bento_tag}",
             "containerize": f"bentoml containerize {bento_tag}",
         }
