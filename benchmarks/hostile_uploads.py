@@ -6,8 +6,9 @@ one hostile but well-formed request costs the server in time and memory.
 
 Runs by hand (not in CI), on loopback, against a real `bentoml serve` of the promoted model
 (with `--image-size`, the student at that input size, saved under its own name and deleted
-afterwards, as in serving_load.py). Ordinary requests carry images of 1.5 times the network's
-input side, one per request and a full batch (serving.max_batch_size). The hostile cases are
+afterwards, as in serving_load.py). Ordinary requests carry JPEGs of 1.5 times the network's
+input side, as a camera saves them: one per request, as many as the `pair` case below, and a
+full batch (serving.max_batch_size). The hostile cases are
 each the worst the limits admit for the model served (vgg2resnet.serving.limits):
 
 - `aspect`: the largest image at validation.max_aspect_ratio within the per-image pixels;
@@ -25,8 +26,8 @@ each the worst the limits admit for the model served (vgg2resnet.serving.limits)
 Prints each case's request time (the median of `--tries` requests: the first request of a
 kind may pay one-time costs, such as the allocator growing, that no client can make the server
 pay again), then `worst_request_s_ratio=` (the slowest hostile case over the p99 of ordinary
-requests at the same batch size), `slow_bodies_p99_ratio=` (ordinary p99
-while slow bodies trickle in, over ordinary p99 alone) and `rss_growth_mib=` (the server's
+requests at the same batch size), `slow_bodies_p99_ratio=` (ordinary p99 while slow bodies
+trickle in, over ordinary p99 alone) and `rss_growth_mib=` (the server's
 peak memory, PSS of its process tree, during the hostile requests minus before them).
 """
 
