@@ -59,28 +59,23 @@ from vgg2resnet.serving.server import local_server
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def jpeg(width: int, height: int, seed: int = 0, worst: bool = True) -> bytes:
-    """A JPEG of noise: by default the slowest to decode (quality 100, no chroma subsampling);
-    with `worst` False, as a camera would save it (quality 90, 4:2:0)."""
+# The slowest JPEG to decode, and one as a camera saves it.
+WORST_JPEG = {"quality": 100, "subsampling": 0}
+CAMERA_JPEG = {"quality": 90}
+
+
+def noise(width: int, height: int, fmt: str, seed: int = 0, **options) -> bytes:
+    """An image of noise (what compresses worst and decodes slowest) encoded as `fmt`."""
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     out = io.BytesIO()
-    options = {"quality": 100, "subsampling": 0} if worst else {"quality": 90}
-    Image.fromarray(pixels).save(out, "JPEG", **options)
-    return out.getvalue()
-
-
-def noise(side: int, fmt: str, **options) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
-        out, fmt, **options
-    )
+    Image.fromarray(pixels).save(out, fmt, **options)
     return out.getvalue()
 
 
 def padded_png(side: int, size: int) -> bytes:
     """A PNG of noise, `size` bytes long: a private ancillary chunk (which every decoder skips)
     before IEND makes up the difference."""
-    png = noise(side, "PNG", compress_level=1)
+    png = noise(side, side, "PNG", compress_level=1)
     padding = max(0, size - len(png) - 12)
     chunk = struct.pack(">I", padding) + b"prVt" + b"\0" * padding
     chunk += struct.pack(">I", zlib.crc32(chunk[4:]))
@@ -162,7 +157,7 @@ def main() -> None:
         ):
             port = int(url.rsplit(":", 1)[1])
             print(f"serving {tag} ({size} px) at {url}", flush=True)
-            ordinary = jpeg(3 * size // 2, 3 * size // 2, worst=False)
+            ordinary = noise(3 * size // 2, 3 * size // 2, "JPEG", **CAMERA_JPEG)
             full = serving.max_batch_size
             for _ in range(5):  # warm-up
                 timed(url, "classify", [("image", ("w.jpg", ordinary, "image/jpeg"))])
@@ -180,18 +175,22 @@ def main() -> None:
             side = min(int(limits.image_pixels**0.5), policy.max_side)
             each = min(int((limits.request_pixels / full) ** 0.5), policy.max_side)
             fill = limits.request_bytes - 2**16  # the form's framing takes the rest
+            webp = noise(side, side, "WEBP", quality=100)  # lossy: the slowest format to decode
             cases = {
-                "aspect": (1, [("image", ("a.jpg", jpeg(longer, shorter), "image/jpeg"))]),
-                "pixels": (1, [("image", ("p.jpg", jpeg(side, side), "image/jpeg"))]),
-                "png": (1, [("image", ("p.png", noise(side, "PNG", compress_level=1), "image/png"))]),
-                "webp": (1, [("image", ("p.webp", noise(side, "WEBP", quality=100), "image/webp"))]),
+                "aspect": (1, [("image", ("a.jpg", noise(longer, shorter, "JPEG", **WORST_JPEG), "image/jpeg"))]),
+                "pixels": (1, [("image", ("p.jpg", noise(side, side, "JPEG", **WORST_JPEG), "image/jpeg"))]),
+                "png": (1, [("image", ("p.png", noise(side, side, "PNG", compress_level=1), "image/png"))]),
+                "webp": (1, [("image", ("p.webp", webp, "image/webp"))]),
                 "pair": (
                     pair,
-                    [("images", (f"{i}.webp", noise(side, "WEBP", quality=100), "image/webp")) for i in range(pair)],
+                    [("images", (f"{i}.webp", webp, "image/webp")) for i in range(pair)],
                 ),
                 "batch": (
                     full,
-                    [("images", (f"{i}.jpg", jpeg(each, each, i, worst=False), "image/jpeg")) for i in range(full)],
+                    [
+                        ("images", (f"{i}.jpg", noise(each, each, "JPEG", i, **CAMERA_JPEG), "image/jpeg"))
+                        for i in range(full)
+                    ],
                 ),
                 "bytes": (1, [("image", ("b.png", padded_png(side, fill), "image/png"))]),
                 "over_bytes": (1, [("image", ("o.png", b"\0" * (limits.request_bytes + 2**20), "image/png"))]),

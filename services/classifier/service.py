@@ -67,7 +67,7 @@ LIMITS = RequestLimits.of(PARAMS, model_input_size(bentoml.models.get(args.model
 # Declared as files (the OpenAPI schema and multipart parsing follow the type); each is checked
 # against the input policy that validation applies to the training images, and decoded while
 # the request is parsed, so the endpoint receives PIL images.
-ImageFile = image_file(LIMITS.image_pixels, InputPolicy.of(_ALL.validation))
+ImageFile = image_file(InputPolicy.of(_ALL.validation))
 ImageFiles = Annotated[list[ImageFile], Field(min_length=1, max_length=PARAMS.max_batch_size)]
 
 

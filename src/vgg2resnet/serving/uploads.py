@@ -26,7 +26,7 @@ from vgg2resnet.serving.limits import BodyTooLarge, RequestLimits
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-def image_file(max_pixels: int, policy: InputPolicy) -> Any:
+def image_file(policy: InputPolicy) -> Any:
     """A field type BentoML documents and parses as a file upload (a `Path`), whose validator
     decodes the upload straight from the form buffer instead of BentoML's file schema, which
     would first copy it to a temporary file. A bad file is thus rejected before adaptive batching
@@ -37,7 +37,8 @@ def image_file(max_pixels: int, policy: InputPolicy) -> Any:
         if not isinstance(upload, UploadFile):
             raise PydanticCustomError("not_a_file", "send the image as a multipart/form-data file upload")
         try:
-            return decode(upload.file.read(), max_pixels, policy)
+            # The pixels were checked from the headers before BentoML validates (Uploads.over_budget).
+            return decode(upload.file.read(), policy=policy)
         except UndecodableImage as exc:
             raise PydanticCustomError("undecodable_image", "{reason}", {"reason": str(exc)}) from None
 
@@ -57,6 +58,10 @@ class Uploads(IODescriptor):
     limits: ClassVar[RequestLimits]  # set by the service, from the model it serves
 
     @classmethod
+    def _takes_several(cls, field: str) -> bool:
+        return get_origin(cls.model_fields[field].annotation) is list
+
+    @classmethod
     def over_budget(cls, form: FormData) -> list[Problem]:
         """Each upload over the limits' pixels, or the request's over its budget, from the
         headers: nothing is decoded."""
@@ -67,7 +72,7 @@ class Uploads(IODescriptor):
         limits, problems = cls.limits, []
         for (name, number, upload), size in zip(uploads, sizes):
             if size > limits.image_pixels:
-                index = number if get_origin(cls.model_fields[name].annotation) is list else None
+                index = number if cls._takes_several(name) else None
                 problems.append(
                     _problem(
                         name,
@@ -127,7 +132,7 @@ class Uploads(IODescriptor):
                 name, f"{len(form.getlist(name))} files sent; this endpoint takes one (classify_batch takes several)"
             )
             for name in cls.multipart_fields
-            if get_origin(cls.model_fields[name].annotation) is not list and len(form.getlist(name)) > 1
+            if not cls._takes_several(name) and len(form.getlist(name)) > 1
         ]
         if not problems:
             problems = cls.over_budget(form)
