@@ -134,9 +134,10 @@ def plain_transform(image_size: int, augment) -> v2.Compose:
 
 
 def torchvision_loader(params: Params, transform: v2.Compose, batch_size: int):
-    """The plain baseline: ImageFolder over the same train images, PIL decoding, `transform`."""
+    """The plain baseline: ImageFolder over the same train images in the source folder, a file
+    each, PIL decoding, `transform`."""
     train = set(load_split(params.data.prepared_dir / "manifest.parquet", "train")["path"])
-    root = params.data.raw_dir
+    root = Path(params.data.source)
     dataset = ImageFolder(
         str(root), transform=transform, is_valid_file=lambda p: Path(p).relative_to(root).as_posix() in train
     )
@@ -161,21 +162,14 @@ def peak_rss_of_epoch(params_file: Path, work: Path, image_size: int, batch_size
 
 
 def multiplied(params: Params, work: Path, factor: int) -> Params:
-    """The same train images listed `factor` times under distinct paths (hard links), for a
-    data set `factor` times as long whose files cost no more to generate."""
-    raw = work / f"raw-x{factor}"
+    """The same train images listed `factor` times under distinct paths, read from the same
+    shards: a data set `factor` times as long whose images cost no more to generate."""
     rows = load_split(params.data.prepared_dir / "manifest.parquet", "train")
-    copies = []
-    for copy in range(factor):
-        for relative in rows["path"]:
-            target = raw / f"copy{copy}" / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.hardlink_to(params.data.raw_dir / relative)
-        copies.append(rows.assign(path=[f"copy{copy}/{p}" for p in rows["path"]], category=rows["category"]))
+    copies = [rows.assign(path=[f"copy{copy}/{p}" for p in rows["path"]]) for copy in range(factor)]
     prepared = work / f"prepared-x{factor}"
     prepared.mkdir()
     pd.concat(copies).to_parquet(prepared / "manifest.parquet", index=False)
-    return params.model_copy(update={"data": params.data.model_copy(update={"raw_dir": raw, "prepared_dir": prepared})})
+    return params.model_copy(update={"data": params.data.model_copy(update={"prepared_dir": prepared})})
 
 
 def rss_child(params_file: str, work: str, image_size: str, batch_size: str) -> None:

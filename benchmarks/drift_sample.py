@@ -44,6 +44,7 @@ def main() -> None:
 
     from vgg2resnet.config import load_params
     from vgg2resnet.data.datasets import eval_loader, load_split, sample_rows
+    from vgg2resnet.data.shards import StoredImages
     from vgg2resnet.data.transforms import transform_from_meta
     from vgg2resnet.monitoring.drift import build_report
     from vgg2resnet.packaging import store
@@ -85,7 +86,7 @@ def main() -> None:
 
     # Reference: the val split profiled as the service logs it, halved.
     val = load_split(Path(params.data.prepared_dir) / "manifest.parquet", "val")
-    profiled = store.profile(classifier, [Path(params.data.raw_dir) / p for p in val["path"]], params)
+    profiled = store.profile(classifier, StoredImages(params.data.raw_dir, val), params)
     halves = np.random.default_rng(1).permutation(len(profiled))
     traffic, pool_rows = profiled.iloc[halves[: len(halves) // 2]], profiled.iloc[halves[len(halves) // 2 :]]
     pool_rows = pool_rows.assign(category=val["category"].iloc[pool_rows.index].to_numpy())

@@ -40,6 +40,7 @@ from vgg2resnet.config import Params, load_params
 from vgg2resnet.data.categories import data_categories
 from vgg2resnet.data.datasets import eval_loader, load_split
 from vgg2resnet.data.images import decode
+from vgg2resnet.data.shards import StoredImages
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import load_model, save_model, write_sidecar
 from vgg2resnet.models.variants import load_runner
@@ -231,9 +232,9 @@ def run(args: argparse.Namespace, params: Params, model: bentoml.Model) -> None:
         flush=True,
     )
     layout = Artifacts(params)
-    paths = [layout.raw_dir / p for p in load_split(layout.manifest, "test")["path"]]
-    payloads = [p.read_bytes() for p in paths[: args.images_per_request]]
-    images = [decode(p) for p in paths[: params.serving.max_batch_size]]
+    stored = StoredImages(layout.raw_dir, load_split(layout.manifest, "test"))
+    payloads = [stored.read(i) for i in range(args.images_per_request)]
+    images = [decode(stored.read(i)) for i in range(params.serving.max_batch_size)]
 
     ceiling = raw_throughput(Path(model.path), images, params.serving.max_batch_size, 10.0)
     print(f"raw batched model throughput (batch {params.serving.max_batch_size}): {ceiling:.1f} img/s", flush=True)

@@ -225,14 +225,17 @@ def promoted_project(distilled_project: Path) -> Path:
     return distilled_project
 
 
-def classify_files(url: str, root: Path, paths, batch: int = 16) -> list[dict]:
-    """The service's answers for these files under root, sent as they are on disk, `batch` per request."""
+def classify_files(url: str, raw_dir: Path, paths, batch: int = 16) -> list[dict]:
+    """The service's answers for these images of data/raw, sent as they were in the user's
+    folder, `batch` per request."""
     import requests
 
-    answers = []
+    from .userdata import stored_images
+
+    answers, stored = [], stored_images(raw_dir)
     paths = list(paths)
     for start in range(0, len(paths), batch):
-        files = [("images", (Path(p).name, (root / p).read_bytes())) for p in paths[start : start + batch]]
+        files = [("images", (Path(p).name, stored[p])) for p in paths[start : start + batch]]
         answer = requests.post(f"{url}/classify_batch", files=files, timeout=120)
         assert answer.status_code == 200, answer.text
         answers += answer.json()

@@ -71,15 +71,9 @@ def test_int8_calibration_reads_train_images_only(promoted_project: Path, tmp_pa
     monkeypatch.chdir(promoted_project)
     params = load_params("params.yaml")
     layout = Artifacts(params)
-    read: list[str] = []
-    pixels = datasets.pixels
-    monkeypatch.setattr(
-        datasets,
-        "pixels",
-        lambda path, *a, **k: (
-            read.append(Path(path).relative_to(params.data.raw_dir).as_posix()) or pixels(path, *a, **k)
-        ),
-    )
+    read: list[int] = []
+    image = datasets.ImageDataset.image
+    monkeypatch.setattr(datasets.ImageDataset, "image", lambda self, i: read.append(i) or image(self, i))
     meta = read_meta(layout.student("onnx_fp32"))
     said = quantize_on_train_sample(
         params,
@@ -89,6 +83,7 @@ def test_int8_calibration_reads_train_images_only(promoted_project: Path, tmp_pa
         transform_from_meta(meta["preprocessing"]),
     )
     manifest = pd.read_parquet(layout.manifest).set_index("path")
+    read = datasets.load_split(layout.manifest, "train")["path"].iloc[read].tolist()  # the rows the dataset reads
     assert (
         len(read)
         == len(set(read))

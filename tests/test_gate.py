@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import html
 import inspect
+import io
 import json
 import math
 import re
@@ -26,7 +27,6 @@ import vgg2resnet
 from vgg2resnet.artifacts import Artifacts, StoreLayout
 from vgg2resnet.cli import app
 from vgg2resnet.config import FP32_FORM, VARIANTS, GateParams, UserError, load_params
-from vgg2resnet.data.formats import SUFFIXES
 from vgg2resnet.gate.policy import (
     accuracy_parity,
     category_drops,
@@ -39,6 +39,7 @@ from vgg2resnet.packaging import store
 from vgg2resnet.stages import gate, package
 
 from .conftest import ROOT, dvc_directory_md5, promoted_tag, repo_params, run, write_params
+from .userdata import stored_images
 
 
 def gate_params(**overrides) -> GateParams:
@@ -341,7 +342,7 @@ def test_dvc_repro_promotes_the_gates_choice_with_lineage(promoted_project: Path
     edited = run(["git", "diff", "--name-only", "HEAD"], promoted_project).stdout.split()
     assert edited == ["params.yaml"]  # the session's settings, written after the commit
     assert meta["git_revision"] == f"{head}-dirty" == report["lineage"]["git_revision"]
-    assert meta["categories"] == sorted(p.name for p in raw.iterdir() if p.is_dir())  # no teacher file: the folders'
+    assert meta["categories"] == sorted({path.split("/")[0] for path in stored_images(raw)})  # the folders'
 
 
 def _gate_params(project: Path, tmp_path: Path, **gate_overrides):
@@ -676,7 +677,7 @@ def test_package_warns_of_the_images_the_service_would_refuse_for_their_pixels(
     monkeypatch.chdir(promoted_project)
     params = load_params(promoted_project / "params.yaml")
     params = params.model_copy(update={"serving": params.serving.model_copy(update={"max_image_area": 1})})
-    sizes = [Image.open(path).size for path in Artifacts(params).raw_dir.rglob("*") if path.suffix in SUFFIXES]
+    sizes = [Image.open(io.BytesIO(image)).size for image in stored_images(Artifacts(params).raw_dir).values()]
     assert sizes and all(w * h == 32 * 32 for w, h in sizes)
     for side, expected in ((31, len(sizes)), (32, 0)):
         caplog.clear()

@@ -77,7 +77,7 @@ def _page(tmp_path: Path, max_gallery_images: int) -> str:
         "lineage": {"git_revision": "abc"},
     }
     settings = repo_params({"report": {"max_gallery_images": max_gallery_images}}).report
-    return render_html(result, report, predictions, CATEGORIES, tmp_path, settings)
+    return render_html(result, report, predictions, CATEGORIES, lambda path: (tmp_path / path).read_bytes(), settings)
 
 
 def _shown(page: str) -> dict[str, set[str]]:

@@ -6,7 +6,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -29,6 +28,7 @@ from .imagefiles import (
     sideways_photo,
     with_orientation,
 )
+from .userdata import packed
 
 
 @pytest.mark.parametrize("fmt", list(FILE_TYPES))
@@ -131,8 +131,8 @@ def test_an_exif_rotated_jpeg_is_the_same_tensor_in_training_as_its_upright_twin
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "rotated.jpg").write_bytes(rotated)
     Image.fromarray(shown).save(tmp_path / "cat" / "upright.png")
-    rows = pd.DataFrame({"path": ["cat/rotated.jpg", "cat/upright.png"], "category": ["cat", "cat"]})
-    dataset = ImageDataset(rows, tmp_path, ["cat"], eval_transform(32, (0.5,) * 3, (0.25,) * 3))
+    rows = packed(tmp_path, ["cat/rotated.jpg", "cat/upright.png"], tmp_path / "raw")
+    dataset = ImageDataset(rows, tmp_path / "raw", ["cat"], eval_transform(32, (0.5,) * 3, (0.25,) * 3))
     assert torch.equal(dataset[0][0], dataset[1][0])
     facts = image_facts(rotated, max_pixels=10**6)
     assert (facts.width, facts.height) == (40, 24) and facts.decodes
@@ -179,8 +179,8 @@ def test_a_dataset_keeps_no_decoded_image_after_returning_it(tmp_path: Path):
     (tmp_path / "cat").mkdir()
     for i in range(6):
         noise(64, 48, seed=i).save(tmp_path / "cat" / f"{i}.jpg")
-    rows = pd.DataFrame({"path": [f"cat/{i}.jpg" for i in range(6)], "category": ["cat"] * 6})
-    dataset = ImageDataset(rows, tmp_path, ["cat"], eval_transform(32, (0.5,) * 3, (0.25,) * 3))
+    rows = packed(tmp_path, [f"cat/{i}.jpg" for i in range(6)], tmp_path / "raw")
+    dataset = ImageDataset(rows, tmp_path / "raw", ["cat"], eval_transform(32, (0.5,) * 3, (0.25,) * 3))
     before = pickle.dumps(dataset)
     items = [dataset[i] for i in range(len(dataset))]
     assert pickle.dumps(dataset) == before

@@ -3,6 +3,7 @@ the images once more on disk rather than twice."""
 
 import hashlib
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from vgg2resnet.data import intake, sources
 from vgg2resnet.stages import prepare
 
 from .conftest import make_image_folder, repo_params, run, write_params
-from .userdata import edit_keeping_times
+from .userdata import edit_keeping_times, stored_images
 
 
 def _params(tmp_path: Path, source: Path, workers: int | str = 0) -> Params:
@@ -102,7 +103,8 @@ def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_
     prepare.run(params)
     assert len(decoded) == 30
     raw = tmp_path / "project" / "raw"
-    inodes = {p.relative_to(raw): p.stat().st_ino for p in raw.rglob("*.*")}
+    (first_shard,) = raw.glob("*.tar")
+    inode = first_shard.stat().st_ino
 
     # One new photo; one BMP edited in place with its size and timestamps put back.
     _photos(source, 1, first=30)
@@ -115,13 +117,20 @@ def test_a_rerun_decodes_only_new_and_changed_files_and_writes_what_a_fresh_run_
 
     fresh = _params(tmp_path / "fresh", source)
     prepare.run(fresh)
-    assert (tmp_path / "project" / "prepared" / "manifest.parquet").read_bytes() == (
-        tmp_path / "fresh" / "prepared" / "manifest.parquet"
-    ).read_bytes()
-    # Unchanged files were linked from the previous data/raw, not written again.
-    unchanged = {f for f in inodes if f != edited.relative_to(source)}
-    assert all((raw / f).stat().st_ino == inodes[f] for f in unchanged)
-    assert (raw / edited.relative_to(source)).read_bytes() == payload
+    assert _facts(tmp_path / "project").equals(_facts(tmp_path / "fresh"))
+    # The first shard, still mostly listed, was linked, not written again; the new content alone
+    # went into one new shard.
+    assert (raw / first_shard.name).stat().st_ino == inode
+    (added,) = set(raw.glob("*.tar")) - {raw / first_shard.name}
+    with tarfile.open(added) as tar:
+        assert sorted(tar.getnames()) == sorted(p.relative_to(source).as_posix() for p in (new, edited))
+    assert stored_images(raw) == {p.relative_to(source).as_posix(): p.read_bytes() for p in source.rglob("*.*")}
+    assert stored_images(raw)[edited.relative_to(source).as_posix()] == payload
+
+
+def _facts(project: Path) -> pd.DataFrame:
+    """The manifest without where each image lies in the shards, which depends on the history."""
+    return pd.read_parquet(project / "prepared" / "manifest.parquet").drop(columns=["shard", "offset"])
 
 
 def test_a_rerun_does_not_read_a_file_whose_stat_key_is_unchanged(tmp_path: Path, monkeypatch):
@@ -152,14 +161,12 @@ def test_a_rerun_does_not_read_a_file_whose_stat_key_is_unchanged(tmp_path: Path
     prepare.run(params)
     assert sorted(read) == sorted([edited.name, touched.name, "0012.jpg"])
     raw = tmp_path / "project" / "raw"
-    assert (raw / edited.relative_to(source)).read_bytes() == payload
+    assert stored_images(raw)[edited.relative_to(source).as_posix()] == payload
 
     fresh = _params(tmp_path / "fresh", source)
     prepare.run(fresh)
-    assert (tmp_path / "project" / "prepared" / "manifest.parquet").read_bytes() == (
-        tmp_path / "fresh" / "prepared" / "manifest.parquet"
-    ).read_bytes()
-    assert all((raw / p.relative_to(source)).read_bytes() == p.read_bytes() for p in source.rglob("*.*"))
+    assert _facts(tmp_path / "project").equals(_facts(tmp_path / "fresh"))
+    assert stored_images(raw) == {p.relative_to(source).as_posix(): p.read_bytes() for p in source.rglob("*.*")}
 
     read.clear()
     off = params.model_copy(update={"data": params.data.model_copy(update={"reuse_by_stat": False})})
@@ -172,9 +179,9 @@ def test_facts_of_another_facts_version_or_over_the_pixel_limit_are_not_reused(t
     params = _params(tmp_path / "project", source)
     prepare.run(params)
     manifest = tmp_path / "project" / "prepared" / "manifest.parquet"
-    assert len(intake.Previous.load(manifest, params.data.raw_dir).facts) == 6
+    assert len(intake.Previous.load(manifest).facts) == 6
     monkeypatch.setattr(intake, "FACTS_VERSION", intake.FACTS_VERSION + 1)
-    assert intake.Previous.load(manifest, params.data.raw_dir).facts == {}
+    assert intake.Previous.load(manifest).facts == {}
     monkeypatch.undo()
 
     first = pd.read_parquet(manifest)
@@ -192,7 +199,9 @@ def test_dvc_links_data_raw_to_its_cache_so_the_images_are_stored_once_more_not_
     source = make_image_folder(tmp_path / "mine", per_category=6)
     write_params(project, {"data": {"source": str(source)}})
     run(["dvc", "repro", "prepare"], project)
-    source_bytes = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    images = [p for p in source.rglob("*") if p.is_file()]
+    # A tar member takes a 512-byte header and pads its bytes to 512; a shard ends in a 10 KiB record.
+    source_bytes = sum(p.stat().st_size + 1024 for p in images) + 10240
     raw_files = [p for p in (project / "data" / "raw").rglob("*") if p.is_file()]
     cached = [
         project / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]

@@ -21,6 +21,7 @@ from vgg2resnet.data.loaders import EpochItems, make_loader, with_progress
 from vgg2resnet.data.transforms import train_transform
 
 from .conftest import ROOT, make_image_folder, repo_params
+from .userdata import packed
 
 PACKAGE = ROOT / "src" / "vgg2resnet"
 ORCHESTRATION = ("dvc", "dvclive", "bentoml", "prefect", "great_expectations", "evidently")
@@ -99,11 +100,9 @@ print(worker_count(runtime), worker_count(runtime.model_copy(update={{"num_worke
 @pytest.fixture(scope="module")
 def views(tmp_path_factory) -> SeededViews:
     root = make_image_folder(tmp_path_factory.mktemp("views") / "digits", per_category=3, size=40)
-    rows = pd.DataFrame(
-        [{"path": p.relative_to(root).as_posix(), "category": p.parent.name} for p in sorted(root.rglob("*.png"))]
-    )
+    rows = packed(root, [p.relative_to(root).as_posix() for p in sorted(root.rglob("*.png"))], root.parent / "raw")
     augment = repo_params().augment.model_dump()
-    dataset = ImageDataset(rows, root, sorted(rows["category"].unique()), None)
+    dataset = ImageDataset(rows, root.parent / "raw", sorted(rows["category"].unique()), None)
     return SeededViews(dataset, train_transform(24, AugmentParams(**augment)), seed=7)
 
 

@@ -1,6 +1,7 @@
 """Drift monitoring end to end: real traffic through the served model, real inference logs,
 real Evidently reports."""
 
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from vgg2resnet.monitoring.traffic import CORRUPTIONS, corrupt, loopback_url, se
 from vgg2resnet.packaging.store import read_reference
 
 from .conftest import classify_files, promoted_tag
+from .userdata import stored_images
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +42,9 @@ def test_the_reference_is_stored_with_the_promoted_version(served):
     val = manifest[manifest["split"] == "val"]
     assert len(reference) == len(val) > 0
     categories = json.loads((project / "data/prepared/categories.json").read_text())
+    stored = stored_images(project / "data/raw")
     for row, path in zip(reference.itertuples(), val["path"]):
-        rgb = np.asarray(Image.open(project / "data/raw" / path).convert("RGB"), dtype=np.float64)
+        rgb = np.asarray(Image.open(io.BytesIO(stored[path])).convert("RGB"), dtype=np.float64)
         luma = rgb @ [0.299, 0.587, 0.114]
         top, bottom = rgb.max(axis=2), rgb.min(axis=2)
         saturation = np.where(top > 0, 255 * (top - bottom) / np.maximum(top, 1), 0)
@@ -192,7 +195,8 @@ def test_every_corruption_changes_the_image(served):
     import numpy as np
     from PIL import Image
 
-    image = Image.open(next((served["project"] / "data/raw/three").iterdir())).convert("RGB")
+    stored = stored_images(served["project"] / "data/raw")
+    image = Image.open(io.BytesIO(next(b for p, b in stored.items() if p.startswith("three/")))).convert("RGB")
     for name in CORRUPTIONS:
         assert not np.array_equal(np.asarray(corrupt(image, name, 5)), np.asarray(image)), name
 

@@ -13,6 +13,7 @@ from vgg2resnet.config import Params, UserError
 from vgg2resnet.stages import prepare
 
 from .conftest import ROOT, make_image_folder, repo_params, write_params
+from .userdata import stored_images
 
 
 def _params(tmp_path: Path, source: str, **data) -> Params:
@@ -75,7 +76,10 @@ def test_user_image_folder_with_nested_dirs_and_junk(tmp_path: Path):
     assert summary["skipped_hidden"] == 1 and summary["skipped_non_image"] == 2
     manifest = pd.read_parquet(tmp_path / "prepared" / "manifest.parquet")
     assert "cat/indoor/sofa/0000.png" in set(manifest["path"])
-    assert (tmp_path / "raw" / "cat" / "indoor" / "sofa" / "0000.png").is_file()
+    assert (
+        stored_images(tmp_path / "raw")["cat/indoor/sofa/0000.png"]
+        == (source / "cat/indoor/sofa/0000.png").read_bytes()
+    )
     assert sorted(p.relative_to(source) for p in source.rglob("*")) == before  # source untouched
 
 
@@ -126,9 +130,7 @@ def test_skip_leaves_every_undecodable_file_out_and_lists_it_by_its_source_path(
     assert all(entry["error"] for entry in skipped)
     manifest = pd.read_parquet(tmp_path / "prepared" / "manifest.parquet")
     assert manifest["decodes"].all() and len(manifest) == 10
-    assert sorted(
-        p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*") if p.is_file()
-    ) == sorted(manifest["path"])
+    assert sorted(stored_images(tmp_path / "raw")) == sorted(manifest["path"])
 
 
 def test_cli_exits_2_with_the_message_not_a_traceback(tmp_path: Path):

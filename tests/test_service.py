@@ -45,7 +45,7 @@ from .imagefiles import (
     shortest_decodable,
     sideways_photo,
 )
-from .userdata import IMAGE_SIZE
+from .userdata import IMAGE_SIZE, stored_images
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def test_a_test_image_gets_the_offline_prediction_with_a_ranked_top_k(server):
     project = server["project"]
     row = _test_split(project).iloc[0]
     answer = requests.post(
-        f"{server['url']}/classify", files={"image": (project / "data/raw" / row["path"]).open("rb")}, timeout=60
+        f"{server['url']}/classify", files={"image": stored_images(project / "data/raw")[row["path"]]}, timeout=60
     )
     assert answer.status_code == 200, answer.text
     body = answer.json()

@@ -24,7 +24,15 @@ from vgg2resnet.stages import prepare
 from vgg2resnet.stages import sources as stage
 
 from .conftest import make_project, merge, repo_params, run, stale_stages, user_params, write_params
-from .userdata import COLOURS, TEACHER_ORDER, colour_image, edit_keeping_times, make_colour_teacher, make_user_folder
+from .userdata import (
+    COLOURS,
+    TEACHER_ORDER,
+    colour_image,
+    edit_keeping_times,
+    make_colour_teacher,
+    make_user_folder,
+    stored_images,
+)
 
 EDITS = ("add", "replace", "remove", "touch", "rewrite", "none")
 
@@ -276,8 +284,12 @@ def test_after_any_edits_dvc_repro_leaves_the_manifest_a_fresh_prepare_of_the_fo
             assert ran == ["sources", "prepare"], edit
         fresh = tmp_path_factory.mktemp("fresh")
         prepare.run(_fresh_params(project, fresh))
-        pd.testing.assert_frame_equal(_manifest(project), pd.read_parquet(fresh / "prepared/manifest.parquet"))
-        assert _contents(project / "data/raw") == _contents(fresh / "raw")
+        # Where each image lies in the shards depends on the history; nothing else may.
+        pd.testing.assert_frame_equal(
+            _manifest(project).drop(columns=["shard", "offset"]),
+            pd.read_parquet(fresh / "prepared/manifest.parquet").drop(columns=["shard", "offset"]),
+        )
+        assert stored_images(project / "data/raw") == stored_images(fresh / "raw")
 
 
 STAGES = ["sources", "prepare", "validate", "teacher", "distill"]

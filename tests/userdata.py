@@ -10,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torchvision import models
 from torchvision.transforms import v2
+
+from vgg2resnet.data.shards import Packer
 
 # Folder listing order (alphabetical) is blue, green, red, yellow; the teacher's own order differs.
 COLOURS = {"red": (200, 40, 40), "green": (40, 160, 60), "blue": (40, 60, 200), "yellow": (220, 200, 40)}
@@ -118,3 +122,32 @@ def edit_keeping_times(path: Path) -> bytes:
     path.write_bytes(bytes(payload))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     return bytes(payload)
+
+
+def stored_images(raw_dir: Path) -> dict[str, bytes]:
+    """Every image data/raw holds, by its path in the user's folder, read with `tarfile` (not the
+    project's reader) and listed by data/raw's index: what `tar xf` would give back."""
+    index = pd.read_parquet(Path(raw_dir) / "index.parquet")
+    members: dict[tuple[str, str], bytes] = {}
+    for shard in Path(raw_dir).glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                members[shard.name, hashlib.sha256(tar.extractfile(member).read()).hexdigest()] = tar.extractfile(
+                    member
+                ).read()
+    return {row.path: members[row.shard, row.sha256] for row in index.itertuples()}
+
+
+def packed(root: Path, relatives: list[str], into: Path) -> pd.DataFrame:
+    """The files at `relatives` under root packed into shards in `into` (a data/raw), and their
+    manifest rows: path, category (the first folder), sha256, bytes, shard and offset."""
+    into.mkdir(parents=True, exist_ok=True)
+    packer = Packer(into, 1 << 20)
+    rows = []
+    for relative in relatives:
+        payload = (Path(root) / relative).read_bytes()
+        sha = hashlib.sha256(payload).hexdigest()
+        packer.add(relative, payload, sha)
+        rows.append({"path": relative, "category": relative.split("/")[0], "sha256": sha, "bytes": len(payload)})
+    frame = pd.DataFrame(rows)
+    return frame.join(packer.finish(frame))

@@ -103,6 +103,7 @@ class DataParams(Section):
     on_undecodable: Literal["error", "record", "skip"]
     max_pixels: int = Field(ge=1)
     reuse_by_stat: bool
+    shard_bytes: int = Field(ge=1 << 20)
     follow_external_links: bool
     incoming_dir: SettingPath
 

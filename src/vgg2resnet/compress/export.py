@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from vgg2resnet.compress.onnx import export_onnx, parity, quantize_int8
 from vgg2resnet.config import Params, UserError
-from vgg2resnet.data.datasets import eval_loader, split_dataset
+from vgg2resnet.data.datasets import ImageDataset, eval_loader, split_rows
 from vgg2resnet.data.loaders import make_loader, with_progress
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.models.checkpoint import write_sidecar
@@ -49,7 +49,8 @@ def quantize_on_train_sample(
     """Quantize an fp32 export to int8, calibrated on the seeded train sample; return what it was
     calibrated on (split, method and image paths)."""
     c = params.compress
-    train = split_dataset(params, CALIBRATION_SPLIT, categories, transform)
+    rows = split_rows(params, CALIBRATION_SPLIT)
+    train = ImageDataset(rows, params.data.raw_dir, categories, transform)
     sample = calibration_sample(params, train)
     log.info(
         "quantizing to int8 (%s calibration on %d %s images) -> %s",
@@ -69,7 +70,7 @@ def quantize_on_train_sample(
         "split": CALIBRATION_SPLIT,
         "method": c.calibration_method,
         "per_channel": c.per_channel,
-        "paths": [Path(train.paths[i]).relative_to(params.data.raw_dir).as_posix() for i in sample],
+        "paths": rows["path"].iloc[sample].tolist(),
     }
 
 

@@ -15,6 +15,7 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, TrainParams
 from vgg2resnet.data.images import pixels
 from vgg2resnet.data.loaders import make_loader
+from vgg2resnet.data.shards import StoredImages
 from vgg2resnet.data.transforms import eval_transform, train_transform
 
 
@@ -47,24 +48,21 @@ def view_seed(seed: int, index: int, view: int) -> int:
 
 
 class ImageDataset(Dataset):
-    """(image tensor, label, row index) for each manifest row. An image is decoded when asked
-    for and not kept: memory stays flat whatever the number of images (decoded, 50k photos are
-    28 GB), and DataLoader workers decode in parallel."""
+    """(image tensor, label, row index) for each manifest row. An image is read out of its shard
+    and decoded when asked for, and not kept: memory stays flat whatever the number of images
+    (decoded, 50k photos are 28 GB), and DataLoader workers decode in parallel."""
 
     def __init__(self, rows: pd.DataFrame, root: Path, categories: list[str], transform) -> None:
         index = {name: i for i, name in enumerate(categories)}
-        # One numpy array, not a list of Path objects: a forked worker reading a Python object
-        # touches its reference count and copies its memory page, so a list grows every
-        # worker's memory by its whole size over an epoch.
-        self.paths = np.array([str(Path(root) / p) for p in rows["path"]])
-        self.labels = torch.tensor([index[c] for c in rows["category"]], dtype=torch.long)
+        self.images = StoredImages(root, rows)
+        self.labels = torch.tensor(rows["category"].map(index).to_numpy(np.int64), dtype=torch.long)
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
 
     def image(self, i: int) -> torch.Tensor:
-        return pixels(str(self.paths[i]))
+        return pixels(self.images.read(i))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         return self.transform(self.image(i)), self.labels[i], i

@@ -16,7 +16,7 @@ what decoded. One exception: a PNG whose pixel data is complete but whose traili
 or closing chunk are missing decodes (Pillow stops reading once it has every pixel). A JPEG
 needs its end marker.
 
-Training reads the files `prepare` accepted many times over, so `pixels` gives them as uint8
+Training reads the images `prepare` accepted many times over, so `pixels` gives them as uint8
 tensors and decodes a JPEG with torchvision's libjpeg-turbo, without Pillow's image object:
 the pixels are the same as `decode` gives (a test holds them equal for every orientation).
 """
@@ -136,11 +136,12 @@ def decode(source: bytes | Path, max_pixels: int | None = None, policy: InputPol
         raise UndecodableImage(f"the image's {image.mode} pixels do not convert to RGB ({exc})") from None
 
 
-def pixels(path: Path | str) -> torch.Tensor:
-    """The RGB pixels of a file `prepare` accepted, as a uint8 (3, height, width) tensor equal to
-    `pil_to_tensor(decode(path))`. A YCbCr or greyscale JPEG, what cameras and the web produce,
-    is decoded by torchvision (1.5x faster, and no PIL image to convert); anything else by `decode`."""
-    payload = Path(path).read_bytes()
+def pixels(source: bytes | Path | str) -> torch.Tensor:
+    """The RGB pixels of an image `prepare` accepted (its bytes, or a file), as a uint8
+    (3, height, width) tensor equal to `pil_to_tensor(decode(source))`. A YCbCr or greyscale
+    JPEG, what cameras and the web produce, is decoded by torchvision (1.5x faster, and no PIL
+    image to convert); anything else by `decode`."""
+    payload = source if isinstance(source, bytes) else Path(source).read_bytes()
     if decode_jpeg is not None and payload.startswith(JPEG_MAGIC):
         header = Image.open(io.BytesIO(payload), formats=["JPEG"])  # reads the header, not the pixels
         if header.mode in ("RGB", "L"):

@@ -10,14 +10,15 @@ touching the user's files.
 - **Not even read when unchanged** (`data.reuse_by_stat`). The last run's stat key of each
   source file (size, mtime, ctime, inode, device) and its SHA-256 are kept as local state
   (`SourceStats`, under `paths.state_dir`, so it never changes a DVC output). A file whose
-  stat key is the same is linked from the previous data/raw without being opened. The key
+  stat key is the same, and whose content the previous data/raw holds, is not opened. The key
   cannot go stale silently: any write to a file moves its ctime, which no program can set
   back, and a file changed within a timestamp tick of being recorded is not recorded, so a
   write in the same tick is caught too (`vgg2resnet.data.sources.settled`). Any other file
   is read and hashed, so a file edited in place is decoded afresh.
-- **Copied once.** A file `data/raw` already holds with the same content is linked from there
-  into the next `data/raw`, not written again, and DVC (`cache.type` in `.dvc/config`) links
-  its cache to `data/raw`: the images take the user's bytes once more on disk, not twice.
+- **Stored once.** Only content the previous data/raw does not hold is sent back from the
+  workers and written, into new shards (`vgg2resnet.data.shards`); DVC (`cache.type` in
+  `.dvc/config`) links its cache to data/raw, so the images take the user's bytes once more on
+  disk, not twice.
 - **The user's folder is only read**: opened with O_NOATIME where the system allows it, so
   not even its access times change.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +45,7 @@ from vgg2resnet.data.digits import write_digits
 from vgg2resnet.data.imagefolder import ScanResult, scan_image_folder, source_root
 from vgg2resnet.data.loaders import worker_count
 from vgg2resnet.data.manifest import FACTS_VERSION, ImageFacts, image_facts
+from vgg2resnet.data.shards import Packer
 from vgg2resnet.data.sources import SourceStats, read_source, stat_keys
 
 log = logging.getLogger(__name__)
@@ -53,11 +56,9 @@ FACT_FIELDS = list(ImageFacts.__dataclass_fields__)
 
 @dataclass(frozen=True)
 class Previous:
-    """What the last `prepare` wrote: facts by content hash, and which data/raw file holds what."""
+    """What the last `prepare` saw: facts by content hash, and the source's stat keys."""
 
     facts: dict[str, dict]  # sha256 -> the facts of a file that decoded
-    raw_dir: Path | None = None  # the data/raw those rows describe, when it is still there
-    raw_sha: dict[str, str] | None = None  # relative path -> sha256 in that data/raw
     stats: SourceStats | None = None  # what the last run saw of the source, to skip reading
 
     @classmethod
@@ -65,18 +66,17 @@ class Previous:
         return cls({})
 
     @classmethod
-    def load(cls, manifest: Path, raw_dir: Path, stats: SourceStats | None = None) -> Previous:
+    def load(cls, manifest: Path, stats: SourceStats | None = None) -> Previous:
         """The previous manifest's facts, or none when there is no readable one; `stats` is
         kept either way, since it also says that this run records stat keys for the next."""
         try:
-            frame = pd.read_parquet(manifest, columns=["path", *FACT_FIELDS])
+            frame = pd.read_parquet(manifest, columns=FACT_FIELDS)
         except (OSError, ValueError, KeyError):  # missing, unreadable or from another schema
             return cls({}, stats=stats)
         if frame.attrs.get("facts_version") != FACTS_VERSION:  # facts computed another way
             return cls({}, stats=stats)
         decoded = frame[frame["decodes"]]
-        facts = {row["sha256"]: {k: row[k] for k in FACT_FIELDS} for row in decoded.to_dict("records")}
-        return cls(facts, raw_dir if raw_dir.is_dir() else None, dict(zip(frame["path"], frame["sha256"])), stats)
+        return cls({row["sha256"]: row for row in decoded.to_dict("records")}, stats)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Reading:
     """The settings every worker shares."""
 
     max_pixels: int
-    copy_to: Path | None
+    stored: frozenset[str] | None  # contents data/raw holds already; None: send back no bytes
     skip_undecodable: bool
     previous: Previous
 
@@ -114,22 +114,6 @@ def _row(job: Job, facts: dict, digest: str) -> dict:
     return {"path": job.relative, "category": job.category, **facts, "sha256": digest}
 
 
-def _place(payload: bytes, digest: str, relative: str, reading: Reading) -> None:
-    """Put the file under copy_to: a link to the previous data/raw's identical file, else its bytes."""
-    target = reading.copy_to / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    previous = reading.previous
-    if previous.raw_dir is not None and previous.raw_sha.get(relative) == digest:
-        source = previous.raw_dir / relative
-        try:
-            if source.stat().st_size == len(payload):
-                os.link(source, target)
-                return
-        except OSError:  # gone, or another file system: write it
-            pass
-    target.write_bytes(payload)
-
-
 _READING: Reading | None = None
 
 
@@ -145,31 +129,19 @@ def _read(job: Job, reading: Reading | None = None) -> dict:
     facts = _facts(payload, digest, reading)
     if not facts["decodes"] and reading.skip_undecodable:
         return {"skipped": {"path": job.path, "category": job.category, "error": facts["decode_error"]}}
-    if reading.copy_to is not None:
-        _place(payload, digest, job.relative, reading)
-    return {"row": _row(job, facts, digest)}
+    result = {"row": _row(job, facts, digest)}
+    if reading.stored is not None and digest not in reading.stored:
+        result["payload"] = payload  # new content, for the shards
+    return result
 
 
-def _unchanged(job: Job, digest: str, reading: Reading, made: set[str]) -> dict | None:
-    """The row of a file whose stat key is the one the last run recorded with `digest`, linked
-    into copy_to unread; None when it must be read (facts not reusable, or no previous data/raw
-    file to link)."""
-    previous = reading.previous
-    if previous.raw_dir is None or reading.copy_to is None:
+def _unchanged(job: Job, digest: str, reading: Reading) -> dict | None:
+    """The row of a file whose stat key is the one the last run recorded with `digest`, unread;
+    None when it must be read (facts not reusable, or data/raw does not hold its content)."""
+    if reading.stored is None or digest not in reading.stored:
         return None
     facts = _known_facts(digest, reading)
-    if facts is None or previous.raw_sha.get(job.relative) != digest:
-        return None
-    target = os.path.join(reading.copy_to, job.relative)
-    folder = os.path.dirname(target)
-    if folder not in made:  # one mkdir per folder, not per file
-        os.makedirs(folder, exist_ok=True)
-        made.add(folder)
-    try:
-        os.link(os.path.join(previous.raw_dir, job.relative), target)
-    except OSError:  # gone, or another file system: read and write it
-        return None
-    return _row(job, facts, digest)
+    return None if facts is None else _row(job, facts, digest)
 
 
 def _results(jobs: list[Job], reading: Reading, workers: int) -> Iterator[dict]:
@@ -190,11 +162,13 @@ class Intake:
     unread: int  # files linked by their stat key without being read
 
 
-def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progress: bool = True) -> Intake:
+def read_images(
+    scan: ScanResult, reading: Reading, workers: int = 1, show_progress: bool = True, packer: Packer | None = None
+) -> Intake:
     """The facts of every scanned image, each file read at most once.
 
-    With reading.copy_to, the file is also placed there under its path in the scan (the
-    source is only read). With reading.skip_undecodable, a file that does not decode is neither
+    With a packer, the bytes of each content that reading.stored lacks go into its shards as
+    they are read (the source is only read). With reading.skip_undecodable, a file that does not decode is neither
     placed nor listed as a row, but returned among the skipped ones with its full path.
     With reading.previous.stats, a file whose stat key is unchanged is not read at all, and
     the keys of this run are returned for the next; without, no file is even stat'ed."""
@@ -209,10 +183,9 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
     if recorded is not None:
         relatives = [job.relative for job in jobs]
         keys = stat_keys(relatives, root)  # taken before reading: a later write moves them
-        made: set[str] = set()
         to_read = []
         for job, digest in zip(jobs, recorded.matching(relatives, keys)):
-            row = None if digest is None else _unchanged(job, digest, reading, made)
+            row = None if digest is None else _unchanged(job, digest, reading)
             if row is None:
                 to_read.append(job)
             else:
@@ -230,6 +203,8 @@ def read_images(scan: ScanResult, reading: Reading, workers: int = 1, show_progr
     for result in progress:
         if "row" in result:
             rows.append(result["row"])
+            if "payload" in result:
+                packer.add(result["row"]["path"], result["payload"], result["row"]["sha256"])
         else:
             skipped.append(result["skipped"])
     if recorded is None:
@@ -257,16 +232,19 @@ def undecodable_error(broken: list[tuple[Path, str]]) -> UserError:
     )
 
 
-def import_source(params: Params, staging: Path) -> tuple[ScanResult, Intake]:
-    """Fill staging (the next data/raw) and return the scan and what was read."""
+def import_source(params: Params, packer: Packer) -> tuple[ScanResult, Intake]:
+    """Read the source's images, their new contents into the packer; return the scan and what was read."""
     data, layout = params.data, Artifacts(params)
     skip = data.on_undecodable == "skip"
     workers = worker_count(params.runtime)
+    stored = packer.stored()
     if data.source == "demo":
-        count = write_digits(staging, data.demo_image_size)
-        log.info("demo data set: %d digit images at %d px", count, data.demo_image_size)
-        scan = scan_image_folder(staging)
-        return scan, read_images(scan, Reading(data.max_pixels, None, skip, Previous.none()), workers)
+        with tempfile.TemporaryDirectory(prefix=".demo.", dir=packer.into.parent) as folder:
+            count = write_digits(Path(folder), data.demo_image_size)
+            log.info("demo data set: %d digit images at %d px", count, data.demo_image_size)
+            scan = scan_image_folder(Path(folder))
+            reading = Reading(data.max_pixels, stored, skip, Previous.none())
+            return scan, read_images(scan, reading, workers, packer=packer)
     source = source_root(data)
     raw_dir = data.raw_dir
     if source.resolve() == raw_dir.resolve() or raw_dir.resolve() in source.resolve().parents:
@@ -277,20 +255,21 @@ def import_source(params: Params, staging: Path) -> tuple[ScanResult, Intake]:
     scan = scan_image_folder(source, data.follow_external_links)
     total = sum(len(files) for files in scan.files.values())
     stats = SourceStats.load(layout.source_stats, source) if data.reuse_by_stat else None
-    previous = Previous.load(layout.manifest, raw_dir, stats)
+    previous = Previous.load(layout.manifest, stats)
     log.info(
         "reading %d images from %s (your folder is only read) into %s with %d worker(s); "
-        "%d known from the previous manifest",
+        "%d known from the previous manifest, %d held by the previous shards",
         total,
         source,
         raw_dir,
         workers,
         len(previous.facts),
+        len(stored),
     )
-    intake = read_images(scan, Reading(data.max_pixels, staging, skip, previous), workers)
+    intake = read_images(scan, Reading(data.max_pixels, stored, skip, previous), workers, packer=packer)
     if stats is not None:
         log.info(
-            "%d of %d images unchanged since the last run (size, mtime, ctime, inode): linked unread",
+            "%d of %d images unchanged since the last run (size, mtime, ctime, inode): not read again",
             intake.unread,
             total,
         )

@@ -24,7 +24,10 @@ MANIFEST_COLUMNS = [
     "bytes",
     "decodes",
     "decode_error",
+    "shard",  # where the image's bytes lie in data/raw (vgg2resnet.data.shards)
+    "offset",
 ]
+LOCATION_COLUMNS = ["shard", "offset"]
 SPLITS = ("train", "val", "test")
 # Recorded in the manifest; a re-run of prepare reuses facts only from a manifest of the same
 # version. Raise it whenever image_facts, the decoder or the dhash would give other facts.
@@ -81,10 +84,12 @@ def assign_splits(frame: pd.DataFrame, split: SplitParams, seed: int) -> pd.Seri
 
 
 def build_manifest(rows: list[dict], split: SplitParams, seed: int) -> pd.DataFrame:
-    """Rows of (path, category, facts) -> the manifest, sorted by path, with its splits."""
-    frame = pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c != "split"])
+    """Rows of (path, category, facts) -> the manifest, sorted by path, with its splits; the
+    location columns are left for the shards to fill."""
+    columns = [c for c in MANIFEST_COLUMNS if c not in LOCATION_COLUMNS]
+    frame = pd.DataFrame(rows, columns=[c for c in columns if c != "split"])
     frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
     frame["split"] = assign_splits(frame, split, seed)
-    frame = frame[MANIFEST_COLUMNS]
+    frame = frame[columns]
     frame.attrs["facts_version"] = FACTS_VERSION  # pandas keeps attrs in the parquet file
     return frame

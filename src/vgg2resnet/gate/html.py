@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from html import escape
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,10 +61,11 @@ def render_html(
     report: dict,
     predictions: pd.DataFrame | None,
     categories: list[str],
-    raw_dir: Path,
+    image_bytes: Callable[[str], bytes] | None,
     settings: ReportParams,
 ) -> str:
-    """The page; without evaluation results (the gate failed closed) only verdict and checks."""
+    """The page; without evaluation results (the gate failed closed) only verdict and checks.
+    `image_bytes` gives a test image's bytes by its path, for the gallery's thumbnails."""
     student = result.get("variant") or "pytorch_fp32"
     body = [_verdict(result)]
     if report and predictions is not None:
@@ -75,7 +76,7 @@ def render_html(
             _figure(_confusion(predictions, student, categories)),
             "<h2>Size, latency and top-1 of every model</h2>",
             _figure(_tradeoff(report)),
-            _gallery(predictions, student, categories, raw_dir, settings),
+            _gallery(predictions, student, categories, image_bytes, settings),
         ]
     body.append(_lineage(result["lineage"]))
     return (
@@ -231,9 +232,9 @@ def _tradeoff(report: dict) -> go.Figure:
     )
 
 
-def _thumbnail(path: Path, size: int) -> str:
+def _thumbnail(payload: bytes, size: int) -> str:
     try:
-        image = decode(path).convert("RGB")
+        image = decode(payload).convert("RGB")
     except (OSError, UndecodableImage):
         return ""  # the figure still names the file
     image.thumbnail((size, size))
@@ -243,7 +244,11 @@ def _thumbnail(path: Path, size: int) -> str:
 
 
 def _gallery(
-    predictions: pd.DataFrame, student: str, categories: list[str], raw_dir: Path, settings: ReportParams
+    predictions: pd.DataFrame,
+    student: str,
+    categories: list[str],
+    image_bytes: Callable[[str], bytes],
+    settings: ReportParams,
 ) -> str:
     groups = disagreements(predictions, student)
     total = sum(len(g) for g in groups.values())
@@ -257,8 +262,9 @@ def _gallery(
         parts.append(f"<h3>{escape(name)}: {len(group)}</h3><div class='gallery'>")
         for row in shown.itertuples(index=False):
             row = row._asdict()
+            thumbnail = _thumbnail(image_bytes(row["path"]), settings.thumbnail_px)
             parts.append(
-                f"<figure data-path='{escape(row['path'])}'>{_thumbnail(raw_dir / row['path'], settings.thumbnail_px)}"
+                f"<figure data-path='{escape(row['path'])}'>{thumbnail}"
                 f"<figcaption>{escape(row['path'])}<br>true: <b>{escape(row['category'])}</b><br>"
                 f"teacher: {escape(categories[row['teacher']])} ({100 * row['teacher_confidence']:.0f}%)<br>"
                 f"student: {escape(categories[row[student]])} ({100 * row[f'{student}_confidence']:.0f}%)"

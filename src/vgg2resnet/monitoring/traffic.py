@@ -18,6 +18,7 @@ from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.datasets import load_split
 from vgg2resnet.data.images import decode
+from vgg2resnet.data.shards import StoredImages
 from vgg2resnet.serving.auth import auth_headers
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def send_traffic(
     # A seeded shuffle: the manifest is sorted by category, and any prefix of the traffic should
     # carry the usual mix of categories, or the prediction column alone looks drifted.
     order = np.random.default_rng(seed).permutation(len(rows))
-    paths = [layout.raw_dir / rows["path"].iloc[i] for i in order]
+    images = StoredImages(layout.raw_dir, rows)
     sent = failed = 0
     refusal = ""  # the first refusal's reason, so that a run whose images the service refuses says why
     with requests.Session() as session:
@@ -95,7 +96,7 @@ def send_traffic(
         while sent < requests_count:
             files = []
             for n in range(min(batch, requests_count - sent)):
-                image = decode(paths[(sent + n) % len(paths)])
+                image = decode(images.read(order[(sent + n) % len(order)]))
                 if corruption:
                     image = corrupt(image, corruption, severity, seed=sent + n)
                 buffer = io.BytesIO()

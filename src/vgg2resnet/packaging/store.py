@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
@@ -37,6 +36,7 @@ from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.datasets import eval_loader, split_rows
 from vgg2resnet.data.images import decode
 from vgg2resnet.data.loaders import make_loader, with_progress
+from vgg2resnet.data.shards import StoredImages
 from vgg2resnet.data.transforms import transform_from_meta
 from vgg2resnet.integrity import BENTOML_FILES, FILES, damage, digests
 from vgg2resnet.models.variants import load_runner
@@ -178,23 +178,23 @@ def _fit_projection(params: Params, artifact: Path, categories: list[str]) -> di
 class _Decoded(Dataset):
     """Images decoded as the service decodes an upload, in the loader's workers."""
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = np.array([str(p) for p in paths])  # see ImageDataset: no list in forked workers
+    def __init__(self, images: StoredImages) -> None:
+        self.images = images
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
 
     def __getitem__(self, i: int) -> Image.Image:
-        return decode(Path(self.paths[i]))
+        return decode(self.images.read(i))
 
 
 def _as_batch(images: list[Image.Image]) -> tuple[list[Image.Image]]:
     return (images,)
 
 
-def profile(predictor: Predictor, paths: list[Path], params: Params) -> pd.DataFrame:
+def profile(predictor: Predictor, images: StoredImages, params: Params) -> pd.DataFrame:
     """One row per image: the drift features, the prediction and its confidence, as the service logs them."""
-    loader = make_loader(_Decoded(paths), params.runtime, params.evaluate.batch_size, collate=_as_batch)
+    loader = make_loader(_Decoded(images), params.runtime, params.evaluate.batch_size, collate=_as_batch)
     rows = []
     for (images,) in with_progress(loader, "drift reference"):
         for result in predictor.predict(images, params.serving.top_k):
@@ -206,7 +206,7 @@ def _write_reference(params: Params, folder: Path) -> None:
     """Profile a stratified sample of `monitoring.reference_images` val images with the folder's
     own classifier; write it into that folder."""
     rows = split_rows(params, "val", params.monitoring.reference_images)
-    table = profile(Predictor(folder), [Artifacts(params).raw_dir / p for p in rows["path"]], params)
+    table = profile(Predictor(folder), StoredImages(Artifacts(params).raw_dir, rows), params)
     table.to_parquet(folder / StoreLayout.REFERENCE, index=False)
     log.info("drift reference: %d validation images profiled", len(table))
 

@@ -17,12 +17,17 @@ reports/gate.json; a rejected student is never saved to the model store, and `pa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
+
+import pandas as pd
 
 from vgg2resnet import atomic
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import Params, UserError
 from vgg2resnet.data.categories import data_categories
+from vgg2resnet.data.datasets import load_split
+from vgg2resnet.data.shards import StoredImages
 from vgg2resnet.gate.html import gallery_counts, render_html
 from vgg2resnet.gate.inputs import load_inputs, promoted_top1
 from vgg2resnet.gate.policy import choose, evaluate_policy, failed_input
@@ -77,9 +82,8 @@ def run(params: Params, strict: bool = False) -> dict:
     layout = Artifacts(params)
     atomic.write_json(layout.gate_json, result)
     atomic.write_text(layout.gate_markdown, render_markdown(result))
-    atomic.write_text(
-        layout.gate_html, render_html(result, report, predictions, categories, layout.raw_dir, params.report)
-    )
+    images = None if predictions is None else _test_images(params)
+    atomic.write_text(layout.gate_html, render_html(result, report, predictions, categories, images, params.report))
     for check in checks:
         log.info("%s %s: %s", "pass" if check.passed else "FAIL", check.name, check.reason)
     log.info(
@@ -96,3 +100,11 @@ def run(params: Params, strict: bool = False) -> dict:
         "variant": chosen,
         "failed": sorted({c.name.split(".")[-1] for c in failed}),
     }
+
+
+def _test_images(params: Params) -> Callable[[str], bytes]:
+    """A test image's bytes by its path, out of data/raw's shards (for the report's gallery)."""
+    layout = Artifacts(params)
+    rows = load_split(layout.manifest, "test")
+    images, position = StoredImages(layout.raw_dir, rows), pd.Index(rows["path"])
+    return lambda path: images.read(position.get_loc(path))

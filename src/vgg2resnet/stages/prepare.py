@@ -1,11 +1,12 @@
-"""Stage `prepare`: images -> data/raw (versioned) -> manifest.parquet + categories.json.
+"""Stage `prepare`: images -> data/raw (versioned shards) -> manifest.parquet + categories.json.
 
     vgg2resnet prepare          # or: dvc repro prepare
 
-Each image is read once: hashed, fully decoded and (for a user's folder) copied into data/raw
-from the same bytes, by `runtime.num_workers` processes. A re-run decodes only the files whose
-content the previous manifest does not list, links unchanged ones from the previous data/raw,
-and does not even read a file whose stat key is unchanged (see `vgg2resnet.data.intake`). A file
+Each image is read once: hashed, fully decoded and packed into data/raw's shards from the same
+bytes, by `runtime.num_workers` processes. A re-run decodes only the files whose content the
+previous manifest does not list, writes only content the previous shards do not hold, and does
+not even read a file whose stat key is unchanged (see `vgg2resnet.data.intake` and
+`vgg2resnet.data.shards`). A file
 that does not decode is handled by data.on_undecodable: `error` stops here, `record` keeps it
 in the manifest for validation to fail on, `skip` leaves it out of data/raw and the manifest and
 lists it in skipped.json, which validation reports as a warning.
@@ -22,6 +23,7 @@ from vgg2resnet.data.categories import expected_categories, order_categories
 from vgg2resnet.data.imagefolder import source_root
 from vgg2resnet.data.intake import MAX_LISTED, import_source, undecodable_error
 from vgg2resnet.data.manifest import build_manifest
+from vgg2resnet.data.shards import Packer
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +31,14 @@ log = logging.getLogger(__name__)
 def run(params: Params) -> dict:
     data, layout = params.data, Artifacts(params)
     with atomic.atomic_dir(layout.raw_dir) as staging:
-        scan, intake = import_source(params, staging)
+        packer = Packer(staging, data.shard_bytes, layout.raw_dir if layout.raw_dir.is_dir() else None)
+        scan, intake = import_source(params, packer)
         rows, skipped = intake.rows, intake.skipped
         broken = [(source_root(data) / r["path"], r["decode_error"]) for r in rows if not r["decodes"]]
         if broken and data.on_undecodable == "error":
             raise undecodable_error(broken)  # leaves data/raw as it was
-    manifest = build_manifest(rows, data.split, data.seed)
+        manifest = build_manifest(rows, data.split, data.seed)
+        manifest[["shard", "offset"]] = packer.finish(manifest)
     for entry in skipped[:MAX_LISTED]:
         log.warning("skipped %s: %s", entry["path"], entry["error"])
     if skipped:

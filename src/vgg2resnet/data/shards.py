@@ -1,0 +1,241 @@
+"""data/raw as a handful of content-addressed shards: how the images are versioned.
+
+DVC keeps an entry per tracked file, in memory and in the remote: a folder of 10^6 images makes
+every `dvc status`, `push` and `pull` hold 2-3 GB and, to an object store, send one request per
+image. So `prepare` packs the images it accepts into shards of about `data.shard_bytes` each and
+DVC tracks those and one index:
+
+- **A shard is a plain tar file** (`<sha256 of the shard, 16 hex>.tar`): `tar tf` lists it and
+  `tar xf` gives the images back under their paths in your folder. Its name is its content's
+  hash, so a shard never changes once written, and members carry no time or owner, so the same
+  images packed in the same order give the same bytes.
+- **`index.parquet`** maps each image (its path, so its category) to its SHA-256 and where its
+  bytes lie: shard, offset, length. It belongs to data/raw, so the data version (DVC's md5 of
+  data/raw) changes when any image, path or label does. The manifest carries the same columns,
+  and loaders read an image with one `pread` at its offset.
+- **A re-run writes only new data.** Images whose bytes an earlier shard holds stay where they
+  are (the shard is linked into the new data/raw, not copied); only new content goes into new
+  shards. Identical files are stored once.
+- **Removed images are compacted away** when they make up more than half of a shard's bytes:
+  that shard's remaining images are written again into new shards and the old one is dropped,
+  so data/raw never holds more than about twice the bytes of the images it lists.
+
+Shards are laid out in the order images arrive, so two projects that reached the same images by
+different histories can hold them in different shards (and so have different data versions);
+one project re-run on unchanged images keeps its data version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+INDEX = "index.parquet"
+INDEX_COLUMNS = ["path", "sha256", "shard", "offset", "bytes"]
+SHARD_SUFFIX = ".tar"
+# A shard is kept while the images still listed make up at least this share of its bytes.
+KEEP_LIVE_SHARE = 0.5
+
+
+def read_index(raw_dir: Path) -> pd.DataFrame | None:
+    """The index of a sharded data/raw, or None (no data/raw yet, or one from before shards)."""
+    try:
+        return pd.read_parquet(Path(raw_dir) / INDEX, columns=INDEX_COLUMNS)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@dataclass
+class _Open:
+    """The shard being filled: its number, its partial file and the tar writer on it."""
+
+    number: int
+    path: Path
+    tar: tarfile.TarFile
+    digest: hashlib._Hash  # of the bytes written so far: the shard's name once closed
+
+
+class _Hashing(io.RawIOBase):
+    """A file that hashes what is written to it, so a shard is named without being read back."""
+
+    def __init__(self, file, digest) -> None:
+        self.file, self.digest = file, digest
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+
+class ShardWriter:
+    """Appends images to shards of about `shard_bytes` in `folder`; `close` names each by its hash.
+
+    `add` returns a location (shard number, offset of the image's bytes); `names` maps the
+    numbers to file names once closed."""
+
+    def __init__(self, folder: Path, shard_bytes: int) -> None:
+        self.folder, self.shard_bytes = Path(folder), shard_bytes
+        self.names: dict[int, str] = {}
+        self._open: _Open | None = None
+        self._file = None
+        self._count = 0
+        self._stored: dict[str, tuple[int, int]] = {}  # sha256 -> location: identical files once
+
+    def add(self, name: str, payload: bytes, sha256: str) -> tuple[int, int]:
+        known = self._stored.get(sha256)
+        if known is not None:
+            return known
+        if self._open is not None and self._open.tar.offset + len(payload) > self.shard_bytes:
+            self._close_shard()
+        if self._open is None:
+            path = self.folder / f".partial-{self._count}{SHARD_SUFFIX}"
+            self._file = open(path, "wb")
+            digest = hashlib.sha256()
+            tar = tarfile.open(fileobj=_Hashing(self._file, digest), mode="w", format=tarfile.PAX_FORMAT)
+            self._open = _Open(self._count, path, tar, digest)
+            self._count += 1
+        tar = self._open.tar
+        info = tarfile.TarInfo(name)  # no mtime, owner or mode beyond the default: same bytes, same shard
+        info.size = len(payload)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(payload))
+        padded = -(-len(payload) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        location = (self._open.number, tar.offset - padded)  # the data follow the member's header
+        self._stored[sha256] = location
+        return location
+
+    def _close_shard(self) -> None:
+        current, self._open = self._open, None
+        current.tar.close()
+        self._file.close()
+        name = f"{current.digest.hexdigest()[:16]}{SHARD_SUFFIX}"
+        os.replace(current.path, self.folder / name)
+        self.names[current.number] = name
+
+    def close(self) -> dict[int, str]:
+        if self._open is not None:
+            self._close_shard()
+        return self.names
+
+    def location(self, sha256: str) -> tuple[int, int]:
+        """Where `add` put this content: (shard number, offset)."""
+        return self._stored[sha256]
+
+
+class Packer:
+    """Fills the next data/raw with shards holding every image the run lists.
+
+    Give it the bytes of each new content as they are read (`add`), so that no more than one
+    image is held at a time; `finish` then links the previous shards that are mostly still
+    listed, copies the listed images of the others into new shards, and says where each
+    image lies."""
+
+    def __init__(self, into: Path, shard_bytes: int, old_dir: Path | None = None) -> None:
+        self.into, self.old_dir = Path(into), old_dir
+        self.writer = ShardWriter(into, shard_bytes)
+        previous = read_index(old_dir) if old_dir is not None else None
+        held = previous.drop_duplicates("sha256") if previous is not None else pd.DataFrame(columns=INDEX_COLUMNS)
+        self.held = held.set_index("sha256")
+
+    def stored(self) -> frozenset[str]:
+        """The contents the previous data/raw holds: a file with one of these is not sent to `add`."""
+        return frozenset(self.held.index)
+
+    def add(self, path: str, payload: bytes, sha256: str) -> None:
+        self.writer.add(path, payload, sha256)
+
+    def finish(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The location (shard, offset) of each row's image (rows: path, sha256), once every
+        shard is written; then index.parquet."""
+        held = self.held
+        where = held.index.get_indexer(rows["sha256"])
+        if not len(held):  # nothing to take positions from
+            where = np.full(len(rows), -1)
+        old_shard = np.where(where >= 0, held["shard"].to_numpy(dtype=object)[where] if len(held) else None, None)
+        kept = self._kept(rows["sha256"])
+        for name in sorted(kept):
+            _link(self.old_dir / name, self.into / name)
+        keep = (where >= 0) & pd.Series(old_shard).isin(kept).to_numpy()
+        for i in np.flatnonzero((where >= 0) & ~keep):  # listed, in a shard that is dropped
+            row = held.iloc[where[i]]
+            payload = _read(self.old_dir / row["shard"], row["offset"], row["bytes"])
+            self.writer.add(rows["path"].iat[i], payload, rows["sha256"].iat[i])
+        names = self.writer.close()
+        shard = np.where(keep, old_shard, None)
+        offset = np.where(keep, held["offset"].to_numpy(dtype=np.int64)[where] if len(held) else 0, 0)
+        for i in np.flatnonzero(~keep):
+            number, offset[i] = self.writer.location(rows["sha256"].iat[i])
+            shard[i] = names[number]
+        located = rows.assign(shard=shard, offset=offset)
+        index = located[INDEX_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
+        index.to_parquet(self.into / INDEX, index=False)
+        return located[["shard", "offset"]]
+
+    def _kept(self, listed: pd.Series) -> set[str]:
+        """The previous shards whose listed images still make up KEEP_LIVE_SHARE of their bytes."""
+        held = self.held
+        if not len(held):
+            return set()
+        live = held.index.isin(listed)
+        sizes = held["bytes"].groupby(held["shard"]).sum()
+        live_sizes = held["bytes"][live].groupby(held["shard"][live]).sum().reindex(sizes.index, fill_value=0)
+        return set(sizes.index[live_sizes >= KEEP_LIVE_SHARE * sizes])
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links refused: copy it
+        shutil.copyfile(source, target)
+
+
+def _read(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as file:
+        return os.pread(file.fileno(), int(length), int(offset))
+
+
+class StoredImages:
+    """Reads images out of data/raw's shards by row: one `pread` each, through a file
+    descriptor kept open per shard. Locations are numpy arrays, not Python objects, so that a
+    forked DataLoader worker does not copy them page by page as it touches reference counts."""
+
+    def __init__(self, raw_dir: Path, rows: pd.DataFrame) -> None:
+        codes, shards = pd.factorize(rows["shard"])
+        self.shards = np.array([str(Path(raw_dir) / name) for name in shards])
+        self.codes = codes.astype(np.int32)
+        self.offsets = rows["offset"].to_numpy(np.int64)
+        self.lengths = rows["bytes"].to_numpy(np.int64)
+        self._files: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def read(self, i: int) -> bytes:
+        code = int(self.codes[i])
+        fd = self._files.get(code)
+        if fd is None:
+            fd = self._files[code] = os.open(self.shards[code], os.O_RDONLY)
+        return os.pread(fd, int(self.lengths[i]), int(self.offsets[i]))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}}  # descriptors do not cross processes
+
+    def __del__(self) -> None:
+        for fd in self.__dict__.get("_files", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
