@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import json
 import shutil
 import subprocess
 import sys
@@ -173,7 +174,7 @@ def multiplied(params: Params, work: Path, factor: int) -> Params:
 
 
 def rss_child(params_file: str, work: str, image_size: str, batch_size: str) -> None:
-    params = Params.model_validate_json(Path(params_file).read_text())
+    params = Params.model_validate(json.loads(Path(params_file).read_text()))  # the settings turn strings into paths
     loader = our_loader(params, int(image_size), int(batch_size))
     images_per_s(loader)
 

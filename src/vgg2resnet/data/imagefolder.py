@@ -139,5 +139,6 @@ def scan_image_folder(root: Path, follow_external_links: bool = False) -> ScanRe
 
 def source_root(data: DataParams) -> Path:
     """Where the user's images live, for naming a file by the path its owner knows: the folder
-    in data.source, or data.raw_dir for the generated demo."""
+    in data.source, or data.raw_dir for the generated demo (whose shards hold its images under
+    those paths)."""
     return data.raw_dir if data.source == "demo" else Path(data.source).expanduser()

@@ -35,7 +35,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -52,6 +51,9 @@ log = logging.getLogger(__name__)
 MAX_LISTED = 20  # files named in a message; the rest are counted
 
 FACT_FIELDS = list(ImageFacts.__dataclass_fields__)
+# A row is a tuple of these, not a dict: at 10^6 images a dict per row is 0.5 GB more.
+ROW_FIELDS = ["path", "category", *FACT_FIELDS]
+SHA256 = ROW_FIELDS.index("sha256")
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,8 @@ def _facts(payload: bytes, digest: str, reading: Reading) -> dict:
     return _known_facts(digest, reading) or asdict(image_facts(payload, reading.max_pixels))
 
 
-def _row(job: Job, facts: dict, digest: str) -> dict:
-    return {"path": job.relative, "category": job.category, **facts, "sha256": digest}
+def _row(job: Job, facts: dict, digest: str) -> tuple:
+    return (job.relative, job.category, *(digest if k == "sha256" else facts[k] for k in FACT_FIELDS))
 
 
 _READING: Reading | None = None
@@ -156,10 +158,10 @@ def _results(jobs: list[Job], reading: Reading, workers: int) -> Iterator[dict]:
 
 @dataclass(frozen=True)
 class Intake:
-    rows: list[dict]  # manifest rows
+    rows: pd.DataFrame  # manifest rows (ROW_FIELDS)
     skipped: list[dict]  # files left out because they do not decode
     stats: SourceStats | None  # the stat keys to skip reading by next time, when recording them
-    unread: int  # files linked by their stat key without being read
+    unread: int  # files known by their stat key, not read
 
 
 def read_images(
@@ -204,17 +206,18 @@ def read_images(
         if "row" in result:
             rows.append(result["row"])
             if "payload" in result:
-                packer.add(result["row"]["path"], result["payload"], result["row"]["sha256"])
+                packer.add(result["row"][0], result["payload"], result["row"][SHA256])
         else:
             skipped.append(result["skipped"])
+    rows = pd.DataFrame.from_records(rows, columns=ROW_FIELDS)
     if recorded is None:
         return Intake(rows, skipped, None, unread)
-    paths = [row["path"] for row in rows]
+    paths = rows["path"].to_numpy(dtype=object)
     stats = SourceStats.settled_of(
         recorded.root,
         paths,
         keys[pd.Index(relatives).get_indexer(paths)],
-        np.array([row["sha256"] for row in rows], dtype=object),
+        rows["sha256"].to_numpy(dtype=object),
         started,
     )
     return Intake(rows, skipped, stats, unread)

@@ -83,11 +83,11 @@ def assign_splits(frame: pd.DataFrame, split: SplitParams, seed: int) -> pd.Seri
     return result
 
 
-def build_manifest(rows: list[dict], split: SplitParams, seed: int) -> pd.DataFrame:
+def build_manifest(rows: pd.DataFrame, split: SplitParams, seed: int) -> pd.DataFrame:
     """Rows of (path, category, facts) -> the manifest, sorted by path, with its splits; the
     location columns are left for the shards to fill."""
     columns = [c for c in MANIFEST_COLUMNS if c not in LOCATION_COLUMNS]
-    frame = pd.DataFrame(rows, columns=[c for c in columns if c != "split"])
+    frame = rows[[c for c in columns if c != "split"]]
     frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
     frame["split"] = assign_splits(frame, split, seed)
     frame = frame[columns]

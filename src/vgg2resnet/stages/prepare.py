@@ -34,7 +34,8 @@ def run(params: Params) -> dict:
         packer = Packer(staging, data.shard_bytes, layout.raw_dir if layout.raw_dir.is_dir() else None)
         scan, intake = import_source(params, packer)
         rows, skipped = intake.rows, intake.skipped
-        broken = [(source_root(data) / r["path"], r["decode_error"]) for r in rows if not r["decodes"]]
+        failed = rows[~rows["decodes"].astype(bool)]
+        broken = [(source_root(data) / path, error) for path, error in zip(failed["path"], failed["decode_error"])]
         if broken and data.on_undecodable == "error":
             raise undecodable_error(broken)  # leaves data/raw as it was
         manifest = build_manifest(rows, data.split, data.seed)
