@@ -18,7 +18,7 @@ import torch
 from vgg2resnet.artifacts import Artifacts
 from vgg2resnet.config import load_params
 from vgg2resnet.data.categories import data_categories
-from vgg2resnet.data.datasets import train_views
+from vgg2resnet.data.datasets import ImageDataset, split_rows, train_views
 from vgg2resnet.data.loaders import make_loader
 from vgg2resnet.distill.logit_cache import CacheLayout, build_cache
 from vgg2resnet.distill.teacher_signal import CachedTeacher, LiveTeacher
@@ -65,8 +65,7 @@ if __name__ == "__main__":
     )
     categories = data_categories(params)
     views = train_views(params, dparams, categories)
-    views.images.paths = views.images.paths[: args.images]
-    views.images.labels = views.images.labels[: args.images]
+    views.images = ImageDataset(split_rows(params, "train").iloc[: args.images], params.data.raw_dir, categories, None)
     placement = Placement(device=select_device(params.runtime))
     teacher = build_teacher("vgg16", len(categories)).eval()  # random weights: speed, not accuracy
     live = LiveTeacher(teacher, placement)

@@ -30,9 +30,11 @@ import logging
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 import pandas as pd
@@ -49,6 +51,9 @@ from vgg2resnet.data.sources import SourceStats, read_source, stat_keys
 
 log = logging.getLogger(__name__)
 MAX_LISTED = 20  # files named in a message; the rest are counted
+# Files per chunk sent to a worker: large enough that pickling costs little, small enough that
+# the new images' bytes in flight (2 chunks per worker) stay small.
+CHUNK_FILES = 32
 
 FACT_FIELDS = list(ImageFacts.__dataclass_fields__)
 # A row is a tuple of these, not a dict: at 10^6 images a dict per row is 0.5 GB more.
@@ -146,14 +151,24 @@ def _unchanged(job: Job, digest: str, reading: Reading) -> dict | None:
     return None if facts is None else _row(job, facts, digest)
 
 
+def _read_chunk(jobs: list[Job]) -> list[dict]:
+    return [_read(job) for job in jobs]
+
+
 def _results(jobs: list[Job], reading: Reading, workers: int) -> Iterator[dict]:
+    """Each job's result, in order. New images come back with their bytes, so no more than a
+    window of chunks is in flight (Executor.map would read every file ahead of the packer)."""
     if workers <= 1 or len(jobs) < 2:
         yield from (_read(job, reading) for job in jobs)
         return
-    # Big chunks keep the pickling overhead small; several per worker keep the cores even.
-    chunk = max(1, min(256, len(jobs) // (workers * 8)))
+    size = max(1, min(CHUNK_FILES, len(jobs) // (workers * 8)))  # several chunks per worker: even cores
+    chunks = (jobs[start : start + size] for start in range(0, len(jobs), size))
     with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(reading,)) as pool:
-        yield from pool.map(_read, jobs, chunksize=chunk)
+        pending = deque(pool.submit(_read_chunk, chunk) for chunk in islice(chunks, 2 * workers))
+        while pending:
+            done = pending.popleft().result()
+            pending.extend(pool.submit(_read_chunk, chunk) for chunk in islice(chunks, 1))
+            yield from done
 
 
 @dataclass(frozen=True)

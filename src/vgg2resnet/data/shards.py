@@ -6,9 +6,10 @@ image. So `prepare` packs the images it accepts into shards of about `data.shard
 DVC tracks those and one index:
 
 - **A shard is a plain tar file** (`<sha256 of the shard, 16 hex>.tar`): `tar tf` lists it and
-  `tar xf` gives the images back under their paths in your folder. Its name is its content's
-  hash, so a shard never changes once written, and members carry no time or owner, so the same
-  images packed in the same order give the same bytes.
+  `tar xf` gives the images back under their paths in your folder (identical files once,
+  under the first of their paths). Its name is its content's hash, so a shard never changes
+  once written, and members carry no time or owner, so the same images packed in the same
+  order give the same bytes.
 - **`index.parquet`** maps each image (its path, so its category) to its SHA-256 and where its
   bytes lie: shard, offset, length. It belongs to data/raw, so the data version (DVC's md5 of
   data/raw) changes when any image, path or label does. The manifest carries the same columns,
@@ -38,17 +39,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vgg2resnet.config import UserError
+
 INDEX = "index.parquet"
+# The index's attrs: shard -> [its file's bytes, the bytes of every image written into it].
+SHARDS = "shards"
+LOCATED = ["sha256", "shard", "offset", "bytes"]
 INDEX_COLUMNS = ["path", "sha256", "shard", "offset", "bytes"]
 SHARD_SUFFIX = ".tar"
+OPEN_SHARDS = 64  # descriptors a StoredImages keeps open at most (each dataset, each process)
 # A shard is kept while the images still listed make up at least this share of its bytes.
 KEEP_LIVE_SHARE = 0.5
 
 
-def read_index(raw_dir: Path) -> pd.DataFrame | None:
-    """The index of a sharded data/raw, or None (no data/raw yet, or one from before shards)."""
+def read_index(raw_dir: Path, columns: list[str] = INDEX_COLUMNS) -> pd.DataFrame | None:
+    """The index of a sharded data/raw, or None (no data/raw yet, or one from before shards).
+    Its attrs hold each shard's size and bytes of images, listed or not (`SHARDS`)."""
     try:
-        return pd.read_parquet(Path(raw_dir) / INDEX, columns=INDEX_COLUMNS)
+        return pd.read_parquet(Path(raw_dir) / INDEX, columns=columns)
     except (OSError, ValueError, KeyError):
         return None
 
@@ -89,6 +97,7 @@ class ShardWriter:
     def __init__(self, folder: Path, shard_bytes: int) -> None:
         self.folder, self.shard_bytes = Path(folder), shard_bytes
         self.names: dict[int, str] = {}
+        self.payload_bytes: dict[int, int] = {}  # shard number -> bytes of the images in it
         self._open: _Open | None = None
         self._file = None
         self._count = 0
@@ -112,8 +121,10 @@ class ShardWriter:
         info.size = len(payload)
         info.mode = 0o644
         tar.addfile(info, io.BytesIO(payload))
+        tar.members.clear()  # tarfile keeps a TarInfo per member written: 10^5 of them per shard
         padded = -(-len(payload) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
         location = (self._open.number, tar.offset - padded)  # the data follow the member's header
+        self.payload_bytes[self._open.number] = self.payload_bytes.get(self._open.number, 0) + len(payload)
         self._stored[sha256] = location
         return location
 
@@ -138,17 +149,22 @@ class ShardWriter:
 class Packer:
     """Fills the next data/raw with shards holding every image the run lists.
 
-    Give it the bytes of each new content as they are read (`add`), so that no more than one
-    image is held at a time; `finish` then links the previous shards that are mostly still
-    listed, copies the listed images of the others into new shards, and says where each
-    image lies."""
+    Give it the bytes of each new content as they are read (`add`); `finish` then links the
+    previous shards that are mostly still listed, copies the listed images of the others into
+    new shards, and says where each image lies."""
 
     def __init__(self, into: Path, shard_bytes: int, old_dir: Path | None = None) -> None:
         self.into, self.old_dir = Path(into), old_dir
         self.writer = ShardWriter(into, shard_bytes)
-        previous = read_index(old_dir) if old_dir is not None else None
-        held = previous.drop_duplicates("sha256") if previous is not None else pd.DataFrame(columns=INDEX_COLUMNS)
-        self.held = held.set_index("sha256")
+        previous = read_index(old_dir, LOCATED) if old_dir is not None else None
+        if previous is None:
+            previous = pd.DataFrame(columns=LOCATED)
+        # A shard missing or of another size than written (deleted, or an interrupted checkout)
+        # holds nothing: its images are read from the source again.
+        shards = previous.attrs.get(SHARDS, {})
+        self.shards = {name: shards[name] for name in shards if _size(old_dir / name) == shards[name][0]}
+        previous = previous[previous["shard"].isin(self.shards)]
+        self.held = previous.drop_duplicates("sha256").set_index("sha256")
 
     def stored(self) -> frozenset[str]:
         """The contents the previous data/raw holds: a file with one of these is not sent to `add`."""
@@ -158,41 +174,50 @@ class Packer:
         self.writer.add(path, payload, sha256)
 
     def finish(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """The location (shard, offset) of each row's image (rows: path, sha256), once every
-        shard is written; then index.parquet."""
-        held = self.held
-        where = held.index.get_indexer(rows["sha256"])
-        if not len(held):  # nothing to take positions from
+        """The location (shard, offset) of each row's image (rows: path, sha256, bytes), once
+        every shard is written; then index.parquet."""
+        shas = rows["sha256"].to_numpy(dtype=object)
+        if len(self.held):
+            where = self.held.index.get_indexer(shas)
+            held = {column: self.held[column].to_numpy()[where] for column in ("shard", "offset", "bytes")}
+        else:  # nothing held: no positions to take
             where = np.full(len(rows), -1)
-        old_shard = np.where(where >= 0, held["shard"].to_numpy(dtype=object)[where] if len(held) else None, None)
-        kept = self._kept(rows["sha256"])
+            held = {"shard": np.full(len(rows), None, dtype=object), "offset": where, "bytes": where}
+        kept = self._kept(shas)
         for name in sorted(kept):
             _link(self.old_dir / name, self.into / name)
-        keep = (where >= 0) & pd.Series(old_shard).isin(kept).to_numpy()
+        keep = (where >= 0) & np.isin(held["shard"], list(kept))
         for i in np.flatnonzero((where >= 0) & ~keep):  # listed, in a shard that is dropped
-            row = held.iloc[where[i]]
-            payload = _read(self.old_dir / row["shard"], row["offset"], row["bytes"])
-            self.writer.add(rows["path"].iat[i], payload, rows["sha256"].iat[i])
+            payload = _read(self.old_dir / held["shard"][i], held["offset"][i], held["bytes"][i])
+            if hashlib.sha256(payload).hexdigest() != shas[i]:
+                raise UserError(
+                    f"{self.old_dir / held['shard'][i]} does not hold the image its index says: the shard is "
+                    f"damaged; delete {self.old_dir} and run prepare again (it reads every image again)"
+                )
+            self.writer.add(rows["path"].iat[i], payload, shas[i])
         names = self.writer.close()
-        shard = np.where(keep, old_shard, None)
-        offset = np.where(keep, held["offset"].to_numpy(dtype=np.int64)[where] if len(held) else 0, 0)
+        shard = np.where(keep, held["shard"], None)
+        offset = np.where(keep, held["offset"], 0).astype(np.int64)
         for i in np.flatnonzero(~keep):
-            number, offset[i] = self.writer.location(rows["sha256"].iat[i])
+            number, offset[i] = self.writer.location(shas[i])
             shard[i] = names[number]
         located = rows.assign(shard=shard, offset=offset)
         index = located[INDEX_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
+        shards = {name: self.shards[name] for name in kept} | {
+            names[number]: [_size(self.into / names[number]), total]
+            for number, total in self.writer.payload_bytes.items()
+        }
+        index.attrs[SHARDS] = dict(sorted(shards.items()))  # by name: the same shards, the same file
         index.to_parquet(self.into / INDEX, index=False)
         return located[["shard", "offset"]]
 
-    def _kept(self, listed: pd.Series) -> set[str]:
-        """The previous shards whose listed images still make up KEEP_LIVE_SHARE of their bytes."""
+    def _kept(self, listed: np.ndarray) -> set[str]:
+        """The previous shards whose listed images still make up KEEP_LIVE_SHARE of the bytes of
+        all the images written into them."""
         held = self.held
-        if not len(held):
-            return set()
         live = held.index.isin(listed)
-        sizes = held["bytes"].groupby(held["shard"]).sum()
-        live_sizes = held["bytes"][live].groupby(held["shard"][live]).sum().reindex(sizes.index, fill_value=0)
-        return set(sizes.index[live_sizes >= KEEP_LIVE_SHARE * sizes])
+        live_bytes = held["bytes"][live].groupby(held["shard"][live]).sum()
+        return {name for name, size in live_bytes.items() if size >= KEEP_LIVE_SHARE * self.shards[name][1]}
 
 
 def _link(source: Path, target: Path) -> None:
@@ -200,6 +225,13 @@ def _link(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:  # another file system, or links refused: copy it
         shutil.copyfile(source, target)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _read(path: Path, offset: int, length: int) -> bytes:
@@ -227,6 +259,8 @@ class StoredImages:
         code = int(self.codes[i])
         fd = self._files.get(code)
         if fd is None:
+            if len(self._files) >= OPEN_SHARDS:  # close the one opened first: a process has ~1,024
+                os.close(self._files.pop(next(iter(self._files))))
             fd = self._files[code] = os.open(self.shards[code], os.O_RDONLY)
         return os.pread(fd, int(self.lengths[i]), int(self.offsets[i]))
 
