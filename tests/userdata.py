@@ -132,9 +132,8 @@ def stored_images(raw_dir: Path) -> dict[str, bytes]:
     for shard in Path(raw_dir).glob("*.tar"):
         with tarfile.open(shard) as tar:
             for member in tar.getmembers():
-                members[shard.name, hashlib.sha256(tar.extractfile(member).read()).hexdigest()] = tar.extractfile(
-                    member
-                ).read()
+                payload = tar.extractfile(member).read()
+                members[shard.name, hashlib.sha256(payload).hexdigest()] = payload
     return {row.path: members[row.shard, row.sha256] for row in index.itertuples()}
 
 

@@ -100,7 +100,7 @@ class Reading:
     """The settings every worker shares."""
 
     max_pixels: int
-    stored: frozenset[str] | None  # contents data/raw holds already; None: send back no bytes
+    stored: frozenset[str]  # contents data/raw holds already: their bytes are not sent back
     skip_undecodable: bool
     previous: Previous
 
@@ -137,7 +137,7 @@ def _read(job: Job, reading: Reading | None = None) -> dict:
     if not facts["decodes"] and reading.skip_undecodable:
         return {"skipped": {"path": job.path, "category": job.category, "error": facts["decode_error"]}}
     result = {"row": _row(job, facts, digest)}
-    if reading.stored is not None and digest not in reading.stored:
+    if digest not in reading.stored:
         result["payload"] = payload  # new content, for the shards
     return result
 
@@ -145,7 +145,7 @@ def _read(job: Job, reading: Reading | None = None) -> dict:
 def _unchanged(job: Job, digest: str, reading: Reading) -> dict | None:
     """The row of a file whose stat key is the one the last run recorded with `digest`, unread;
     None when it must be read (facts not reusable, or data/raw does not hold its content)."""
-    if reading.stored is None or digest not in reading.stored:
+    if digest not in reading.stored:
         return None
     facts = _known_facts(digest, reading)
     return None if facts is None else _row(job, facts, digest)
@@ -180,12 +180,12 @@ class Intake:
 
 
 def read_images(
-    scan: ScanResult, reading: Reading, workers: int = 1, show_progress: bool = True, packer: Packer | None = None
+    scan: ScanResult, reading: Reading, packer: Packer, workers: int = 1, show_progress: bool = True
 ) -> Intake:
     """The facts of every scanned image, each file read at most once.
 
-    With a packer, the bytes of each content that reading.stored lacks go into its shards as
-    they are read (the source is only read). With reading.skip_undecodable, a file that does not decode is neither
+    The bytes of each content that reading.stored lacks go into the packer's shards as they
+    are read (the source is only read). With reading.skip_undecodable, a file that does not decode is neither
     placed nor listed as a row, but returned among the skipped ones with its full path.
     With reading.previous.stats, a file whose stat key is unchanged is not read at all, and
     the keys of this run are returned for the next; without, no file is even stat'ed."""
@@ -262,7 +262,7 @@ def import_source(params: Params, packer: Packer) -> tuple[ScanResult, Intake]:
             log.info("demo data set: %d digit images at %d px", count, data.demo_image_size)
             scan = scan_image_folder(Path(folder))
             reading = Reading(data.max_pixels, stored, skip, Previous.none())
-            return scan, read_images(scan, reading, workers, packer=packer)
+            return scan, read_images(scan, reading, packer, workers)
     source = source_root(data)
     raw_dir = data.raw_dir
     if source.resolve() == raw_dir.resolve() or raw_dir.resolve() in source.resolve().parents:
@@ -284,7 +284,7 @@ def import_source(params: Params, packer: Packer) -> tuple[ScanResult, Intake]:
         len(previous.facts),
         len(stored),
     )
-    intake = read_images(scan, Reading(data.max_pixels, stored, skip, previous), workers, packer=packer)
+    intake = read_images(scan, Reading(data.max_pixels, stored, skip, previous), packer, workers)
     if stats is not None:
         log.info(
             "%d of %d images unchanged since the last run (size, mtime, ctime, inode): not read again",

@@ -11,6 +11,7 @@ from PIL import Image
 
 from vgg2resnet.config import SplitParams
 from vgg2resnet.data.images import UndecodableImage, open_image
+from vgg2resnet.data.shards import LOCATION
 
 MANIFEST_COLUMNS = [
     "path",
@@ -24,10 +25,8 @@ MANIFEST_COLUMNS = [
     "bytes",
     "decodes",
     "decode_error",
-    "shard",  # where the image's bytes lie in data/raw (vgg2resnet.data.shards)
-    "offset",
+    *LOCATION,  # where the image's bytes lie in data/raw (vgg2resnet.data.shards)
 ]
-LOCATION_COLUMNS = ["shard", "offset"]
 SPLITS = ("train", "val", "test")
 # Recorded in the manifest; a re-run of prepare reuses facts only from a manifest of the same
 # version. Raise it whenever image_facts, the decoder or the dhash would give other facts.
@@ -86,7 +85,7 @@ def assign_splits(frame: pd.DataFrame, split: SplitParams, seed: int) -> pd.Seri
 def build_manifest(rows: pd.DataFrame, split: SplitParams, seed: int) -> pd.DataFrame:
     """Rows of (path, category, facts) -> the manifest, sorted by path, with its splits; the
     location columns are left for the shards to fill."""
-    columns = [c for c in MANIFEST_COLUMNS if c not in LOCATION_COLUMNS]
+    columns = [c for c in MANIFEST_COLUMNS if c not in LOCATION]
     frame = rows[[c for c in columns if c != "split"]]
     frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
     frame["split"] = assign_splits(frame, split, seed)

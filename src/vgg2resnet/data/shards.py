@@ -44,38 +44,30 @@ from vgg2resnet.config import UserError
 INDEX = "index.parquet"
 # The index's attrs: shard -> [its file's bytes, the bytes of every image written into it].
 SHARDS = "shards"
-LOCATED = ["sha256", "shard", "offset", "bytes"]
-INDEX_COLUMNS = ["path", "sha256", "shard", "offset", "bytes"]
+LOCATION = ["shard", "offset"]  # where an image's bytes lie; the manifest carries them too
+LOCATED = ["sha256", *LOCATION, "bytes"]
+INDEX_COLUMNS = ["path", *LOCATED]
 SHARD_SUFFIX = ".tar"
 OPEN_SHARDS = 64  # descriptors a StoredImages keeps open at most (each dataset, each process)
 # A shard is kept while the images still listed make up at least this share of its bytes.
 KEEP_LIVE_SHARE = 0.5
 
 
-def read_index(raw_dir: Path, columns: list[str] = INDEX_COLUMNS) -> pd.DataFrame | None:
-    """The index of a sharded data/raw, or None (no data/raw yet, or one from before shards).
-    Its attrs hold each shard's size and bytes of images, listed or not (`SHARDS`)."""
+def read_index(raw_dir: Path) -> pd.DataFrame | None:
+    """Where the images of a sharded data/raw lie (its index less the paths), or None (no
+    data/raw yet, or one from before shards). Its attrs hold each shard's size and bytes of
+    images, listed or not (`SHARDS`)."""
     try:
-        return pd.read_parquet(Path(raw_dir) / INDEX, columns=columns)
+        return pd.read_parquet(Path(raw_dir) / INDEX, columns=LOCATED)
     except (OSError, ValueError, KeyError):
         return None
-
-
-@dataclass
-class _Open:
-    """The shard being filled: its number, its partial file and the tar writer on it."""
-
-    number: int
-    path: Path
-    tar: tarfile.TarFile
-    digest: hashlib._Hash  # of the bytes written so far: the shard's name once closed
 
 
 class _Hashing(io.RawIOBase):
     """A file that hashes what is written to it, so a shard is named without being read back."""
 
-    def __init__(self, file, digest) -> None:
-        self.file, self.digest = file, digest
+    def __init__(self, file) -> None:
+        self.file, self.digest = file, hashlib.sha256()
 
     def writable(self) -> bool:
         return True
@@ -88,33 +80,39 @@ class _Hashing(io.RawIOBase):
         return self.file.write(data)
 
 
+@dataclass
+class _Open:
+    """The shard being filled: its number, its partial file and the tar writer on it."""
+
+    number: int
+    path: Path
+    sink: _Hashing
+    tar: tarfile.TarFile
+
+
 class ShardWriter:
     """Appends images to shards of about `shard_bytes` in `folder`; `close` names each by its hash.
 
-    `add` returns a location (shard number, offset of the image's bytes); `names` maps the
-    numbers to file names once closed."""
+    `location` says where `add` put an image (shard number, offset of its bytes); `names` maps
+    the numbers to file names once closed."""
 
     def __init__(self, folder: Path, shard_bytes: int) -> None:
         self.folder, self.shard_bytes = Path(folder), shard_bytes
         self.names: dict[int, str] = {}
         self.payload_bytes: dict[int, int] = {}  # shard number -> bytes of the images in it
         self._open: _Open | None = None
-        self._file = None
         self._count = 0
         self._stored: dict[str, tuple[int, int]] = {}  # sha256 -> location: identical files once
 
-    def add(self, name: str, payload: bytes, sha256: str) -> tuple[int, int]:
-        known = self._stored.get(sha256)
-        if known is not None:
-            return known
+    def add(self, name: str, payload: bytes, sha256: str) -> None:
+        if sha256 in self._stored:
+            return
         if self._open is not None and self._open.tar.offset + len(payload) > self.shard_bytes:
             self._close_shard()
         if self._open is None:
             path = self.folder / f".partial-{self._count}{SHARD_SUFFIX}"
-            self._file = open(path, "wb")
-            digest = hashlib.sha256()
-            tar = tarfile.open(fileobj=_Hashing(self._file, digest), mode="w", format=tarfile.PAX_FORMAT)
-            self._open = _Open(self._count, path, tar, digest)
+            sink = _Hashing(open(path, "wb"))
+            self._open = _Open(self._count, path, sink, tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT))
             self._count += 1
         tar = self._open.tar
         info = tarfile.TarInfo(name)  # no mtime, owner or mode beyond the default: same bytes, same shard
@@ -123,16 +121,14 @@ class ShardWriter:
         tar.addfile(info, io.BytesIO(payload))
         tar.members.clear()  # tarfile keeps a TarInfo per member written: 10^5 of them per shard
         padded = -(-len(payload) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-        location = (self._open.number, tar.offset - padded)  # the data follow the member's header
+        self._stored[sha256] = (self._open.number, tar.offset - padded)  # the data follow the member's header
         self.payload_bytes[self._open.number] = self.payload_bytes.get(self._open.number, 0) + len(payload)
-        self._stored[sha256] = location
-        return location
 
     def _close_shard(self) -> None:
         current, self._open = self._open, None
         current.tar.close()
-        self._file.close()
-        name = f"{current.digest.hexdigest()[:16]}{SHARD_SUFFIX}"
+        current.sink.file.close()
+        name = f"{current.sink.digest.hexdigest()[:16]}{SHARD_SUFFIX}"
         os.replace(current.path, self.folder / name)
         self.names[current.number] = name
 
@@ -156,7 +152,7 @@ class Packer:
     def __init__(self, into: Path, shard_bytes: int, old_dir: Path | None = None) -> None:
         self.into, self.old_dir = Path(into), old_dir
         self.writer = ShardWriter(into, shard_bytes)
-        previous = read_index(old_dir, LOCATED) if old_dir is not None else None
+        previous = read_index(old_dir) if old_dir is not None else None
         if previous is None:
             previous = pd.DataFrame(columns=LOCATED)
         # A shard missing or of another size than written (deleted, or an interrupted checkout)
@@ -179,7 +175,7 @@ class Packer:
         shas = rows["sha256"].to_numpy(dtype=object)
         if len(self.held):
             where = self.held.index.get_indexer(shas)
-            held = {column: self.held[column].to_numpy()[where] for column in ("shard", "offset", "bytes")}
+            held = {column: self.held[column].to_numpy()[where] for column in LOCATED[1:]}
         else:  # nothing held: no positions to take
             where = np.full(len(rows), -1)
             held = {"shard": np.full(len(rows), None, dtype=object), "offset": where, "bytes": where}
@@ -187,8 +183,10 @@ class Packer:
         for name in sorted(kept):
             _link(self.old_dir / name, self.into / name)
         keep = (where >= 0) & np.isin(held["shard"], list(kept))
-        for i in np.flatnonzero((where >= 0) & ~keep):  # listed, in a shard that is dropped
-            payload = _read(self.old_dir / held["shard"][i], held["offset"][i], held["bytes"][i])
+        moved = np.flatnonzero((where >= 0) & ~keep)  # listed, in a shard that is dropped
+        old = StoredImages(self.old_dir, pd.DataFrame({column: held[column][moved] for column in LOCATED[1:]}))
+        for n, i in enumerate(moved):
+            payload = old.read(n)
             if hashlib.sha256(payload).hexdigest() != shas[i]:
                 raise UserError(
                     f"{self.old_dir / held['shard'][i]} does not hold the image its index says: the shard is "
@@ -209,7 +207,7 @@ class Packer:
         }
         index.attrs[SHARDS] = dict(sorted(shards.items()))  # by name: the same shards, the same file
         index.to_parquet(self.into / INDEX, index=False)
-        return located[["shard", "offset"]]
+        return located[LOCATION]
 
     def _kept(self, listed: np.ndarray) -> set[str]:
         """The previous shards whose listed images still make up KEEP_LIVE_SHARE of the bytes of
@@ -232,11 +230,6 @@ def _size(path: Path) -> int | None:
         return path.stat().st_size
     except OSError:
         return None
-
-
-def _read(path: Path, offset: int, length: int) -> bytes:
-    with open(path, "rb") as file:
-        return os.pread(file.fileno(), int(length), int(offset))
 
 
 class StoredImages:

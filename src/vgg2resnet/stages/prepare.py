@@ -23,7 +23,7 @@ from vgg2resnet.data.categories import expected_categories, order_categories
 from vgg2resnet.data.imagefolder import source_root
 from vgg2resnet.data.intake import MAX_LISTED, import_source, undecodable_error
 from vgg2resnet.data.manifest import build_manifest
-from vgg2resnet.data.shards import Packer
+from vgg2resnet.data.shards import LOCATION, Packer
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run(params: Params) -> dict:
         if broken and data.on_undecodable == "error":
             raise undecodable_error(broken)  # leaves data/raw as it was
         manifest = build_manifest(rows, data.split, data.seed)
-        manifest[["shard", "offset"]] = packer.finish(manifest)
+        manifest[LOCATION] = packer.finish(manifest)
     for entry in skipped[:MAX_LISTED]:
         log.warning("skipped %s: %s", entry["path"], entry["error"])
     if skipped:
