@@ -106,6 +106,7 @@ def test_the_images_record_changes_exactly_when_an_image_is_added_changed_or_rem
     rng = np.random.default_rng(seed)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sources, "RACY_WINDOW_NS", 0)  # as if every file had been written long ago
+        patch.setattr(sources, "BATCH_FILES", 3)  # the keys are merged and written across many batches
         stage.run(params)
         for edit, pick in edits:
             before, record = _contents(folder), (work / "sources" / "images.json").read_text()

@@ -79,8 +79,10 @@ class _Links:
                     yield prefix + entry.name
 
 
-def _parts(relative: str) -> list[str]:
-    return relative.split("/")  # the order of pathlib's sorted(), folder by folder
+def scan_order(relative: str) -> list[str]:
+    """The sort key of a path under the root: a scan lists files in this order (pathlib's
+    sorted(), folder by folder), categories first."""
+    return relative.split("/")
 
 
 def scan_image_folder(root: Path, follow_external_links: bool = False) -> ScanResult:
@@ -114,8 +116,8 @@ def scan_image_folder(root: Path, follow_external_links: bool = False) -> ScanRe
                 "merge or rename one of the folders"
             )
         images = []
-        for relative in sorted(links.files(str(folder), f"{folder.name}/", frozenset({links.root})), key=_parts):
-            if any(part.startswith(".") for part in _parts(relative)):
+        for relative in sorted(links.files(str(folder), f"{folder.name}/", frozenset({links.root})), key=scan_order):
+            if any(part.startswith(".") for part in scan_order(relative)):
                 result.skipped_hidden += 1
             elif os.path.splitext(relative)[1].lower() not in SUFFIXES:
                 result.skipped_non_image += 1

@@ -18,34 +18,42 @@ Hashing is paid once per new or changed file: each hash is kept with the file's 
 mtime, ctime, inode, device) in local state (`paths.state_dir`, like `prepare`'s own), and a
 file whose key is the one recorded is not read again (`data.reuse_by_stat`). Finding a
 folder unchanged costs a stat per file. A key is recorded only once settled (`settled`), so a
-write inside one timestamp tick is not missed. The records hold a digest, not the listing, so
+write inside one timestamp tick is not missed. The keys are recorded in the order a scan lists
+the files, so a run reads the last run's keys alongside its own scan, a batch at a time, and
+writes its own as it goes: its memory holds the scan's paths and no table of every file's key
+and hash. The records hold a digest, not the listing, so
 that they stay a few lines in git at a million files. The user's files are only read, with
 O_NOATIME where the system allows it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vgg2resnet import atomic
 from vgg2resnet.config import Params, UserError
-from vgg2resnet.data.imagefolder import scan_image_folder, source_root
+from vgg2resnet.data.imagefolder import scan_image_folder, scan_order, source_root
 
 StatKey = tuple[int, int, int, int, int]
 STAT_FIELDS = ["size", "mtime_ns", "ctime_ns", "ino", "dev"]
 # Timestamps advance in ticks (a few ms on ext4, 2 s on FAT), so a file written in the tick it
 # was recorded in could change without moving them; such a file is read again next time.
 RACY_WINDOW_NS = 2_000_000_000
-HASH_SLICE = 4096  # files hashed per batch of threads
+BATCH_FILES = 4096  # files stat'ed, looked up and hashed at a time: the memory taken stays flat in their number
 # The record each stage that reads outside files depends on: stage -> record name.
 SOURCE_RECORDS = {"prepare": "images", "teacher": "teacher", "distill": "student"}
 
@@ -83,6 +91,21 @@ def content_sha256(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _state_schema(root: str) -> pa.Schema:
+    """The columns of recorded stat keys, with the folder they were taken under."""
+    fields = [("path", pa.string()), *((name, pa.int64()) for name in STAT_FIELDS), ("sha256", pa.string())]
+    return pa.schema(fields, metadata={"root": root})
+
+
+def _state_file(path: Path, root: str) -> pq.ParquetFile | None:
+    """The recorded stat keys at path, or None when the file is missing, unreadable or of another root."""
+    try:
+        recorded = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException):
+        return None
+    return recorded if recorded.schema_arrow.equals(_state_schema(root), check_metadata=True) else None
+
+
 @dataclass(frozen=True, eq=False)
 class SourceStats:
     """Each source file's stat key and SHA-256 as a run saw them, by path under `root`, held as
@@ -114,24 +137,16 @@ class SourceStats:
     def load(cls, path: Path, root: Path) -> SourceStats:
         """The recorded keys for this root, or none when the file is missing or for another root."""
         resolved = str(Path(root).resolve())
-        try:
-            frame = pd.read_parquet(path)
-        except (OSError, ValueError):
-            frame = None
-        if (
-            frame is None
-            or frame.attrs.get("root") != resolved
-            or list(frame.columns) != ["path", *STAT_FIELDS, "sha256"]
-        ):
+        recorded = _state_file(path, resolved)
+        if recorded is None:
             return cls.of(resolved, [], np.empty((0, len(STAT_FIELDS))), np.empty(0))
-        return cls.of(resolved, frame["path"].to_numpy(), frame[STAT_FIELDS].to_numpy(), frame["sha256"].to_numpy())
+        table = recorded.read()
+        keys = np.column_stack([table[name].to_numpy() for name in STAT_FIELDS])
+        return cls.of(resolved, table["path"].to_pylist(), keys, table["sha256"].to_numpy(zero_copy_only=False))
 
     def save(self, path: Path) -> None:
-        frame = pd.DataFrame(
-            {"path": self.paths.to_numpy(), **dict(zip(STAT_FIELDS, self.keys.T)), "sha256": self.sha256}
-        )
-        frame.attrs["root"] = self.root
-        frame.to_parquet(path, index=False)
+        columns = [self.paths.to_numpy(), *self.keys.T, self.sha256]
+        pq.write_table(pa.Table.from_arrays(columns, schema=_state_schema(self.root)), path)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -147,15 +162,6 @@ class SourceStats:
         digests[same] = self.sha256[found[same]]
         return digests
 
-    def same_as(self, other: SourceStats | None) -> bool:
-        return (
-            other is not None
-            and self.root == other.root
-            and self.paths.equals(other.paths)
-            and np.array_equal(self.keys, other.keys)
-            and np.array_equal(self.sha256, other.sha256)
-        )
-
 
 def stat_keys(paths: list[str], root: str) -> np.ndarray:
     """The stat key of every path under root, as a (files, 5) int64 array."""
@@ -165,43 +171,76 @@ def stat_keys(paths: list[str], root: str) -> np.ndarray:
     return keys
 
 
-def content_hashes(root: str, paths: list[str], known: SourceStats | None) -> tuple[list[str], SourceStats | None]:
-    """The SHA-256 of each file (a path under root), in the order given. With `known` (the last
-    run's stat keys), a file whose stat key is the one recorded is not read; the keys to record
-    for the next run are returned, for the files whose key is settled."""
-    started = time.time_ns()
-    keys = stat_keys(paths, root)
-    digests = known.matching(paths, keys) if known is not None else np.full(len(paths), None, dtype=object)
-    unknown = [i for i, digest in enumerate(digests) if digest is None]
-    # hashlib and file reads release the GIL: threads hash on every core. In slices, because the
-    # executor keeps a future (about a kilobyte) for every file submitted at once.
-    with ThreadPoolExecutor() as pool:
-        for start in range(0, len(unknown), HASH_SLICE):
-            part = unknown[start : start + HASH_SLICE]
-            digests[part] = list(pool.map(content_sha256, [os.path.join(root, paths[i]) for i in part]))
-    if known is None:
-        return list(digests), None
-    return list(digests), SourceStats.settled_of(known.root, paths, keys, digests, started)
+class _Recorded:
+    """The last run's keys, read a batch at a time in the order they were written, which is the
+    order in which a scan lists the files: looking them up in that order merges the two lists,
+    so neither is ever held whole. A file looked up out of order is not found (and read again)."""
+
+    def __init__(self, recorded: pq.ParquetFile | None) -> None:
+        self.rows = self._rows(recorded) if recorded is not None else iter(())
+        self.head = next(self.rows, None)
+
+    @staticmethod
+    def _rows(recorded: pq.ParquetFile) -> Iterator[tuple[str, tuple, str]]:
+        for batch in recorded.iter_batches(BATCH_FILES):
+            columns = batch.to_pydict()
+            yield from zip(columns["path"], zip(*(columns[name] for name in STAT_FIELDS)), columns["sha256"])
+
+    def digest(self, relative: str, key: tuple) -> str | None:
+        """The recorded SHA-256 of relative when its recorded key is `key`, else None."""
+        order = scan_order(relative)
+        while self.head is not None and scan_order(self.head[0]) < order:
+            self.head = next(self.rows, None)
+        if self.head is None or self.head[0] != relative:
+            return None
+        _, recorded_key, sha256 = self.head
+        self.head = next(self.rows, None)
+        return sha256 if recorded_key == key else None
 
 
 class SourceHashes:
     """The content hashes a `sources` run takes, kept by stat key between runs (`data.reuse_by_stat`)
     in `folder` (local state): the user's images by their path under data.source, and single
-    files by their resolved path."""
+    files by their resolved path. The keys are streamed to temporary files beside the state, which
+    `save` puts in its place and leaving the `with` block otherwise removes."""
 
     def __init__(self, folder: Path, by_stat: bool) -> None:
         self.folder, self.by_stat = Path(folder), by_stat
-        self.saved: dict[str, SourceStats] = {}
+        self.pending = contextlib.ExitStack()
 
-    def _hash(self, kind: str, root: Path, paths: list[str]) -> list[str]:
-        known = SourceStats.load(self.folder / f"{kind}.parquet", root) if self.by_stat else None
-        hashes, stats = content_hashes(str(root), paths, known)
-        if stats is not None and not stats.same_as(known):
-            self.saved[kind] = stats
-        return hashes
+    def __enter__(self) -> SourceHashes:
+        return self
 
-    def images(self, root: Path, relatives: list[str]) -> list[str]:
-        """The SHA-256 of each image, a path under root, in the order given."""
+    def __exit__(self, *failure) -> None:
+        self.pending.__exit__(*failure)
+
+    def _hash(self, kind: str, root: Path, relatives: Iterable[str]) -> Iterator[str]:
+        """The SHA-256 of each file (a path under root, in scan order), as it is taken."""
+        started, root = time.time_ns(), str(root)
+        target = self.folder / f"{kind}.parquet"
+        recorded = _Recorded(_state_file(target, root) if self.by_stat else None)
+        if self.by_stat:
+            tmp = self.pending.enter_context(atomic.atomic_path(target))
+            writer = self.pending.enter_context(pq.ParquetWriter(tmp, _state_schema(root)))
+        relatives = iter(relatives)
+        # hashlib and file reads release the GIL: threads hash on every core.
+        with ThreadPoolExecutor() as pool:
+            while batch := list(islice(relatives, BATCH_FILES)):
+                keys = stat_keys(batch, root)
+                digests = [recorded.digest(path, tuple(key)) for path, key in zip(batch, keys.tolist())]
+                unknown = [i for i, digest in enumerate(digests) if digest is None]
+                read = pool.map(content_sha256, [os.path.join(root, batch[i]) for i in unknown])
+                for i, digest in zip(unknown, read):
+                    digests[i] = digest
+                if self.by_stat:
+                    keep = settled(keys, started)
+                    paths = [path for path, kept in zip(batch, keep) if kept]
+                    columns = [paths, *keys[keep].T, np.asarray(digests)[keep]]
+                    writer.write_table(pa.Table.from_arrays(columns, schema=_state_schema(root)))
+                yield from digests
+
+    def images(self, root: Path, relatives: Iterable[str]) -> Iterator[str]:
+        """The SHA-256 of each image, a path under root in scan order, as it is taken."""
         return self._hash("images", root, relatives)
 
     def file(self, setting: str, given: Path | None) -> dict | None:
@@ -215,12 +254,12 @@ class SourceHashes:
                 "file (a path relative to the project, or absolute), or to null"
             )
         resolved = path.resolve()
-        return {"path": str(given), "sha256": self._hash(f"file-{setting}", resolved.parent, [resolved.name])[0]}
+        [sha256] = self._hash(f"file-{setting}", resolved.parent, [resolved.name])
+        return {"path": str(given), "sha256": sha256}
 
     def save(self) -> None:
-        for kind, stats in self.saved.items():
-            with atomic.atomic_path(self.folder / f"{kind}.parquet") as tmp:
-                stats.save(tmp)
+        """Record this run's keys for the next."""
+        self.pending.close()
 
 
 def images_record(params: Params, hashes: SourceHashes) -> dict:
@@ -229,9 +268,8 @@ def images_record(params: Params, hashes: SourceHashes) -> dict:
     if data.source == "demo":
         return {"source": "demo"}
     root = source_root(data)
-    relatives = [
-        relative for files in scan_image_folder(root, data.follow_external_links).files.values() for relative in files
-    ]
+    scan = scan_image_folder(root, data.follow_external_links)
+    relatives = [relative for files in scan.files.values() for relative in files]
     digest = hashlib.sha256()
     for relative, sha in zip(relatives, hashes.images(root, relatives)):
         digest.update(f"{relative}\t{sha}\n".encode())

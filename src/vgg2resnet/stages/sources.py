@@ -31,15 +31,15 @@ def _read(path) -> dict | None:
 
 def run(params: Params) -> dict:
     layout = Artifacts(params)
-    hashes = SourceHashes(layout.source_hashes, params.data.reuse_by_stat)
-    records = source_records(params, hashes)
-    changed = []
-    for stage, name in SOURCE_RECORDS.items():
-        path = layout.source_record(name)
-        if _read(path) != records[name]:
-            atomic.write_json(path, records[name])
-            changed.append(stage)
-    hashes.save()
+    with SourceHashes(layout.source_hashes, params.data.reuse_by_stat) as hashes:
+        records = source_records(params, hashes)
+        changed = []
+        for stage, name in SOURCE_RECORDS.items():
+            path = layout.source_record(name)
+            if _read(path) != records[name]:
+                atomic.write_json(path, records[name])
+                changed.append(stage)
+        hashes.save()
     images = records["images"]
     seen = "the demo" if images["source"] == "demo" else f"{images['images']} images in {images['source']}"
     if changed:
