@@ -29,9 +29,8 @@ def teacher_check(
 ) -> dict:
     """The teacher on the val split: top-1, the majority-class baseline, per-category top-1; warns
     when the margin is below gate.min_teacher_margin or a category is at or below chance."""
-    logits = predict(model, val, placement)
-    labels = val.dataset.labels.numpy()
-    predicted = logits.argmax(1).numpy()
+    predictions = predict(model, val, placement)
+    labels, predicted = predictions.labels.numpy(), predictions.classes.numpy()
     top1 = float(100.0 * (predicted == labels).mean())
     per_category = per_category_accuracy(predicted, labels, categories)
     baseline = majority_baseline(labels)
