@@ -19,6 +19,8 @@ from vgg2resnet.config import AugmentParams
 from vgg2resnet.data.datasets import ImageDataset, SeededViews, sample_rows, view_seed
 from vgg2resnet.data.loaders import EpochItems, make_loader, with_progress
 from vgg2resnet.data.transforms import train_transform
+from vgg2resnet.training.loop import predict
+from vgg2resnet.training.placement import Placement
 
 from .conftest import ROOT, make_image_folder, repo_params
 from .userdata import packed
@@ -68,6 +70,39 @@ def test_progress_counts_every_image_of_every_batch(capsys):
     batches = Batches([(torch.zeros(n, 3), n) for n in (4, 4, 1)])
     assert list(with_progress(batches, "nine")) == list(batches)
     assert "9/9" in capsys.readouterr().err
+
+
+class _Labelled(torch.utils.data.Dataset):
+    """(features, label, index) items, as the image datasets give them."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.features[i], self.labels[i], i
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(1, 60), batch_size=st.integers(1, 17), categories=st.integers(2, 9), seed=st.integers(0, 99))
+def test_predict_gives_every_items_category_and_the_mean_loss_of_the_whole_logits(
+    size: int, batch_size: int, categories: int, seed: int
+):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(size, 5, generator=generator)
+    labels = torch.randint(categories, (size,), generator=generator)
+    model = torch.nn.Linear(5, categories)
+    loader = make_loader(
+        _Labelled(features, labels), repo_params({}).runtime.model_copy(update={"num_workers": 0}), batch_size
+    )
+    predictions = predict(model, loader, Placement(device=torch.device("cpu")))
+    with torch.no_grad():
+        logits = model(features)
+    assert torch.equal(predictions.classes, logits.argmax(1)) and torch.equal(predictions.labels, labels)
+    assert predictions.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert predictions.accuracy == pytest.approx(100.0 * (logits.argmax(1) == labels).float().mean().item())
 
 
 def test_auto_workers_are_the_cores_this_process_may_use():
