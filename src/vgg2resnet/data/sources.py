@@ -217,11 +217,11 @@ class SourceHashes:
     def _hash(self, kind: str, root: Path, relatives: Iterable[str]) -> Iterator[str]:
         """The SHA-256 of each file (a path under root, in scan order), as it is taken."""
         started, root = time.time_ns(), str(root)
-        target = self.folder / f"{kind}.parquet"
+        target, schema = self.folder / f"{kind}.parquet", _state_schema(root)
         recorded = _Recorded(_state_file(target, root) if self.by_stat else None)
         if self.by_stat:
             tmp = self.pending.enter_context(atomic.atomic_path(target))
-            writer = self.pending.enter_context(pq.ParquetWriter(tmp, _state_schema(root)))
+            writer = self.pending.enter_context(pq.ParquetWriter(tmp, schema))
         relatives = iter(relatives)
         # hashlib and file reads release the GIL: threads hash on every core.
         with ThreadPoolExecutor() as pool:
@@ -236,7 +236,7 @@ class SourceHashes:
                     keep = settled(keys, started)
                     paths = [path for path, kept in zip(batch, keep) if kept]
                     columns = [paths, *keys[keep].T, np.asarray(digests)[keep]]
-                    writer.write_table(pa.Table.from_arrays(columns, schema=_state_schema(root)))
+                    writer.write_table(pa.Table.from_arrays(columns, schema=schema))
                 yield from digests
 
     def images(self, root: Path, relatives: Iterable[str]) -> Iterator[str]:
@@ -268,8 +268,9 @@ def images_record(params: Params, hashes: SourceHashes) -> dict:
     if data.source == "demo":
         return {"source": "demo"}
     root = source_root(data)
-    scan = scan_image_folder(root, data.follow_external_links)
-    relatives = [relative for files in scan.files.values() for relative in files]
+    relatives = [
+        relative for files in scan_image_folder(root, data.follow_external_links).files.values() for relative in files
+    ]
     digest = hashlib.sha256()
     for relative, sha in zip(relatives, hashes.images(root, relatives)):
         digest.update(f"{relative}\t{sha}\n".encode())
